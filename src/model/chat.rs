@@ -1,0 +1,55 @@
+//! Chat templates: the Jinja template a checkpoint ships, rendered with
+//! minijinja and its Python-compatibility layer.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Renders `messages` with `template`, ending with the assistant's turn
+/// opened when `add_generation_prompt` is set.
+pub fn render(
+    template: &str,
+    messages: &[Message],
+    bos_token: &str,
+    eos_token: &str,
+    add_generation_prompt: bool,
+) -> Result<String, ModelError> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| ModelError::ChatTemplate(format!("the template does not parse: {e}")))?;
+    let tmpl = env.get_template("chat").expect("just added");
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        bos_token => bos_token,
+        eos_token => eos_token,
+        add_generation_prompt => add_generation_prompt,
+        tools => minijinja::Value::from(()),
+    })
+    .map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
+}

@@ -1,0 +1,408 @@
+//! The model layer: one llama/qwen2 backbone over GGUF or safetensors
+//! weights, a truncatable KV cache, masks, tokenizers and model sources.
+
+pub mod backbone;
+pub mod chat;
+pub mod config;
+pub mod kv;
+pub mod mask;
+pub mod random;
+pub mod source;
+pub mod tokenizer;
+pub(crate) mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+pub use backbone::{argmax, argmax_rows, Forward, ForwardOutput, HiddenTap, LogitsAt, Transformer};
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use kv::{KvCache, KvSnapshot};
+pub use mask::{ExplicitMask, Mask};
+pub use source::{FetchPolicy, ModelFiles, ResolvedModel};
+pub use tokenizer::TextTokenizer;
+
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model \"{spec}\" is not a file, a folder, a known model or a hub id (org/name); {hint}known models: {known}")]
+    NotFound {
+        spec: String,
+        hint: String,
+        known: String,
+    },
+    #[error("model {name} is not in the store (expected at {path}); run `pdbench fetch {name}`")]
+    NotFetched { name: String, path: PathBuf },
+    #[error("fetch failed: {0}")]
+    Fetch(String),
+    #[error("{path}: missing {what}")]
+    MissingFile { path: PathBuf, what: String },
+    #[error("{path}: not a model pdbench can read; expected a .gguf file or a folder with config.json and model.safetensors")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: holds several GGUF files ({}); name one", candidates.join(", "))]
+    Ambiguous {
+        path: PathBuf,
+        candidates: Vec<String>,
+    },
+    #[error("{path} is corrupt or truncated: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: unknown architecture \"{found}\"; pdbench's backbone supports llama and qwen2 (SmolLM2, Llama, Qwen2.5)")]
+    UnknownArchitecture { path: PathBuf, found: String },
+    #[error("{path}: field `{field}`: expected {expected}")]
+    BadConfig {
+        path: PathBuf,
+        field: String,
+        expected: String,
+    },
+    #[error("{path}: tensor `{tensor}` is missing: {detail}")]
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        detail: String,
+    },
+    #[error("the sequence needs {needed} positions but the model's context is {context}; shorten the prompt or lower max_new_tokens")]
+    ContextOverflow { needed: usize, context: usize },
+    #[error("bad forward request: {0}")]
+    BadRequest(String),
+    #[error("KV cache: {0}")]
+    Cache(String),
+    #[error("tokenizer {path}: {detail}")]
+    Tokenizer { path: PathBuf, detail: String },
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("hub model {repo}@{revision} is not in the hf-hub cache at {cache_dir} and the hub cannot be reached; missing: {}. Download those files on a machine with access (`huggingface-cli download {repo}`) and place them in {snapshot_dir} with refs/{revision} naming the commit, or pass a local folder to --model", missing.join(", "))]
+    HubUnavailable {
+        repo: String,
+        revision: String,
+        missing: Vec<String>,
+        cache_dir: PathBuf,
+        snapshot_dir: PathBuf,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return ModelError::MissingFile {
+                path: path.to_path_buf(),
+                what: "file (not found)".into(),
+            };
+        }
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The sha256 and size of a file a run depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a run records about a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub spec: String,
+    pub label: String,
+    pub origin: String,
+    pub format: String,
+    /// Weight storage types and how many tensors use each (GGUF).
+    pub weight_types: Vec<(String, usize)>,
+    pub dtype: String,
+    pub config: ModelConfig,
+    pub files: Vec<FileDigest>,
+    pub tokenizer_origin: String,
+    pub tokenizer_sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Compute dtype for dense weights; GGUF activations are always f32.
+    pub dtype: Option<DType>,
+    /// A tokenizer.json that overrides the one found with the model.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            tokenizer: None,
+        }
+    }
+}
+
+pub struct LoadedModel {
+    pub model: Arc<Transformer>,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub info: ModelInfo,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Resolves and loads a model.
+pub fn load(
+    spec: &str,
+    store: &Store,
+    policy: FetchPolicy,
+    opts: &LoadOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<LoadedModel, ModelError> {
+    let resolved = source::resolve(spec, store, policy, log)?;
+    load_resolved(&resolved, store, opts)
+}
+
+pub fn load_resolved(
+    r: &ResolvedModel,
+    store: &Store,
+    opts: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
+    let digest = |p: &Path| -> Result<FileDigest, ModelError> {
+        let bytes = std::fs::metadata(p)
+            .map_err(|e| ModelError::io(p, e))?
+            .len();
+        let sha256 = store.sha256(p).map_err(|e| ModelError::io(p, e))?;
+        Ok(FileDigest {
+            path: p.display().to_string(),
+            bytes,
+            sha256,
+        })
+    };
+    let (model, tokenizer, mut files, format, weight_types, dtype) = match &r.files {
+        ModelFiles::Gguf { file, tokenizer } => {
+            let mut f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
+            let content = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Corrupt {
+                path: file.clone(),
+                detail: format!("not a readable GGUF file: {e}"),
+            })?;
+            check_gguf_extent(file, &content, &f)?;
+            let cfg = config_from_gguf(file, &content)?;
+            let tok_path = opts.tokenizer.clone().or_else(|| tokenizer.clone());
+            let tok = match &tok_path {
+                Some(p) => TextTokenizer::from_hf_dir(p)?,
+                None => TextTokenizer::from_gguf(file, &content)?,
+            };
+            let mut types: std::collections::BTreeMap<String, usize> = Default::default();
+            for info in content.tensor_infos.values() {
+                *types.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+            }
+            let w = weights::Weights::from_gguf(file, &content, &mut f, &opts.device)?;
+            let model = Transformer::load(&w, &cfg, DType::F32, &opts.device)?;
+            let mut files = vec![];
+            if let Some(p) = &tok_path {
+                files.push(digest(p)?);
+            }
+            (
+                model,
+                tok,
+                files,
+                "gguf",
+                types.into_iter().collect(),
+                DType::F32,
+            )
+        }
+        ModelFiles::HfDir {
+            config,
+            weights: wfiles,
+            tokenizer,
+            ..
+        } => {
+            let cfg = ModelConfig::from_hf_json(config)?;
+            let tok_path = opts.tokenizer.clone().unwrap_or_else(|| tokenizer.clone());
+            let tok = TextTokenizer::from_hf_dir(&tok_path)?;
+            let dtype = match opts.dtype {
+                Some(d) => d,
+                // candle's CPU matmul has no bf16 kernel.
+                None if opts.device.is_cpu() => DType::F32,
+                None => DType::BF16,
+            };
+            let w = weights::Weights::from_safetensors(wfiles, dtype, &opts.device)?;
+            let model = Transformer::load(&w, &cfg, dtype, &opts.device)?;
+            let mut files = vec![digest(config)?, digest(&tok_path)?];
+            for p in wfiles {
+                files.push(digest(p)?);
+            }
+            (model, tok, files, "safetensors", vec![], dtype)
+        }
+    };
+    if let ModelFiles::Gguf { file, .. } = &r.files {
+        files.insert(0, digest(file)?);
+    }
+    if tokenizer.vocab_size() > model.config().vocab_size {
+        return Err(ModelError::Tokenizer {
+            path: PathBuf::from(&tokenizer.origin),
+            detail: format!(
+                "has {} tokens but the model's embedding has only {} rows",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            ),
+        });
+    }
+    let info = ModelInfo {
+        spec: r.spec.clone(),
+        label: r.label.clone(),
+        origin: r.origin.clone(),
+        format: format.into(),
+        weight_types,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        config: model.config().clone(),
+        files,
+        tokenizer_origin: tokenizer.origin.clone(),
+        tokenizer_sha256: tokenizer.digest(),
+    };
+    Ok(LoadedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        info,
+    })
+}
+
+/// A truncated GGUF parses fine (the header is at the front) and fails
+/// later; check that every tensor lies inside the file.
+fn check_gguf_extent(
+    path: &Path,
+    content: &gguf_file::Content,
+    f: &std::fs::File,
+) -> Result<(), ModelError> {
+    let size = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    for (name, info) in &content.tensor_infos {
+        let elems: usize = info.shape.elem_count();
+        let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let end = content.tensor_data_offset + info.offset + bytes as u64;
+        if end > size {
+            return Err(ModelError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensor {name} ends at byte {end}, past the end of the {size}-byte file (truncated download?)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The architecture from GGUF metadata (`general.architecture` and the
+/// `{arch}.*` keys llama.cpp writes).
+pub fn config_from_gguf(
+    path: &Path,
+    content: &gguf_file::Content,
+) -> Result<ModelConfig, ModelError> {
+    let md = &content.metadata;
+    let arch_name = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| ModelError::BadConfig {
+            path: path.to_path_buf(),
+            field: "general.architecture".into(),
+            expected: "the architecture name in the GGUF metadata".into(),
+        })?;
+    let architecture = match arch_name.as_str() {
+        "llama" => Architecture::Llama,
+        "qwen2" => Architecture::Qwen2,
+        other => {
+            return Err(ModelError::UnknownArchitecture {
+                path: path.to_path_buf(),
+                found: other.into(),
+            })
+        }
+    };
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let bad = |field: String, expected: &str| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        field,
+        expected: expected.into(),
+    };
+    let get_usize = |k: &str| -> Result<usize, ModelError> {
+        md.get(&key(k))
+            .and_then(|v| {
+                v.to_u32()
+                    .ok()
+                    .map(|x| x as usize)
+                    .or_else(|| v.to_u64().ok().map(|x| x as usize))
+            })
+            .ok_or_else(|| bad(key(k), "a positive integer"))
+    };
+    let get_f64 = |k: &str| -> Option<f64> {
+        md.get(&key(k)).and_then(|v| {
+            v.to_f32()
+                .ok()
+                .map(|x| x as f64)
+                .or_else(|| v.to_f64().ok())
+        })
+    };
+    let hidden_size = get_usize("embedding_length")?;
+    let heads = get_usize("attention.head_count")?;
+    let kv_heads = get_usize("attention.head_count_kv").unwrap_or(heads);
+    let head_dim = get_usize("attention.key_length")
+        .or_else(|_| get_usize("rope.dimension_count"))
+        .unwrap_or(hidden_size / heads.max(1));
+    let embd = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            tensor: "token_embd.weight".into(),
+            detail: "every llama-family GGUF has it".into(),
+        })?;
+    let vocab_size = embd.shape.dims()[0];
+    let rope_scaling = match md
+        .get(&key("rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .map(|s| s.as_str())
+    {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: get_f64("rope.scaling.factor").unwrap_or(1.0),
+        }),
+        Some(other) => {
+            return Err(bad(
+                key("rope.scaling.type"),
+                &format!("none or linear (\"{other}\" is not supported)"),
+            ))
+        }
+    };
+    let cfg = ModelConfig {
+        architecture,
+        vocab_size,
+        hidden_size,
+        intermediate_size: get_usize("feed_forward_length")?,
+        num_hidden_layers: get_usize("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim,
+        max_position_embeddings: get_usize("context_length")?,
+        rms_norm_eps: get_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: get_f64("rope.freq_base").unwrap_or(10_000.0),
+        rope_scaling,
+        // llama.cpp permutes llama q/k for interleaved rope; qwen2 is neox-style.
+        rope_interleaved: architecture == Architecture::Llama,
+        qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    };
+    cfg.validate(path)?;
+    Ok(cfg)
+}

@@ -1,0 +1,357 @@
+//! Where a checkpoint's tensors come from: a GGUF file (quantized) or
+//! safetensors (dense). Layers ask for tensors by their HF names; GGUF names
+//! are translated here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::ModelError;
+
+#[derive(Clone)]
+pub(crate) struct Weights {
+    source: Arc<Source>,
+    prefix: String,
+}
+
+enum Source {
+    Gguf {
+        path: PathBuf,
+        tensors: HashMap<String, Arc<QTensor>>,
+    },
+    Dense {
+        origin: PathBuf,
+        vb: candle_nn::VarBuilder<'static>,
+    },
+}
+
+impl Weights {
+    pub fn from_gguf(
+        path: &Path,
+        content: &gguf_file::Content,
+        file: &mut std::fs::File,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let mut tensors = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let t = content
+                .tensor(file, name, device)
+                .map_err(|e| ModelError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: format!("tensor {name}: {e}"),
+                })?;
+            tensors.insert(name.clone(), Arc::new(t));
+        }
+        Ok(Self {
+            source: Arc::new(Source::Gguf {
+                path: path.to_path_buf(),
+                tensors,
+            }),
+            prefix: String::new(),
+        })
+    }
+
+    pub fn from_safetensors(
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        for f in files {
+            check_safetensors_header(f)?;
+        }
+        // SAFETY: the files are mapped read-only and not modified while mapped.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(files, dtype, device) }
+            .map_err(|e| ModelError::Corrupt {
+                path: files.first().cloned().unwrap_or_default(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            source: Arc::new(Source::Dense {
+                origin: files.first().cloned().unwrap_or_default(),
+                vb,
+            }),
+            prefix: String::new(),
+        })
+    }
+
+    /// Weights of a model being trained (or built in a test) from a var builder.
+    pub fn from_var_builder(vb: candle_nn::VarBuilder<'static>, origin: &str) -> Self {
+        Self {
+            source: Arc::new(Source::Dense {
+                origin: PathBuf::from(origin),
+                vb,
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    pub fn pp(&self, name: &str) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            source: self.source.clone(),
+            prefix,
+        }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(*self.source, Source::Gguf { .. })
+    }
+
+    fn origin(&self) -> &Path {
+        match &*self.source {
+            Source::Gguf { path, .. } => path,
+            Source::Dense { origin, .. } => origin,
+        }
+    }
+
+    fn missing(&self, name: &str, detail: String) -> ModelError {
+        ModelError::MissingTensor {
+            path: self.origin().to_path_buf(),
+            tensor: name.to_string(),
+            detail,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let full = self.full(name);
+        match &*self.source {
+            Source::Gguf { tensors, .. } => {
+                gguf_name(&full).is_some_and(|g| tensors.contains_key(&g))
+            }
+            Source::Dense { vb, .. } => vb.contains_tensor(&full),
+        }
+    }
+
+    fn qtensor(&self, full: &str) -> Result<Arc<QTensor>, ModelError> {
+        let Source::Gguf { tensors, .. } = &*self.source else {
+            unreachable!("qtensor on dense weights")
+        };
+        let g = gguf_name(full).ok_or_else(|| self.missing(full, "no GGUF name for it".into()))?;
+        tensors
+            .get(&g)
+            .cloned()
+            .ok_or_else(|| self.missing(full, format!("GGUF tensor {g} is absent")))
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], want: &[usize]) -> Result<(), ModelError> {
+        if got != want {
+            return Err(ModelError::Corrupt {
+                path: self.origin().to_path_buf(),
+                detail: format!("tensor {name} has shape {got:?}, expected {want:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A dense tensor (norm weights, biases), dequantized to f32 for GGUF.
+    pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, ModelError> {
+        let full = self.full(name);
+        match &*self.source {
+            Source::Gguf { .. } => {
+                let q = self.qtensor(&full)?;
+                self.check_shape(&full, q.shape().dims(), shape)?;
+                let dev = q.device();
+                Ok(q.dequantize(&dev)?.to_dtype(dtype)?)
+            }
+            Source::Dense { vb, .. } => {
+                let t = vb
+                    .get(shape, &full)
+                    .map_err(|e| self.missing(&full, e.to_string()))?;
+                Ok(t.to_dtype(dtype)?)
+            }
+        }
+    }
+
+    /// A `[out, in]` projection with an optional bias.
+    pub fn linear(
+        &self,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Linear, ModelError> {
+        let full = self.full(name);
+        let weight = match &*self.source {
+            Source::Gguf { .. } => {
+                let q = self.qtensor(&format!("{full}.weight"))?;
+                self.check_shape(&full, q.shape().dims(), &[out_dim, in_dim])?;
+                QMatMul::from_arc(q)?
+            }
+            Source::Dense { vb, .. } => {
+                let w = vb
+                    .get((out_dim, in_dim), &format!("{full}.weight"))
+                    .map_err(|e| self.missing(&format!("{full}.weight"), e.to_string()))?;
+                QMatMul::Tensor(w.to_dtype(dtype)?)
+            }
+        };
+        let bias = if bias {
+            Some(self.tensor(&format!("{name}.bias"), &[out_dim], dtype)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// The token embedding table.
+    pub fn embedding(
+        &self,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+        dtype: DType,
+    ) -> Result<Embedding, ModelError> {
+        let full = format!("{}.weight", self.full(name));
+        match &*self.source {
+            Source::Gguf { .. } => {
+                let q = self.qtensor(&full)?;
+                self.check_shape(&full, q.shape().dims(), &[vocab, hidden])?;
+                Ok(Embedding::Quantized(q))
+            }
+            Source::Dense { vb, .. } => {
+                let t = vb
+                    .get((vocab, hidden), &full)
+                    .map_err(|e| self.missing(&full, e.to_string()))?;
+                Ok(Embedding::Dense(t.to_dtype(dtype)?))
+            }
+        }
+    }
+}
+
+/// Maps an HF tensor name to llama.cpp's GGUF name.
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    for (h, g) in fixed {
+        if hf == h {
+            return Some(g.to_string());
+        }
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let table = [
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+    ];
+    let (stem, suffix) = tail.rsplit_once('.')?;
+    let g = table.iter().find(|(h, _)| *h == stem)?.1;
+    Some(format!("blk.{idx}.{g}.{suffix}"))
+}
+
+/// Reads the safetensors header so that a truncated or garbled file gets an
+/// error naming it instead of a failure deep inside the mmap loader.
+fn check_safetensors_header(path: &Path) -> Result<(), ModelError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let size = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let corrupt = |detail: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("shorter than the 8-byte safetensors header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n == 0 || n > 100_000_000 || 8 + n > size {
+        return Err(corrupt(format!(
+            "header length {n} does not fit a file of {size} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| corrupt(format!("header: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
+    let data_len = size - 8 - n;
+    if let Some(obj) = json.as_object() {
+        for (name, info) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            let end = info
+                .get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(|e| e.as_u64())
+                .ok_or_else(|| corrupt(format!("tensor {name} has no data_offsets")))?;
+            if end > data_len {
+                return Err(corrupt(format!(
+                    "tensor {name} ends at byte {end}, past the {data_len} data bytes (truncated file?)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A projection. Quantized weights go through candle's QMatMul; dense
+/// ones through an ordinary matmul.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    pub fn qmatmul(&self) -> &QMatMul {
+        &self.weight
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    /// `ids` `[n]` to `[n, hidden]`.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        match self {
+            Embedding::Quantized(q) => q.embedding(ids)?.to_dtype(dtype),
+            Embedding::Dense(t) => t.index_select(ids, 0),
+        }
+    }
+
+    /// The same table as an output projection (tied embeddings).
+    pub fn as_linear(&self) -> candle_core::Result<Linear> {
+        let weight = match self {
+            Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            Embedding::Dense(t) => QMatMul::Tensor(t.clone()),
+        };
+        Ok(Linear { weight, bias: None })
+    }
+}

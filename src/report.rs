@@ -1,0 +1,431 @@
+//! `pdbench report`: tables and a chart from results folders. It reads
+//! files only and never loads a model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use plotters::prelude::*;
+use polars::prelude::*;
+
+use crate::results::{Manifest, ResultsError, RunDir};
+use crate::stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("chart {path}: {detail}")]
+    Plot { path: PathBuf, detail: String },
+    #[error("no samples in {0}; nothing to report")]
+    Empty(String),
+}
+
+/// One row of the summary table: a method in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodRow {
+    pub run_id: String,
+    pub method: String,
+    pub samples: usize,
+    pub tokens: u64,
+    pub tokens_per_s_median: f64,
+    pub tokens_per_s_q25: f64,
+    pub tokens_per_s_q75: f64,
+    pub ttft_ms_median: Option<f64>,
+    pub mean_accepted_tokens: Option<f64>,
+    /// Mean over prompts of this method's tokens/s over `ar`'s on the same
+    /// prompt and repeat.
+    pub speedup_vs_ar: Option<f64>,
+    pub paired: usize,
+}
+
+/// The scalar columns of samples.jsonl that reports use.
+fn sample_schema() -> Schema {
+    Schema::from_iter([
+        Field::new("method".into(), DataType::String),
+        Field::new("sample_id".into(), DataType::String),
+        Field::new("repeat".into(), DataType::Int64),
+        Field::new("new_tokens".into(), DataType::Int64),
+        Field::new("wall_ns".into(), DataType::Int64),
+        Field::new("ttft_ns".into(), DataType::Int64),
+        Field::new("tokens_per_s".into(), DataType::Float64),
+        Field::new("mean_accepted_tokens".into(), DataType::Float64),
+        Field::new("target_calls".into(), DataType::Int64),
+    ])
+}
+
+/// Reads a run's samples into a DataFrame with polars.
+pub fn read_samples_frame(run: &RunDir) -> Result<DataFrame, ReportError> {
+    let p = run.samples_path();
+    let err = |detail: String| ReportError::Read {
+        path: p.clone(),
+        detail,
+    };
+    // A torn last line (crash mid-write) is left out, as on resume.
+    let bytes = std::fs::read(&p).map_err(|e| err(e.to_string()))?;
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if end == 0 {
+        return Err(ReportError::Empty(p.display().to_string()));
+    }
+    let cursor = std::io::Cursor::new(bytes[..end].to_vec());
+    JsonLineReader::new(cursor)
+        .with_schema(Arc::new(sample_schema()))
+        .finish()
+        .map_err(|e| err(format!("not readable as pdbench samples: {e}")))
+}
+
+fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, PolarsError> {
+    let c = df.column(name)?.cast(&DataType::Float64)?;
+    Ok(c.f64()?.into_iter().collect())
+}
+
+fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>, PolarsError> {
+    Ok(df
+        .column(name)?
+        .str()?
+        .into_iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// Per-method rows of one run.
+pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsError> {
+    let method = strs(df, "method")?;
+    let sample = strs(df, "sample_id")?;
+    let repeat = f64s(df, "repeat")?;
+    let tps = f64s(df, "tokens_per_s")?;
+    let ttft = f64s(df, "ttft_ns")?;
+    let tau = f64s(df, "mean_accepted_tokens")?;
+    let tokens = f64s(df, "new_tokens")?;
+    let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, m) in method.iter().enumerate() {
+        by_method.entry(m.as_str()).or_default().push(i);
+    }
+    let key = |i: usize| (sample[i].clone(), repeat[i].unwrap_or(0.0) as i64);
+    let ar: BTreeMap<_, f64> = by_method
+        .get("ar")
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|&i| tps[i].map(|t| (key(i), t)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    // `ar` first, then the rest by name.
+    let mut names: Vec<&str> = by_method.keys().copied().collect();
+    names.sort_by_key(|n| (*n != "ar", n.to_string()));
+    for name in names {
+        let rows = &by_method[name];
+        let t: Vec<f64> = rows.iter().filter_map(|&i| tps[i]).collect();
+        let ttft_ms: Vec<f64> = rows
+            .iter()
+            .filter_map(|&i| ttft[i])
+            .map(|x| x / 1e6)
+            .collect();
+        let taus: Vec<f64> = rows.iter().filter_map(|&i| tau[i]).collect();
+        let ratios: Vec<f64> = rows
+            .iter()
+            .filter_map(|&i| Some(tps[i]? / ar.get(&key(i))?))
+            .collect();
+        out.push(MethodRow {
+            run_id: run_id.to_string(),
+            method: name.to_string(),
+            samples: rows.len(),
+            tokens: rows.iter().filter_map(|&i| tokens[i]).sum::<f64>() as u64,
+            tokens_per_s_median: stats::median(&t).unwrap_or(f64::NAN),
+            tokens_per_s_q25: stats::quantile(&t, 0.25).unwrap_or(f64::NAN),
+            tokens_per_s_q75: stats::quantile(&t, 0.75).unwrap_or(f64::NAN),
+            ttft_ms_median: stats::median(&ttft_ms),
+            mean_accepted_tokens: stats::mean(&taus),
+            speedup_vs_ar: stats::mean(&ratios),
+            paired: ratios.len(),
+        });
+    }
+    Ok(out)
+}
+
+fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
+    let opt = |f: fn(&MethodRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<_>>();
+    DataFrame::new(vec![
+        Column::new(
+            "run_id".into(),
+            rows.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "samples".into(),
+            rows.iter().map(|r| r.samples as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "tokens".into(),
+            rows.iter().map(|r| r.tokens).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "tokens_per_s_median".into(),
+            rows.iter()
+                .map(|r| r.tokens_per_s_median)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "tokens_per_s_q25".into(),
+            rows.iter().map(|r| r.tokens_per_s_q25).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "tokens_per_s_q75".into(),
+            rows.iter().map(|r| r.tokens_per_s_q75).collect::<Vec<_>>(),
+        ),
+        Column::new("ttft_ms_median".into(), opt(|r| r.ttft_ms_median)),
+        Column::new(
+            "mean_accepted_tokens".into(),
+            opt(|r| r.mean_accepted_tokens),
+        ),
+        Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
+        Column::new(
+            "paired_prompts".into(),
+            rows.iter().map(|r| r.paired as u64).collect::<Vec<_>>(),
+        ),
+    ])
+}
+
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
+    let mut s = String::from("# pdbench report\n\n");
+    for m in manifests {
+        s.push_str(&format!(
+            "- run `{}`: suite **{}** v{} ({} samples{}), model **{}** ({}, {}), device {} ({} threads), seed {}, max_new_tokens {}, warm-up {} prompt(s) not recorded, status {:?}\n",
+            m.run_id,
+            m.suite.def.name,
+            m.suite.def.version,
+            m.limit.unwrap_or(m.suite.n_samples).min(m.suite.n_samples),
+            if m.repeats > 1 { format!(" × {} repeats", m.repeats) } else { String::new() },
+            m.models.target.label,
+            m.models.target.format,
+            m.models.target.dtype,
+            m.device.name,
+            m.device.threads,
+            m.seed,
+            m.max_new_tokens,
+            m.warmup,
+            m.status,
+        ));
+    }
+    let multi = manifests.len() > 1;
+    s.push_str("\n| ");
+    if multi {
+        s.push_str("run | ");
+    }
+    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | speedup vs ar |\n|");
+    let ncol = if multi { 9 } else { 8 };
+    for _ in 0..ncol {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for r in rows {
+        s.push_str("| ");
+        if multi {
+            s.push_str(&format!("{} | ", r.run_id));
+        }
+        s.push_str(&format!(
+            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} |\n",
+            r.method,
+            r.samples,
+            r.tokens,
+            r.tokens_per_s_median,
+            r.tokens_per_s_q25,
+            r.tokens_per_s_q75,
+            fmt_opt(r.ttft_ms_median, 1),
+            fmt_opt(r.mean_accepted_tokens, 2),
+            match r.speedup_vs_ar {
+                Some(v) => format!("{v:.2}× ({} prompts)", r.paired),
+                None => "–".into(),
+            },
+        ));
+    }
+    s.push_str(
+        "\ntokens/s is new tokens over the device-synchronised wall time of a sample, prefill included. \
+         τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
+         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat.\n",
+    );
+    s
+}
+
+/// Writes report.md, report.csv and tokens_per_s.{png,svg} into `out`.
+pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let mut manifests = Vec::new();
+    let mut rows = Vec::new();
+    for p in runs {
+        let dir = RunDir::open(p)?;
+        let m = dir.read_manifest()?;
+        let df = read_samples_frame(&dir)?;
+        let r = summarize(&m.run_id, &df).map_err(|e| ReportError::Read {
+            path: dir.samples_path(),
+            detail: e.to_string(),
+        })?;
+        rows.extend(r);
+        manifests.push(m);
+    }
+    std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    let md = out.join("report.md");
+    std::fs::write(&md, markdown(&manifests, &rows)).map_err(io(&md))?;
+    let csv = out.join("report.csv");
+    let mut frame = rows_frame(&rows).map_err(|e| ReportError::Read {
+        path: csv.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut f = std::fs::File::create(&csv).map_err(io(&csv))?;
+    CsvWriter::new(&mut f)
+        .finish(&mut frame)
+        .map_err(|e| ReportError::Read {
+            path: csv.clone(),
+            detail: e.to_string(),
+        })?;
+    let title = match manifests.as_slice() {
+        [m] => format!(
+            "{} on {} ({}, {} threads)",
+            m.models.target.label, m.suite.def.name, m.device.name, m.device.threads
+        ),
+        _ => "pdbench runs".into(),
+    };
+    let png = out.join("tokens_per_s.png");
+    let svg = out.join("tokens_per_s.svg");
+    let labelled: Vec<(String, &MethodRow)> = rows
+        .iter()
+        .map(|r| {
+            let l = if manifests.len() > 1 {
+                format!("{}/{}", r.run_id, r.method)
+            } else {
+                r.method.clone()
+            };
+            (l, r)
+        })
+        .collect();
+    let size = (960, 120 + 60 * labelled.len() as u32);
+    draw_tokens_per_s(BitMapBackend::new(&png, size), &title, &labelled).map_err(|detail| {
+        ReportError::Plot {
+            path: png.clone(),
+            detail,
+        }
+    })?;
+    draw_tokens_per_s(SVGBackend::new(&svg, size), &title, &labelled).map_err(|detail| {
+        ReportError::Plot {
+            path: svg.clone(),
+            detail,
+        }
+    })?;
+    Ok(vec![md, csv, png, svg])
+}
+
+/// plotters draws text with ab_glyph, which needs the font bytes; DejaVu
+/// Sans ships in assets/ so charts render the same everywhere.
+fn register_fonts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// Horizontal bars of median tokens/s with IQR whiskers, one per method.
+fn draw_tokens_per_s<DB: DrawingBackend>(
+    backend: DB,
+    title: &str,
+    rows: &[(String, &MethodRow)],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    register_fonts();
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max_x = rows
+        .iter()
+        .map(|(_, r)| r.tokens_per_s_q75.max(r.tokens_per_s_median))
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let n = rows.len();
+    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(4) as u32 * 9 + 20;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(label_width.clamp(60, 360))
+        .build_cartesian_2d(0f64..max_x, (0..n).into_segmented())
+        .map_err(|e| e.to_string())?;
+    let labels: Vec<String> = rows.iter().map(|(l, _)| l.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("tokens/s (median, whiskers: interquartile range)")
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let color = RGBColor(52, 101, 164);
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, r))| {
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (r.tokens_per_s_median, SegmentValue::Exact(i + 1)),
+                ],
+                color.mix(0.75).filled(),
+            );
+            bar.set_margin(10, 10, 0, 0);
+            bar
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, r))| {
+            PathElement::new(
+                vec![
+                    (r.tokens_per_s_q25, SegmentValue::CenterOf(i)),
+                    (r.tokens_per_s_q75, SegmentValue::CenterOf(i)),
+                ],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, r))| {
+            Text::new(
+                format!("{:.1}", r.tokens_per_s_median),
+                (
+                    r.tokens_per_s_q75.max(r.tokens_per_s_median) + max_x * 0.01,
+                    SegmentValue::CenterOf(i),
+                ),
+                ("sans-serif", 15),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}

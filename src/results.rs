@@ -1,0 +1,344 @@
+//! The results store: `results/<run-id>/manifest.json` and `samples.jsonl`.
+//!
+//! The manifest is replaced atomically (write, fsync, rename). Each sample
+//! is appended as one line with a single write and an fsync, so a crash or
+//! Ctrl-C loses at most the sample in flight; a torn last line is detected
+//! and cut off on resume.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::measure::{FinishReason, StepRecord};
+use crate::methods::MethodInstance;
+use crate::model::ModelInfo;
+use crate::suite::ResolvedSuite;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SAMPLES: &str = "samples.jsonl";
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("{path} is not a pdbench run folder (no manifest.json)")]
+    NotARun { path: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
+    move |source| ResultsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see the old or the new
+/// content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Complete,
+    Interrupted,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitInfo {
+    pub commit: Option<String>,
+    pub dirty: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub cpu_model: String,
+    pub physical_cores: Option<usize>,
+    pub logical_cores: usize,
+    pub memory_bytes: u64,
+    pub os: String,
+    pub kernel: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// `cpu` or `cuda:N`.
+    pub name: String,
+    pub threads: usize,
+    /// True when the binary was built with the `cuda` feature.
+    pub cuda_build: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunModels {
+    pub target: ModelInfo,
+    pub draft: Option<ModelInfo>,
+}
+
+/// Everything needed to understand, compare and re-run a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub pdbench_version: String,
+    pub git: GitInfo,
+    pub argv: Vec<String>,
+    pub created_unix_s: u64,
+    pub updated_unix_s: u64,
+    pub suite: ResolvedSuite,
+    pub methods: Vec<MethodInstance>,
+    pub models: RunModels,
+    pub device: DeviceInfo,
+    pub dtype: String,
+    pub seed: u64,
+    pub warmup: usize,
+    pub repeats: usize,
+    /// Only the first `limit` samples of the suite run, if set.
+    pub limit: Option<usize>,
+    pub max_new_tokens: usize,
+    pub host: HostInfo,
+    /// Set when the run stopped early, with the reason.
+    pub note: Option<String>,
+}
+
+/// One decoded sample, as written to `samples.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub method: String,
+    pub method_id: String,
+    pub sample_id: String,
+    pub category: Option<String>,
+    pub repeat: usize,
+    pub seed: u64,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub finish_reason: Option<FinishReason>,
+    pub wall_ns: u64,
+    pub ttft_ns: Option<u64>,
+    /// new_tokens over wall time.
+    pub tokens_per_s: f64,
+    /// Tokens after the first over the time after it.
+    pub decode_tokens_per_s: Option<f64>,
+    pub target_calls: u64,
+    pub draft_calls: u64,
+    /// Decode-step tokens per target forward (Spec-Bench's τ: the bonus
+    /// token included, the prefill step excluded).
+    pub mean_accepted_tokens: Option<f64>,
+    pub output_ids: Vec<u32>,
+    pub output_text: String,
+    pub score: Option<f64>,
+    pub steps: Vec<StepRecord>,
+}
+
+impl SampleRecord {
+    pub fn key(&self) -> (String, String, usize) {
+        (self.method.clone(), self.sample_id.clone(), self.repeat)
+    }
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn create(path: &Path) -> Result<Self, ResultsError> {
+        std::fs::create_dir_all(path).map_err(io(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn open(path: &Path) -> Result<Self, ResultsError> {
+        if !path.join(MANIFEST).is_file() {
+            return Err(ResultsError::NotARun {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.path.join(MANIFEST)
+    }
+
+    pub fn samples_path(&self) -> PathBuf {
+        self.path.join(SAMPLES)
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<(), ResultsError> {
+        let p = self.manifest_path();
+        let text = serde_json::to_string_pretty(m).expect("manifest serialises");
+        write_atomic(&p, text.as_bytes()).map_err(io(&p))
+    }
+
+    pub fn read_manifest(&self) -> Result<Manifest, ResultsError> {
+        let p = self.manifest_path();
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text).map_err(|e| ResultsError::Parse {
+            path: p.clone(),
+            detail: format!("not a pdbench manifest: {e}"),
+        })
+    }
+
+    /// Appends one sample as a single line, durably.
+    pub fn append_sample(&self, r: &SampleRecord) -> Result<(), ResultsError> {
+        let p = self.samples_path();
+        let mut line = serde_json::to_vec(r).expect("sample serialises");
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        f.write_all(&line).map_err(io(&p))?;
+        f.sync_data().map_err(io(&p))?;
+        Ok(())
+    }
+
+    /// Reads every complete sample. A torn last line (a crash mid-write) is
+    /// reported, not an error; any other bad line is.
+    pub fn read_samples(&self) -> Result<(Vec<SampleRecord>, bool), ResultsError> {
+        let p = self.samples_path();
+        if !p.exists() {
+            return Ok((vec![], false));
+        }
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        parse_samples(&p, &bytes)
+    }
+
+    /// Cuts a torn last line so that appends continue on a clean boundary.
+    pub fn repair(&self) -> Result<bool, ResultsError> {
+        let p = self.samples_path();
+        if !p.exists() {
+            return Ok(false);
+        }
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        let keep = match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => 0,
+        };
+        if keep == bytes.len() {
+            return Ok(false);
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        f.set_len(keep as u64).map_err(io(&p))?;
+        f.sync_all().map_err(io(&p))?;
+        Ok(true)
+    }
+
+    pub fn done_keys(&self) -> Result<HashSet<(String, String, usize)>, ResultsError> {
+        Ok(self.read_samples()?.0.iter().map(|r| r.key()).collect())
+    }
+}
+
+fn parse_samples(path: &Path, bytes: &[u8]) -> Result<(Vec<SampleRecord>, bool), ResultsError> {
+    let mut out = Vec::new();
+    let mut torn = false;
+    let ends_clean = bytes.last().is_none_or(|&b| b == b'\n');
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let n = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let last = i + 1 == n;
+        match serde_json::from_slice::<SampleRecord>(line) {
+            Ok(r) => out.push(r),
+            Err(_) if last && !ends_clean => torn = true,
+            Err(e) => {
+                return Err(ResultsError::Parse {
+                    path: path.to_path_buf(),
+                    detail: format!("line {}: not a sample record: {e}", i + 1),
+                })
+            }
+        }
+    }
+    Ok((out, torn))
+}
+
+/// A run id from the time and a short random suffix.
+pub fn new_run_id(now_unix_s: u64, entropy: u64) -> String {
+    let days = now_unix_s / 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    let secs = now_unix_s % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:04x}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        entropy & 0xffff
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_dated() {
+        // 2026-11-22 14:03:16 UTC
+        assert_eq!(new_run_id(1_795_356_196, 0xabcd), "20261122-140316-abcd");
+    }
+
+    #[test]
+    fn torn_tail_is_detected_not_fatal() {
+        let rec = r#"{"method":"ar","method_id":"ar","sample_id":"0","category":null,"repeat":0,"seed":1,"prompt_tokens":3,"new_tokens":1,"finish_reason":"length","wall_ns":5,"ttft_ns":5,"tokens_per_s":1.0,"decode_tokens_per_s":null,"target_calls":1,"draft_calls":0,"mean_accepted_tokens":null,"output_ids":[1],"output_text":"a","score":null,"steps":[]}"#;
+        let bytes = format!("{rec}\n{}", &rec[..40]);
+        let (rows, torn) = parse_samples(Path::new("x"), bytes.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(torn);
+        let bad = format!("{}\n{rec}\n", &rec[..40]);
+        assert!(parse_samples(Path::new("x"), bad.as_bytes()).is_err());
+    }
+}

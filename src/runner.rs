@@ -1,0 +1,309 @@
+//! The runner: turns suite samples into prompts, runs every method over
+//! them with warm-up, checks invariants, and writes each sample as soon as
+//! it is done.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::measure::{check_invariants, Clock, DeviceSync, Measured, Probe, StepKind, StopRule};
+use crate::methods::{GenContext, MethodError, MethodInstance, MethodModels};
+use crate::model::{LoadedModel, ModelError};
+use crate::results::{ResultsError, RunDir, SampleRecord};
+use crate::suite::{self, ResolvedSuite, Sample, SuiteError};
+use crate::util::fnv1a;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Suite(#[from] SuiteError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Method(#[from] MethodError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("suite {suite}, sample {sample}: the prompt is {prompt_tokens} tokens, and with max_new_tokens {max_new_tokens} (plus {margin} for drafts) it needs {needed} positions, more than the context of {context} of model {model}")]
+    PromptTooLong {
+        suite: String,
+        sample: String,
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+        margin: usize,
+        needed: usize,
+        context: usize,
+        model: String,
+    },
+    #[error("suite {suite}, sample {sample}: the prompt encodes to no tokens")]
+    EmptyPrompt { suite: String, sample: String },
+    #[error("{0}")]
+    Invariant(String),
+    #[error("{method}: sample {sample}: {detail}")]
+    Measure {
+        method: String,
+        sample: String,
+        detail: String,
+    },
+}
+
+/// A sample with its prompt rendered and encoded.
+#[derive(Debug, Clone)]
+pub struct PreparedSample {
+    pub sample: Sample,
+    pub prompt_text: String,
+    pub prompt_ids: Vec<u32>,
+}
+
+/// Positions kept free past max_new_tokens for methods that forward drafts
+/// beyond the last emitted token.
+pub const DRAFT_MARGIN: usize = 64;
+
+/// Renders, encodes and length-checks the first `limit` samples.
+pub fn prepare_samples(
+    suite: &ResolvedSuite,
+    limit: Option<usize>,
+    max_new_tokens: usize,
+    models: &[&LoadedModel],
+) -> Result<Vec<PreparedSample>, RunError> {
+    let target = models[0];
+    let n = limit.unwrap_or(usize::MAX).min(suite.samples.len());
+    let mut out = Vec::with_capacity(n);
+    for s in &suite.samples[..n] {
+        let text = suite::render_prompt(&suite.def, s, &target.tokenizer, &target.info.label)?;
+        let ids = target.tokenizer.encode(&text)?;
+        if ids.is_empty() {
+            return Err(RunError::EmptyPrompt {
+                suite: suite.def.name.clone(),
+                sample: s.id.clone(),
+            });
+        }
+        for m in models {
+            let context = m.model.config().max_position_embeddings;
+            let needed = ids.len() + max_new_tokens + DRAFT_MARGIN;
+            if needed > context {
+                return Err(RunError::PromptTooLong {
+                    suite: suite.def.name.clone(),
+                    sample: s.id.clone(),
+                    prompt_tokens: ids.len(),
+                    max_new_tokens,
+                    margin: DRAFT_MARGIN,
+                    needed,
+                    context,
+                    model: m.info.label.clone(),
+                });
+            }
+        }
+        out.push(PreparedSample {
+            sample: s.clone(),
+            prompt_text: text,
+            prompt_ids: ids,
+        });
+    }
+    Ok(out)
+}
+
+pub struct RunPlan<'a> {
+    pub suite_name: String,
+    pub samples: &'a [PreparedSample],
+    pub methods: &'a [MethodInstance],
+    pub target: &'a LoadedModel,
+    pub draft: Option<&'a LoadedModel>,
+    pub seed: u64,
+    pub warmup: usize,
+    pub repeats: usize,
+    pub rule: StopRule,
+}
+
+/// What the runner reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    MethodStart {
+        label: &'a str,
+        todo: usize,
+        skipped: usize,
+    },
+    WarmupDone {
+        label: &'a str,
+        samples: usize,
+    },
+    Sample {
+        record: &'a SampleRecord,
+        done: usize,
+        todo: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    Interrupted,
+}
+
+/// The seed of one sample, independent of the order samples run in.
+pub fn sample_seed(run_seed: u64, method: &str, sample_id: &str, repeat: usize) -> u64 {
+    fnv1a(&[
+        &run_seed.to_le_bytes(),
+        method.as_bytes(),
+        sample_id.as_bytes(),
+        &(repeat as u64).to_le_bytes(),
+    ])
+}
+
+pub fn execute(
+    plan: &RunPlan<'_>,
+    dir: &RunDir,
+    done: &HashSet<(String, String, usize)>,
+    clock: &dyn Clock,
+    device: &dyn DeviceSync,
+    interrupt: &AtomicBool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Outcome, RunError> {
+    let tok = plan.target.tokenizer.clone();
+    let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
+    for inst in plan.methods {
+        let spec = inst.spec();
+        let todo: Vec<(&PreparedSample, usize)> = plan
+            .samples
+            .iter()
+            .flat_map(|s| (0..plan.repeats).map(move |r| (s, r)))
+            .filter(|(s, r)| !done.contains(&(inst.label.clone(), s.sample.id.clone(), *r)))
+            .collect();
+        let skipped = plan.samples.len() * plan.repeats - todo.len();
+        on_event(Event::MethodStart {
+            label: &inst.label,
+            todo: todo.len(),
+            skipped,
+        });
+        if todo.is_empty() {
+            continue;
+        }
+        let models = MethodModels {
+            target: plan.target,
+            draft: plan.draft,
+        };
+        let mut decoder = (spec.build)(&inst.params, &models)?;
+
+        // Warm-up: the first prompts, never recorded.
+        let n_warm = plan.warmup.min(plan.samples.len());
+        for s in &plan.samples[..n_warm] {
+            let mut rng =
+                ChaCha20Rng::seed_from_u64(sample_seed(plan.seed, "warmup", &s.sample.id, 0));
+            let mut probe = Probe::start(clock, device, &detok, &plan.rule);
+            decoder.generate(
+                &s.prompt_ids,
+                &mut GenContext {
+                    probe: &mut probe,
+                    rng: &mut rng,
+                },
+            )?;
+            let _ = probe.finish();
+            if interrupt.load(Ordering::SeqCst) {
+                return Ok(Outcome::Interrupted);
+            }
+        }
+        on_event(Event::WarmupDone {
+            label: &inst.label,
+            samples: n_warm,
+        });
+
+        for (i, (s, repeat)) in todo.iter().enumerate() {
+            if interrupt.load(Ordering::SeqCst) {
+                return Ok(Outcome::Interrupted);
+            }
+            let seed = sample_seed(plan.seed, &inst.label, &s.sample.id, *repeat);
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let mut probe =
+                Probe::start(clock, device, &detok, &plan.rule).with_interrupt(interrupt);
+            decoder.generate(
+                &s.prompt_ids,
+                &mut GenContext {
+                    probe: &mut probe,
+                    rng: &mut rng,
+                },
+            )?;
+            if probe.was_interrupted() {
+                // The sample in flight is the one a Ctrl-C may lose.
+                return Ok(Outcome::Interrupted);
+            }
+            let measured = probe.finish().map_err(|detail| RunError::Measure {
+                method: inst.label.clone(),
+                sample: s.sample.id.clone(),
+                detail,
+            })?;
+            check_invariants(&inst.label, &measured, &plan.rule).map_err(RunError::Invariant)?;
+            let record = make_record(
+                inst,
+                s,
+                *repeat,
+                seed,
+                &measured,
+                &plan.rule,
+                &*plan.target.tokenizer,
+            )?;
+            dir.append_sample(&record)?;
+            on_event(Event::Sample {
+                record: &record,
+                done: i + 1,
+                todo: todo.len(),
+            });
+        }
+    }
+    Ok(Outcome::Complete)
+}
+
+fn make_record(
+    inst: &MethodInstance,
+    s: &PreparedSample,
+    repeat: usize,
+    seed: u64,
+    m: &Measured,
+    rule: &StopRule,
+    tok: &crate::model::TextTokenizer,
+) -> Result<SampleRecord, RunError> {
+    let n = m.output.len();
+    let secs = m.wall_ns as f64 / 1e9;
+    let decode_tokens_per_s = match m.ttft_ns {
+        Some(t) if n > 1 && m.wall_ns > t => Some((n - 1) as f64 / ((m.wall_ns - t) as f64 / 1e9)),
+        _ => None,
+    };
+    let decode: Vec<_> = m
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Decode)
+        .collect();
+    let dec_tokens: usize = decode.iter().map(|s| s.emitted).sum();
+    let dec_calls: u64 = decode.iter().map(|s| s.target_calls as u64).sum();
+    let mut text = tok.decode(&m.output)?;
+    if let Some(cut) = rule
+        .stop_strings
+        .iter()
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+    {
+        text.truncate(cut);
+    }
+    Ok(SampleRecord {
+        method: inst.label.clone(),
+        method_id: inst.id.clone(),
+        sample_id: s.sample.id.clone(),
+        category: s.sample.category.clone(),
+        repeat,
+        seed,
+        prompt_tokens: s.prompt_ids.len(),
+        new_tokens: n,
+        finish_reason: m.finish,
+        wall_ns: m.wall_ns,
+        ttft_ns: m.ttft_ns,
+        tokens_per_s: if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        decode_tokens_per_s,
+        target_calls: m.steps.iter().map(|s| s.target_calls as u64).sum(),
+        draft_calls: m.steps.iter().map(|s| s.draft_calls as u64).sum(),
+        mean_accepted_tokens: (dec_calls > 0).then(|| dec_tokens as f64 / dec_calls as f64),
+        output_ids: m.output.clone(),
+        output_text: text,
+        score: None,
+        steps: m.steps.clone(),
+    })
+}

