@@ -98,6 +98,9 @@ pub struct RunArgs {
     /// A tokenizer.json to use instead of the model's own.
     #[arg(long, conflicts_with = "resume")]
     pub tokenizer: Option<PathBuf>,
+    /// Dequantize GGUF weights to f32 (slower; plain f32 arithmetic).
+    #[arg(long, conflicts_with = "resume")]
+    pub dequantize: bool,
     /// Folder that holds run folders.
     #[arg(long, default_value = "results")]
     pub results_dir: PathBuf,
@@ -375,6 +378,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     d => Some(parse_dtype(d)?),
                 },
                 tokenizer: None,
+                dequantize: m.models.target.format.contains("dequantized"),
             };
             let (target, draft) = load_models(
                 &store,
@@ -431,6 +435,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 device: device.open()?,
                 dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
                 tokenizer: a.tokenizer.clone(),
+                dequantize: a.dequantize,
             };
             let (target, draft) = load_models(&store, &a.model, a.draft.as_deref(), &opts, policy)?;
             check_needs(&methods, draft.as_ref())?;

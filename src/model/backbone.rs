@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use super::attention::{self, Dims, Keys};
 use super::config::{rope_inv_freq, ModelConfig};
 use super::kv::KvCache;
 use super::mask::Mask;
@@ -200,6 +201,7 @@ impl Attention {
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
+        keys: &[Keys],
         bias: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let (_, n, _) = x.dims3()?;
@@ -220,28 +222,66 @@ impl Attention {
             .v
             .forward(x)?
             .reshape((1, n, nkv, d))?
-            .transpose(1, 2)?;
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?;
-        // The cache holds K/V already repeated per query head (see KvCache),
-        // so attention is one batched matmul per head with the same shapes
-        // as candle's and HF's eager attention, and the same rounding.
-        let rep = nh / nkv;
-        let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v.contiguous()?, rep)?);
         cache.write(layer, start, &k, &v)?;
         let total = start + n;
-        let (k_all, v_all) = cache.view(layer, total)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let att = (q.matmul(&k_all.t()?)? * scale)?;
-        let att = match bias {
-            None => att,
-            Some(b) => att.broadcast_add(b)?,
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (kc, vc) = cache.layer(layer);
+            let dims = Dims {
+                n,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: d,
+                capacity: cache.capacity(),
+                scale,
+            };
+            let out = with_f32(&q, |q| {
+                with_f32(kc, |k| {
+                    with_f32(vc, |v| {
+                        // q is [nh, n, d]; attend reads it through this view.
+                        attention::attend(q, k, v, dims, &|row| keys[row].clone())
+                    })
+                })
+            })???;
+            Tensor::from_vec(out, (1, n, nh * d), x.device())?
+        } else {
+            // Devices: candle's batched ops over the cache, KV heads
+            // repeated for grouped-query attention.
+            let (k_all, v_all) = cache.view(layer, total)?;
+            let rep = nh / nkv;
+            let (k_all, v_all) = (
+                repeat_kv(&k_all.contiguous()?, rep)?,
+                repeat_kv(&v_all.contiguous()?, rep)?,
+            );
+            let att = (q.matmul(&k_all.t()?)? * scale)?;
+            let att = match bias {
+                None => att,
+                Some(b) => att.broadcast_add(b)?,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            att.matmul(&v_all)?
+                .transpose(1, 2)?
+                .reshape((1, n, nh * d))?
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v_all)?; // [1, nh, n, d]
-        let y = y.transpose(1, 2)?.reshape((1, n, nh * d))?;
         Ok(self.o.forward(&y)?)
     }
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor")
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
+    Ok(f(&data[a..b]))
 }
 
 #[derive(Debug, Clone)]
@@ -359,7 +399,7 @@ impl Transformer {
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
         KvCache::new(
             self.cfg.num_hidden_layers,
-            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
             self.cfg.head_dim,
             capacity,
             self.cfg.max_position_embeddings,
@@ -453,7 +493,12 @@ impl Transformer {
 
         cache.truncate(req.start)?;
         cache.ensure_capacity(total)?;
-        let bias = req.mask.bias(req.start, n, self.dtype, &self.device)?;
+        let keys = req.mask.keys(req.start, n)?;
+        let bias = if self.device.is_cpu() {
+            None
+        } else {
+            req.mask.bias(req.start, n, self.dtype, &self.device)?
+        };
         let (cos, sin) = self.rope.select(req.start, n, positions.as_ref())?;
 
         let ids = Tensor::new(req.tokens, &self.device)?;
@@ -481,6 +526,7 @@ impl Transformer {
                 &self.rope,
                 &cos,
                 &sin,
+                &keys,
                 bias.as_ref(),
             )?;
             let x1 = (x + a)?;

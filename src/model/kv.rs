@@ -5,20 +5,15 @@ use candle_core::{DType, Device, Tensor};
 
 use super::ModelError;
 
-/// Per-layer key/value storage of shape `[1, n_heads, capacity, head_dim]`.
+/// Per-layer key/value storage of shape `[1, n_kv_heads, capacity, head_dim]`.
 /// Entries `0..len` are valid. Truncation is O(1): it only moves `len`.
-///
-/// With grouped-query attention each KV head is stored once per query head
-/// that reads it. That costs memory, but attention then runs with the same
-/// matmul shapes (and so the same rounding) as candle's and HF's eager
-/// implementations, which keeps greedy outputs identical to theirs.
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
     capacity: usize,
     max_capacity: usize,
-    n_heads: usize,
+    n_kv_heads: usize,
     head_dim: usize,
     dtype: DType,
     device: Device,
@@ -44,7 +39,7 @@ impl KvSnapshot {
 impl KvCache {
     pub(crate) fn new(
         n_layers: usize,
-        n_heads: usize,
+        n_kv_heads: usize,
         head_dim: usize,
         capacity: usize,
         max_capacity: usize,
@@ -54,14 +49,14 @@ impl KvCache {
         let capacity = capacity.clamp(1, max_capacity.max(1));
         let mut layers = Vec::with_capacity(n_layers);
         for _ in 0..n_layers {
-            layers.push(Self::alloc(n_heads, head_dim, capacity, dtype, device)?);
+            layers.push(Self::alloc(n_kv_heads, head_dim, capacity, dtype, device)?);
         }
         Ok(Self {
             layers,
             len: 0,
             capacity,
             max_capacity,
-            n_heads,
+            n_kv_heads,
             head_dim,
             dtype,
             device: device.clone(),
@@ -69,14 +64,14 @@ impl KvCache {
     }
 
     fn alloc(
-        n_heads: usize,
+        n_kv_heads: usize,
         d: usize,
         cap: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor), ModelError> {
-        let k = Tensor::zeros((1, n_heads, cap, d), dtype, device)?;
-        let v = Tensor::zeros((1, n_heads, cap, d), dtype, device)?;
+        let k = Tensor::zeros((1, n_kv_heads, cap, d), dtype, device)?;
+        let v = Tensor::zeros((1, n_kv_heads, cap, d), dtype, device)?;
         Ok((k, v))
     }
 
@@ -198,15 +193,15 @@ impl KvCache {
         let new_cap = (self.capacity * 2).max(needed).min(self.max_capacity);
         for layer in self.layers.iter_mut() {
             let (k, v) = Self::alloc(
-                self.n_heads,
+                self.n_kv_heads,
                 self.head_dim,
                 new_cap,
                 self.dtype,
                 &self.device,
             )?;
             if self.len > 0 {
-                k.slice_set(&layer.0.narrow(2, 0, self.len)?, 2, 0)?;
-                v.slice_set(&layer.1.narrow(2, 0, self.len)?, 2, 0)?;
+                k.slice_set(&layer.0.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                v.slice_set(&layer.1.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
             }
             *layer = (k, v);
         }
@@ -214,7 +209,7 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes `k`, `v` (`[1, n_heads, s, d]`) of one layer at `start`.
+    /// Writes `k`, `v` (`[1, n_kv_heads, s, d]`) of one layer at `start`.
     pub(crate) fn write(
         &self,
         layer: usize,
@@ -226,6 +221,12 @@ impl KvCache {
         ck.slice_set(k, 2, start)?;
         cv.slice_set(v, 2, start)?;
         Ok(())
+    }
+
+    /// One layer's whole key and value tensors (`[1, n_kv, capacity, d]`).
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
     }
 
     /// Views of one layer's first `len` positions.

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::attention::Keys;
 use super::ModelError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +71,56 @@ impl Mask {
             }
             Mask::Explicit(m) => m.get(row, key),
         }
+    }
+
+    /// The keys each row of a chunk may see. Causal, bidirectional and block
+    /// masks give prefixes; explicit masks may give any set.
+    pub(crate) fn keys(&self, start: usize, n: usize) -> Result<Vec<Keys>, ModelError> {
+        let total = start + n;
+        let mut out = Vec::with_capacity(n);
+        match self {
+            Mask::Causal => out.extend((0..n).map(|i| Keys::Prefix(start + i + 1))),
+            Mask::Bidirectional => out.extend((0..n).map(|_| Keys::Prefix(total))),
+            Mask::Block { size, start: s0 } => {
+                if *size == 0 {
+                    return Err(ModelError::BadRequest(
+                        "block mask size must be positive".into(),
+                    ));
+                }
+                for i in 0..n {
+                    let q = start + i;
+                    let end = if q < *s0 {
+                        *s0
+                    } else {
+                        s0 + ((q - s0) / size + 1) * size
+                    };
+                    out.push(Keys::Prefix(end.min(total)));
+                }
+            }
+            Mask::Explicit(m) => {
+                if m.rows != n || m.cols != total {
+                    return Err(ModelError::BadRequest(format!(
+                        "explicit mask is {}x{}, the forward needs {n}x{total}",
+                        m.rows, m.cols
+                    )));
+                }
+                for i in 0..n {
+                    let cols: Vec<usize> = (0..total).filter(|&j| m.get(i, j)).collect();
+                    if cols.is_empty() {
+                        return Err(ModelError::BadRequest(format!(
+                            "mask row {i} attends to nothing"
+                        )));
+                    }
+                    let prefix = cols.iter().enumerate().all(|(a, &b)| a == b);
+                    out.push(if prefix {
+                        Keys::Prefix(cols.len())
+                    } else {
+                        Keys::List(cols)
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The additive bias `[n, start + n]` (0 or -inf), or `None` when

@@ -1,9 +1,11 @@
 //! The model layer: one llama/qwen2 backbone over GGUF or safetensors
 //! weights, a truncatable KV cache, masks, tokenizers and model sources.
 
+pub(crate) mod attention;
 pub mod backbone;
 pub mod chat;
 pub mod config;
+pub(crate) mod kernels;
 pub mod kv;
 pub mod mask;
 pub mod random;
@@ -137,6 +139,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// A tokenizer.json that overrides the one found with the model.
     pub tokenizer: Option<PathBuf>,
+    /// Dequantize GGUF weights to f32 (exact-arithmetic studies, tests).
+    pub dequantize: bool,
 }
 
 impl Default for LoadOptions {
@@ -145,6 +149,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             tokenizer: None,
+            dequantize: false,
         }
     }
 }
@@ -209,7 +214,8 @@ pub fn load_resolved(
             for info in content.tensor_infos.values() {
                 *types.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
             }
-            let w = weights::Weights::from_gguf(file, &content, &mut f, &opts.device)?;
+            let w =
+                weights::Weights::from_gguf(file, &content, &mut f, &opts.device, opts.dequantize)?;
             let model = Transformer::load(&w, &cfg, DType::F32, &opts.device)?;
             let mut files = vec![];
             if let Some(p) = &tok_path {

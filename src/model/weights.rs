@@ -21,6 +21,7 @@ enum Source {
     Gguf {
         path: PathBuf,
         tensors: HashMap<String, Arc<QTensor>>,
+        dequantize: bool,
     },
     Dense {
         origin: PathBuf,
@@ -34,6 +35,7 @@ impl Weights {
         content: &gguf_file::Content,
         file: &mut std::fs::File,
         device: &Device,
+        dequantize: bool,
     ) -> Result<Self, ModelError> {
         let mut tensors = HashMap::new();
         for name in content.tensor_infos.keys() {
@@ -49,6 +51,7 @@ impl Weights {
             source: Arc::new(Source::Gguf {
                 path: path.to_path_buf(),
                 tensors,
+                dequantize,
             }),
             prefix: String::new(),
         })
@@ -106,10 +109,6 @@ impl Weights {
         } else {
             format!("{}.{name}", self.prefix)
         }
-    }
-
-    pub fn is_quantized(&self) -> bool {
-        matches!(*self.source, Source::Gguf { .. })
     }
 
     fn origin(&self) -> &Path {
@@ -188,10 +187,14 @@ impl Weights {
     ) -> Result<Linear, ModelError> {
         let full = self.full(name);
         let weight = match &*self.source {
-            Source::Gguf { .. } => {
+            Source::Gguf { dequantize, .. } => {
                 let q = self.qtensor(&format!("{full}.weight"))?;
                 self.check_shape(&full, q.shape().dims(), &[out_dim, in_dim])?;
-                QMatMul::from_arc(q)?
+                if *dequantize {
+                    QMatMul::Tensor(q.dequantize(&q.device())?)
+                } else {
+                    QMatMul::from_arc(q)?
+                }
             }
             Source::Dense { vb, .. } => {
                 let w = vb
@@ -205,7 +208,7 @@ impl Weights {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// The token embedding table.
@@ -218,10 +221,14 @@ impl Weights {
     ) -> Result<Embedding, ModelError> {
         let full = format!("{}.weight", self.full(name));
         match &*self.source {
-            Source::Gguf { .. } => {
+            Source::Gguf { dequantize, .. } => {
                 let q = self.qtensor(&full)?;
                 self.check_shape(&full, q.shape().dims(), &[vocab, hidden])?;
-                Ok(Embedding::Quantized(q))
+                if *dequantize {
+                    Ok(Embedding::Dense(q.dequantize(&q.device())?))
+                } else {
+                    Ok(Embedding::Quantized(q))
+                }
             }
             Source::Dense { vb, .. } => {
                 let t = vb
@@ -314,12 +321,38 @@ fn check_safetensors_header(path: &Path) -> Result<(), ModelError> {
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: QMatMul,
+    /// Our bit-identical fast path for block types candle runs scalar.
+    fast: Option<super::kernels::FastQ>,
     bias: Option<Tensor>,
 }
 
 impl Linear {
+    fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        let fast = match &weight {
+            QMatMul::QTensor(q) => super::kernels::FastQ::new(q),
+            _ => None,
+        };
+        Self { weight, fast, bias }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let fast = match &self.fast {
+            Some(f) => f.forward(x)?,
+            None => None,
+        };
+        let y = match fast {
+            Some(y) => y,
+            None => match &self.weight {
+                QMatMul::Tensor(w)
+                    if x.device().is_cpu()
+                        && x.dtype() == DType::F32
+                        && w.dtype() == DType::F32 =>
+                {
+                    dense_rowwise(x, w)?
+                }
+                _ => self.weight.forward(x)?,
+            },
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -329,6 +362,27 @@ impl Linear {
     pub fn qmatmul(&self) -> &QMatMul {
         &self.weight
     }
+}
+
+/// Dense f32 projection on the CPU, one row at a time (see
+/// `attention::rowwise_matmul`): row-invariant, and bit-identical to a
+/// single-row candle matmul.
+fn dense_rowwise(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let m = x.elem_count() / k;
+    let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected CPU weights")
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout.contiguous_offsets().expect("contiguous");
+    let out = super::attention::rowwise_matmul(&xv, &data[a..b], m, k, n);
+    drop(storage);
+    *dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +406,6 @@ impl Embedding {
             Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
             Embedding::Dense(t) => QMatMul::Tensor(t.clone()),
         };
-        Ok(Linear { weight, bias: None })
+        Ok(Linear::new(weight, None))
     }
 }

@@ -94,3 +94,45 @@ pub fn chat_prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// A tiny random model in the hub layout under `dir`.
+pub fn tiny_model(
+    dir: &std::path::Path,
+    arch: pdbench::model::Architecture,
+    seed: u64,
+) -> pdbench::model::ModelConfig {
+    let cfg = pdbench::model::random::tiny_config(arch);
+    pdbench::model::random::write_random_model(dir, &cfg, seed).expect("write random model");
+    cfg
+}
+
+pub fn load_dir(dir: &std::path::Path) -> LoadedModel {
+    model::load(
+        dir.to_str().unwrap(),
+        &store(),
+        FetchPolicy::Never,
+        &LoadOptions::default(),
+        &mut |_| {},
+    )
+    .expect("load tiny model")
+}
+
+/// A suite of `n` raw-text prompts in `dir`, returning the suite file.
+pub fn tiny_suite(dir: &std::path::Path, n: usize, max_new_tokens: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut data = String::new();
+    for i in 0..n {
+        data.push_str(&serde_json::json!({"id": format!("p{i}"), "prompt": format!("prompt number {i}: tell me about {}", i * 7)}).to_string());
+        data.push('\n');
+    }
+    std::fs::write(dir.join("data.jsonl"), data).unwrap();
+    let suite = dir.join("tiny.toml");
+    std::fs::write(
+        &suite,
+        format!(
+            "name = \"tiny\"\nversion = \"1\"\nsource = {{ jsonl = \"data.jsonl\" }}\nid_field = \"id\"\nprompt_field = \"prompt\"\nchat_template = \"none\"\nmax_new_tokens = {max_new_tokens}\n"
+        ),
+    )
+    .unwrap();
+    suite
+}

@@ -1,0 +1,1140 @@
+//! CPU matmul kernels for GGUF block types (Q4_1, Q5_0, Q4_K, Q6_K).
+//!
+//! They compute exactly what candle computes when it decodes one token on
+//! an AVX2 machine: activations are quantized by candle's own `from_float`,
+//! each block's integer dot product is exact, and the float accumulation
+//! follows candle's expressions in candle's order, one SIMD lane per output
+//! column. Results are bit-identical to candle's single-row results, for
+//! any number of rows: every row is computed alike, which keeps the
+//! backbone row-invariant (see `attention`). Candle itself is not: its
+//! Q6_K switches kernels between one row and many.
+//!
+//! What changes is speed. Weights are repacked at load time, byte for byte,
+//! into tiles of 8 columns, so one step covers 8 columns with AVX2 (or
+//! AVX512-VNNI) integer dot products, rows of a prefill share each unpacked
+//! tile, and work is spread over candle's own thread pool.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
+use candle_core::{Device, Tensor};
+use half::f16;
+
+/// Columns per tile.
+const TILE: usize = 8;
+/// Activation rows that share one unpacking of a weight tile (prefill).
+const ROWS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q4_1 {
+    d: u16,
+    m: u16,
+    qs: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q5_0 {
+    d: u16,
+    qh: [u8; 4],
+    qs: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q8_1 {
+    d: u16,
+    s: u16,
+    qs: [i8; 32],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q8_0 {
+    d: u16,
+    qs: [i8; 32],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q4K {
+    d: u16,
+    dmin: u16,
+    scales: [u8; 12],
+    qs: [u8; 128],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q6K {
+    ql: [u8; 128],
+    qh: [u8; 64],
+    scales: [i8; 16],
+    d: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q8K {
+    d: f32,
+    qs: [i8; 256],
+    bsums: [i16; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4K>() == 144);
+const _: () = assert!(std::mem::size_of::<Q6K>() == 210);
+const _: () = assert!(std::mem::size_of::<Q8K>() == std::mem::size_of::<BlockQ8K>());
+const _: () = assert!(std::mem::align_of::<Q8K>() == std::mem::align_of::<BlockQ8K>());
+const _: () = assert!(std::mem::size_of::<Q4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<Q5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<Q8_1>() == std::mem::size_of::<BlockQ8_1>());
+const _: () = assert!(std::mem::size_of::<Q8_0>() == std::mem::size_of::<BlockQ8_0>());
+const _: () = assert!(std::mem::align_of::<Q8_1>() == std::mem::align_of::<BlockQ8_1>());
+const _: () = assert!(std::mem::align_of::<Q8_0>() == std::mem::align_of::<BlockQ8_0>());
+
+/// One block of 8 weight columns (Q4_1): scales, mins, then each column's
+/// 16 bytes of nibbles.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TileQ4_1 {
+    d: [u16; TILE],
+    m: [u16; TILE],
+    qs: [[u8; 16]; TILE],
+}
+
+/// One block of 8 weight columns (Q5_0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TileQ5_0 {
+    d: [u16; TILE],
+    qh: [u32; TILE],
+    qs: [[u8; 16]; TILE],
+}
+
+/// One superblock of 8 Q4_K columns. Nibbles are regrouped so that a
+/// 32-bit lane holds 4 values of one column: group `g` (elements
+/// `8g..8g+8`) is `[column][4 bytes]`, low nibbles the first 4 elements,
+/// high nibbles the next 4. The 6-bit scales and mins are unpacked to bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TileQ4K {
+    d: [u16; TILE],
+    dmin: [u16; TILE],
+    sc: [[u8; TILE]; 8],
+    mn: [[u8; TILE]; 8],
+    qs: [[u8; 32]; 32],
+}
+
+/// One superblock of 8 Q6_K columns, regrouped like candle's single-row
+/// kernel reads it. For half `j` and lane `l` (elements `4l..4l+4` of each
+/// 32-element chunk): `ql[j][p][l]` holds `[column][4 bytes]` of `ql`
+/// (low nibbles chunk `p`, high nibbles chunk `p + 2`), `qh[j][l]` the 2-bit
+/// high parts of all four chunks. Scales are `[group][column]`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TileQ6K {
+    d: [u16; TILE],
+    sc: [[i8; TILE]; 16],
+    ql: [[[[u8; 32]; 8]; 2]; 2],
+    qh: [[[u8; 32]; 8]; 2],
+}
+
+/// One activation block prepared for the tiles: each half of the quants
+/// duplicated into both 128-bit lanes (a lane per column of a pair), the
+/// scale, and the offset term (Q8_1's `s`, or 16 × the quant sum for Q5_0).
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct Act {
+    lo: [i8; 32],
+    hi: [i8; 32],
+    d: f32,
+    offset: f32,
+    offset_i: i32,
+}
+
+#[inline(always)]
+fn h(x: u16) -> f32 {
+    f16::from_bits(x).to_f32()
+}
+
+/// Which instruction set the integer dot products use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    None,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+pub fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::env::var_os("PDBENCH_NO_KERNELS").is_some() {
+            return Isa::None;
+        }
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("fma");
+        if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            return Isa::Avx512Vnni;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
+    }
+    Isa::None
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(detect)
+}
+
+#[derive(Clone)]
+enum Packed {
+    Q4_1(Arc<Vec<TileQ4_1>>),
+    Q5_0(Arc<Vec<TileQ5_0>>),
+    Q4K(Arc<Vec<TileQ4K>>),
+    Q6K(Arc<Vec<TileQ6K>>),
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Packed::Q4_1(_) => "Q4_1",
+            Packed::Q5_0(_) => "Q5_0",
+            Packed::Q4K(_) => "Q4K",
+            Packed::Q6K(_) => "Q6K",
+        })
+    }
+}
+
+/// ggml's 6-bit scale/min unpacking for Q4_K superblocks.
+fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Activations in the format a weight type's kernel reads.
+enum Acts {
+    Small(Vec<Act>),
+    K(Vec<Q8K>),
+}
+
+/// A repacked weight matrix `[n, k]`.
+#[derive(Debug, Clone)]
+pub(crate) struct FastQ {
+    packed: Packed,
+    isa: Isa,
+    n: usize,
+    k: usize,
+}
+
+fn cast_blocks<T: Copy>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert_eq!(
+        bytes.len() % size,
+        0,
+        "block data is not a whole number of blocks"
+    );
+    assert_eq!(
+        bytes.as_ptr() as usize % std::mem::align_of::<T>(),
+        0,
+        "misaligned block data"
+    );
+    // SAFETY: T is a repr(C) block of plain integers; length and alignment checked above.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
+}
+
+impl FastQ {
+    /// Repacks `weight` when these kernels cover it on this machine.
+    pub fn new(weight: &Arc<QTensor>) -> Option<Self> {
+        Self::with_isa(weight, isa())
+    }
+
+    fn with_isa(weight: &Arc<QTensor>, isa: Isa) -> Option<Self> {
+        if isa == Isa::None || !matches!(weight.device(), Device::Cpu) {
+            return None;
+        }
+        let (n, k) = weight.shape().dims2().ok()?;
+        let block = match weight.dtype() {
+            GgmlDType::Q4K | GgmlDType::Q6K => 256,
+            _ => 32,
+        };
+        if k % block != 0 || n % TILE != 0 {
+            return None;
+        }
+        // candle takes its packed Q4_K kernel (whose arithmetic ours
+        // reproduces) only for whole 16-column tiles.
+        if weight.dtype() == GgmlDType::Q4K && n % 16 != 0 {
+            return None;
+        }
+        let nb = k / block;
+        let data = weight.data().ok()?;
+        let packed = match weight.dtype() {
+            GgmlDType::Q4_1 => {
+                let b = cast_blocks::<Q4_1>(&data);
+                let mut tiles = Vec::with_capacity(n / TILE * nb);
+                for g in 0..n / TILE {
+                    for blk in 0..nb {
+                        let col = |c: usize| &b[(g * TILE + c) * nb + blk];
+                        tiles.push(TileQ4_1 {
+                            d: std::array::from_fn(|c| col(c).d),
+                            m: std::array::from_fn(|c| col(c).m),
+                            qs: std::array::from_fn(|c| col(c).qs),
+                        });
+                    }
+                }
+                Packed::Q4_1(Arc::new(tiles))
+            }
+            GgmlDType::Q5_0 => {
+                let b = cast_blocks::<Q5_0>(&data);
+                let mut tiles = Vec::with_capacity(n / TILE * nb);
+                for g in 0..n / TILE {
+                    for blk in 0..nb {
+                        let col = |c: usize| &b[(g * TILE + c) * nb + blk];
+                        tiles.push(TileQ5_0 {
+                            d: std::array::from_fn(|c| col(c).d),
+                            qh: std::array::from_fn(|c| u32::from_le_bytes(col(c).qh)),
+                            qs: std::array::from_fn(|c| col(c).qs),
+                        });
+                    }
+                }
+                Packed::Q5_0(Arc::new(tiles))
+            }
+            GgmlDType::Q4K => {
+                let b = cast_blocks::<Q4K>(&data);
+                let mut tiles = Vec::with_capacity(n / TILE * nb);
+                for g in 0..n / TILE {
+                    for blk in 0..nb {
+                        let col = |c: usize| &b[(g * TILE + c) * nb + blk];
+                        let mut t = TileQ4K {
+                            d: std::array::from_fn(|c| col(c).d),
+                            dmin: std::array::from_fn(|c| col(c).dmin),
+                            sc: [[0; TILE]; 8],
+                            mn: [[0; TILE]; 8],
+                            qs: [[0; 32]; 32],
+                        };
+                        for c in 0..TILE {
+                            let x = col(c);
+                            for sub in 0..8 {
+                                let (sc, mn) = scale_min_k4(sub, &x.scales);
+                                t.sc[sub][c] = sc;
+                                t.mn[sub][c] = mn;
+                            }
+                            let mut vals = [0u8; 256];
+                            for ch in 0..4 {
+                                for j in 0..32 {
+                                    vals[ch * 64 + j] = x.qs[ch * 32 + j] & 0x0F;
+                                    vals[ch * 64 + 32 + j] = x.qs[ch * 32 + j] >> 4;
+                                }
+                            }
+                            for grp in 0..32 {
+                                for j in 0..4 {
+                                    t.qs[grp][c * 4 + j] =
+                                        vals[grp * 8 + j] | (vals[grp * 8 + j + 4] << 4);
+                                }
+                            }
+                        }
+                        tiles.push(t);
+                    }
+                }
+                Packed::Q4K(Arc::new(tiles))
+            }
+            GgmlDType::Q6K => {
+                let b = cast_blocks::<Q6K>(&data);
+                let mut tiles = Vec::with_capacity(n / TILE * nb);
+                for g in 0..n / TILE {
+                    for blk in 0..nb {
+                        let col = |c: usize| &b[(g * TILE + c) * nb + blk];
+                        let mut t = TileQ6K {
+                            d: std::array::from_fn(|c| col(c).d),
+                            sc: [[0; TILE]; 16],
+                            ql: [[[[0; 32]; 8]; 2]; 2],
+                            qh: [[[0; 32]; 8]; 2],
+                        };
+                        for c in 0..TILE {
+                            let x = col(c);
+                            for grp in 0..16 {
+                                t.sc[grp][c] = x.scales[grp];
+                            }
+                            for j in 0..2 {
+                                for l in 0..8 {
+                                    for b4 in 0..4 {
+                                        for p in 0..2 {
+                                            t.ql[j][p][l][c * 4 + b4] =
+                                                x.ql[j * 64 + p * 32 + 4 * l + b4];
+                                        }
+                                        t.qh[j][l][c * 4 + b4] = x.qh[j * 32 + 4 * l + b4];
+                                    }
+                                }
+                            }
+                        }
+                        tiles.push(t);
+                    }
+                }
+                Packed::Q6K(Arc::new(tiles))
+            }
+            _ => return None,
+        };
+        Some(Self { packed, isa, n, k })
+    }
+
+    /// `x` `[.., k]` f32 on the CPU to `[.., n]`; `None` when the input is
+    /// not one these kernels take (candle's path then runs).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+            return Ok(None);
+        }
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&self.k) {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        let m = x.elem_count() / self.k;
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = vec![0f32; m * self.n];
+        let acts = match &self.packed {
+            Packed::Q4_1(_) => Acts::Small(prepare_q8_1(&lhs, m, self.k)),
+            Packed::Q5_0(_) => Acts::Small(prepare_q8_0(&lhs, m, self.k)),
+            Packed::Q4K(_) | Packed::Q6K(_) => Acts::K(prepare_q8k(&lhs, m, self.k)),
+        };
+        self.run(&acts, m, &mut dst);
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.n;
+        Ok(Some(Tensor::from_vec(dst, out_dims, &Device::Cpu)?))
+    }
+
+    fn run(&self, acts: &Acts, m: usize, dst: &mut [f32]) {
+        let nb = match &self.packed {
+            Packed::Q4K(_) | Packed::Q6K(_) => self.k / 256,
+            _ => self.k / 32,
+        };
+        let groups = self.n / TILE;
+        let row_tiles = m.div_ceil(ROWS);
+        let n = self.n;
+        let dst_ptr = dst.as_mut_ptr() as usize;
+        let isa = self.isa;
+        let packed = &self.packed;
+        candle_core::utils::barrier_pool().execute_chunked(row_tiles * groups, |items| {
+            for item in items {
+                let (rt, g) = (item / groups, item % groups);
+                let r0 = rt * ROWS;
+                let rows = ROWS.min(m - r0);
+                let mut out = [[0f32; TILE]; ROWS];
+                match (packed, acts) {
+                    (Packed::Q4_1(t), Acts::Small(a)) => tile_q4_1(
+                        isa,
+                        &t[g * nb..(g + 1) * nb],
+                        &a[r0 * nb..(r0 + rows) * nb],
+                        nb,
+                        rows,
+                        &mut out,
+                    ),
+                    (Packed::Q5_0(t), Acts::Small(a)) => tile_q5_0(
+                        isa,
+                        &t[g * nb..(g + 1) * nb],
+                        &a[r0 * nb..(r0 + rows) * nb],
+                        nb,
+                        rows,
+                        &mut out,
+                    ),
+                    (Packed::Q4K(t), Acts::K(a)) => tile_q4k(
+                        isa,
+                        &t[g * nb..(g + 1) * nb],
+                        &a[r0 * nb..(r0 + rows) * nb],
+                        nb,
+                        rows,
+                        &mut out,
+                    ),
+                    (Packed::Q6K(t), Acts::K(a)) => tile_q6k(
+                        isa,
+                        &t[g * nb..(g + 1) * nb],
+                        &a[r0 * nb..(r0 + rows) * nb],
+                        nb,
+                        rows,
+                        &mut out,
+                    ),
+                    _ => unreachable!("activations are prepared for the weight type"),
+                }
+                for (r, o) in out.iter().enumerate().take(rows) {
+                    // SAFETY: each (row, column) of dst belongs to exactly one item.
+                    unsafe {
+                        let p = (dst_ptr as *mut f32).add((r0 + r) * n + g * TILE);
+                        std::ptr::copy_nonoverlapping(o.as_ptr(), p, TILE);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn split_halves(qs: &[i8; 32]) -> ([i8; 32], [i8; 32]) {
+    let mut lo = [0i8; 32];
+    let mut hi = [0i8; 32];
+    lo[..16].copy_from_slice(&qs[..16]);
+    lo[16..].copy_from_slice(&qs[..16]);
+    hi[..16].copy_from_slice(&qs[16..]);
+    hi[16..].copy_from_slice(&qs[16..]);
+    (lo, hi)
+}
+
+/// Q8_1 activations, quantized by candle's own code so the blocks match.
+fn prepare_q8_1(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
+    let nb = k / 32;
+    let mut blocks = vec![BlockQ8_1::zeros(); nb];
+    let mut out = Vec::with_capacity(m * nb);
+    for r in 0..m {
+        BlockQ8_1::from_float(&lhs[r * k..(r + 1) * k], &mut blocks);
+        // SAFETY: identical size and alignment (asserted above), plain data.
+        let view: &[Q8_1] =
+            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q8_1, nb) };
+        for b in view {
+            let (lo, hi) = split_halves(&b.qs);
+            out.push(Act {
+                lo,
+                hi,
+                d: h(b.d),
+                offset: h(b.s),
+                offset_i: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Q8_0 activations; `offset_i` is 16 × the quant sum, for Q5_0's -16.
+fn prepare_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
+    let nb = k / 32;
+    let mut blocks = vec![BlockQ8_0::zeros(); nb];
+    let mut out = Vec::with_capacity(m * nb);
+    for r in 0..m {
+        BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut blocks);
+        // SAFETY: identical size and alignment (asserted above), plain data.
+        let view: &[Q8_0] =
+            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q8_0, nb) };
+        for b in view {
+            let (lo, hi) = split_halves(&b.qs);
+            let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+            out.push(Act {
+                lo,
+                hi,
+                d: h(b.d),
+                offset: 0.0,
+                offset_i: 16 * sum,
+            });
+        }
+    }
+    out
+}
+
+/// Q8_K activations, quantized by candle's own code.
+fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
+    let nb = k / 256;
+    let mut blocks = vec![BlockQ8K::zeros(); m * nb];
+    for r in 0..m {
+        BlockQ8K::from_float(&lhs[r * k..(r + 1) * k], &mut blocks[r * nb..(r + 1) * nb]);
+    }
+    let mut blocks = std::mem::ManuallyDrop::new(blocks);
+    // SAFETY: identical size and alignment (asserted above), plain data.
+    unsafe {
+        Vec::from_raw_parts(
+            blocks.as_mut_ptr() as *mut Q8K,
+            blocks.len(),
+            blocks.capacity(),
+        )
+    }
+}
+
+fn tile_q4k(
+    isa: Isa,
+    t: &[TileQ4K],
+    acts: &[Q8K],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q4k_vnni(t, acts, nb, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q4k_avx2(t, acts, nb, rows, out) },
+        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
+    }
+}
+
+fn tile_q6k(
+    isa: Isa,
+    t: &[TileQ6K],
+    acts: &[Q8K],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::q6k_avx2(t, acts, nb, rows, out) },
+        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
+    }
+}
+
+fn tile_q4_1(
+    isa: Isa,
+    t: &[TileQ4_1],
+    acts: &[Act],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q4_1_vnni(t, acts, nb, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q4_1_avx2(t, acts, nb, rows, out) },
+        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
+    }
+}
+
+fn tile_q5_0(
+    isa: Isa,
+    t: &[TileQ5_0],
+    acts: &[Act],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q5_0_vnni(t, acts, nb, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q5_0_avx2(t, acts, nb, rows, out) },
+        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Sum of u8 × i8 products into 8 i32 lanes, exactly.
+    #[inline(always)]
+    unsafe fn dot<const VNNI: bool>(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(acc, w, a)
+        } else {
+            // Products pair up within i16 for weights <= 31, so no saturation.
+            _mm256_add_epi32(
+                acc,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)),
+            )
+        }
+    }
+
+    /// Four pair-vectors (two columns each, 4 partial sums per column) to
+    /// the 8 column sums in column order.
+    #[inline(always)]
+    unsafe fn reduce(p: [__m256i; 4]) -> __m256i {
+        let s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        _mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// Byte i of the result is 0x10 where the selected bit of the pair is
+    /// set; `ctl` picks which source byte feeds each output byte.
+    #[inline(always)]
+    unsafe fn high_bits(pair: u64, ctl: __m256i) -> __m256i {
+        let v = _mm256_shuffle_epi8(_mm256_set1_epi64x(pair as i64), ctl);
+        let v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_and_si256(
+            _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1)),
+            _mm256_set1_epi8(0x10),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1<const VNNI: bool, const R: usize>(
+        t: &[TileQ4_1],
+        acts: &[Act],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let rows = R;
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, tile) in t.iter().enumerate() {
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let q = _mm256_loadu_si256(tile.qs[2 * j].as_ptr() as *const __m256i);
+                lo[j] = _mm256_and_si256(q, m4);
+                hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+            let mn = _mm256_cvtph_ps(_mm_loadu_si128(tile.m.as_ptr() as *const __m128i));
+            for r in 0..rows {
+                let a = &acts[r * nb + b];
+                let alo = _mm256_load_si256(a.lo.as_ptr() as *const __m256i);
+                let ahi = _mm256_load_si256(a.hi.as_ptr() as *const __m256i);
+                let mut p = [_mm256_setzero_si256(); 4];
+                for j in 0..4 {
+                    p[j] = dot::<VNNI>(dot::<VNNI>(p[j], lo[j], alo), hi[j], ahi);
+                }
+                let f = _mm256_cvtepi32_ps(reduce(p));
+                // candle: sumi as f32 * d_x * d_y + m_x * s_y, then sumf += it.
+                let term = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_mul_ps(f, d), _mm256_set1_ps(a.d)),
+                    _mm256_mul_ps(mn, _mm256_set1_ps(a.offset)),
+                );
+                acc[r] = _mm256_add_ps(acc[r], term);
+            }
+        }
+        for r in 0..rows {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q5_0<const VNNI: bool, const R: usize>(
+        t: &[TileQ5_0],
+        acts: &[Act],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let rows = R;
+        let m4 = _mm256_set1_epi8(0x0F);
+        // Source bytes for elements 0..16 (bits 0..16) and 16..32 of each
+        // column of a pair packed as qh_c | qh_{c+1} << 32.
+        let ctl_lo = _mm256_set_epi64x(
+            0x0505050505050505,
+            0x0404040404040404,
+            0x0101010101010101,
+            0,
+        );
+        let ctl_hi = _mm256_set_epi64x(
+            0x0707070707070707,
+            0x0606060606060606,
+            0x0303030303030303,
+            0x0202020202020202,
+        );
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, tile) in t.iter().enumerate() {
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let q = _mm256_loadu_si256(tile.qs[2 * j].as_ptr() as *const __m256i);
+                let pair = tile.qh[2 * j] as u64 | (tile.qh[2 * j + 1] as u64) << 32;
+                lo[j] = _mm256_or_si256(_mm256_and_si256(q, m4), high_bits(pair, ctl_lo));
+                hi[j] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                    high_bits(pair, ctl_hi),
+                );
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+            for r in 0..rows {
+                let a = &acts[r * nb + b];
+                let alo = _mm256_load_si256(a.lo.as_ptr() as *const __m256i);
+                let ahi = _mm256_load_si256(a.hi.as_ptr() as *const __m256i);
+                let mut p = [_mm256_setzero_si256(); 4];
+                for j in 0..4 {
+                    p[j] = dot::<VNNI>(dot::<VNNI>(p[j], lo[j], alo), hi[j], ahi);
+                }
+                // sum((u - 16) * a) = sum(u * a) - 16 * sum(a), exactly.
+                let isum = _mm256_sub_epi32(reduce(p), _mm256_set1_epi32(a.offset_i));
+                let f = _mm256_cvtepi32_ps(isum);
+                // candle: sumf += sumi as f32 * d_x * d_y.
+                acc[r] = _mm256_add_ps(
+                    acc[r],
+                    _mm256_mul_ps(_mm256_mul_ps(f, d), _mm256_set1_ps(a.d)),
+                );
+            }
+        }
+        for r in 0..rows {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+
+    /// Four activation bytes at `off`, in every 32-bit lane.
+    #[inline(always)]
+    unsafe fn bcast4(qs: &[i8], off: usize) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(off) as *const i32))
+    }
+
+    /// candle's packed Q4_K kernel, per column lane: for each 32-element
+    /// sub-block, `acc = fma(isum, (d * sc) * dall, acc)` then
+    /// `acc = fnmadd(dmin * mn, dall * bsum, acc)`.
+    #[inline(always)]
+    unsafe fn q4k<const VNNI: bool, const R: usize>(
+        t: &[TileQ4K],
+        acts: &[Q8K],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let rows = R;
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, tile) in t.iter().enumerate() {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(tile.dmin.as_ptr() as *const __m128i));
+            for sub in 0..8 {
+                let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    tile.sc[sub].as_ptr() as *const __m128i,
+                )));
+                let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    tile.mn[sub].as_ptr() as *const __m128i,
+                )));
+                let scale = _mm256_mul_ps(d, sc);
+                let min = _mm256_mul_ps(dmin, mn);
+                let mut lo = [_mm256_setzero_si256(); 4];
+                let mut hi = [_mm256_setzero_si256(); 4];
+                for g4 in 0..4 {
+                    let w = _mm256_loadu_si256(tile.qs[sub * 4 + g4].as_ptr() as *const __m256i);
+                    lo[g4] = _mm256_and_si256(w, m4);
+                    hi[g4] = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+                }
+                for r in 0..rows {
+                    let a = &acts[r * nb + b];
+                    let isum = if VNNI {
+                        let mut isum = _mm256_setzero_si256();
+                        for g4 in 0..4 {
+                            let off = sub * 32 + g4 * 8;
+                            isum = dot::<VNNI>(isum, lo[g4], bcast4(&a.qs, off));
+                            isum = dot::<VNNI>(isum, hi[g4], bcast4(&a.qs, off + 4));
+                        }
+                        isum
+                    } else {
+                        // Eight u4 x i8 pair sums stay within i16 (8 * 3840 < 32767),
+                        // so they add exactly before one widening madd.
+                        let mut s16 = _mm256_setzero_si256();
+                        for g4 in 0..4 {
+                            let off = sub * 32 + g4 * 8;
+                            s16 = _mm256_add_epi16(
+                                s16,
+                                _mm256_maddubs_epi16(lo[g4], bcast4(&a.qs, off)),
+                            );
+                            s16 = _mm256_add_epi16(
+                                s16,
+                                _mm256_maddubs_epi16(hi[g4], bcast4(&a.qs, off + 4)),
+                            );
+                        }
+                        _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+                    };
+                    let dall = a.d;
+                    let f = _mm256_cvtepi32_ps(isum);
+                    acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, _mm256_set1_ps(dall)), acc[r]);
+                    let bsum = (a.bsums[sub * 2] as i32 + a.bsums[sub * 2 + 1] as i32) as f32;
+                    acc[r] = _mm256_fnmadd_ps(min, _mm256_set1_ps(dall * bsum), acc[r]);
+                }
+            }
+        }
+        for r in 0..rows {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+
+    /// candle's single-row Q6_K kernel (`vec_dot_q6k_q8k`), per column: eight
+    /// i32 lane sums per superblock (lane `l` covers elements `4l..4l+4` of
+    /// each 32-element chunk), `acc_l = fma(y.d * x.d, lane_l, acc_l)`, and
+    /// at the end candle's horizontal sum of the eight lanes.
+    #[inline(always)]
+    unsafe fn q6k<const R: usize>(
+        t: &[TileQ6K],
+        acts: &[Q8K],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let rows = R;
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let m32 = _mm256_set1_epi8(32);
+        let mut acc = [[_mm256_setzero_ps(); 8]; R];
+        for (b, tile) in t.iter().enumerate() {
+            let xd = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+            // Per-group scales as i16, each repeated for the two i16 lanes
+            // of a column's 32-bit lane.
+            let mut sc = [_mm256_setzero_si256(); 16];
+            for (grp, s) in sc.iter_mut().enumerate() {
+                let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(tile.sc[grp].as_ptr() as *const __m128i));
+                *s = _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
+            }
+            let mut lanes = [[_mm256_setzero_si256(); 8]; R];
+            for j in 0..2 {
+                for l in 0..8 {
+                    let h = _mm256_loadu_si256(tile.qh[j][l].as_ptr() as *const __m256i);
+                    let hb = [
+                        _mm256_and_si256(_mm256_slli_epi16(h, 4), m30),
+                        _mm256_and_si256(_mm256_slli_epi16(h, 2), m30),
+                        _mm256_and_si256(h, m30),
+                        _mm256_and_si256(_mm256_srli_epi16(h, 2), m30),
+                    ];
+                    let ql0 = _mm256_loadu_si256(tile.ql[j][0][l].as_ptr() as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(tile.ql[j][1][l].as_ptr() as *const __m256i);
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), hb[0]),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), hb[1]),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb[2]),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb[3]),
+                    ];
+                    for r in 0..rows {
+                        let a = &acts[r * nb + b];
+                        for (x, qx) in q.iter().enumerate() {
+                            let av = bcast4(&a.qs, j * 128 + x * 32 + 4 * l);
+                            let p = _mm256_sub_epi16(
+                                _mm256_maddubs_epi16(*qx, av),
+                                _mm256_maddubs_epi16(m32, av),
+                            );
+                            let s = sc[8 * j + 2 * x + l / 4];
+                            lanes[r][l] = _mm256_add_epi32(lanes[r][l], _mm256_madd_epi16(s, p));
+                        }
+                    }
+                }
+            }
+            for r in 0..rows {
+                let d = _mm256_mul_ps(_mm256_set1_ps(acts[r * nb + b].d), xd);
+                for l in 0..8 {
+                    acc[r][l] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes[r][l]), acc[r][l]);
+                }
+            }
+        }
+        for r in 0..rows {
+            // candle's hsum_float_8: (x4 + x0, x5 + x1, x6 + x2, x7 + x3), then
+            // (r0 + r2) + (r1 + r3).
+            let a = &acc[r];
+            let r0 = _mm256_add_ps(a[4], a[0]);
+            let r1 = _mm256_add_ps(a[5], a[1]);
+            let r2 = _mm256_add_ps(a[6], a[2]);
+            let r3 = _mm256_add_ps(a[7], a[3]);
+            let s = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+            _mm256_storeu_ps(out[r].as_mut_ptr(), s);
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,fma")]
+    pub unsafe fn q4k_avx2(
+        t: &[TileQ4K],
+        a: &[Q8K],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q4k::<false, 1>(t, a, nb, out),
+            2 => q4k::<false, 2>(t, a, nb, out),
+            3 => q4k::<false, 3>(t, a, nb, out),
+            _ => q4k::<false, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
+    pub unsafe fn q4k_vnni(
+        t: &[TileQ4K],
+        a: &[Q8K],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q4k::<true, 1>(t, a, nb, out),
+            2 => q4k::<true, 2>(t, a, nb, out),
+            3 => q4k::<true, 3>(t, a, nb, out),
+            _ => q4k::<true, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,fma")]
+    pub unsafe fn q6k_avx2(
+        t: &[TileQ6K],
+        a: &[Q8K],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q6k::<1>(t, a, nb, out),
+            2 => q6k::<2>(t, a, nb, out),
+            3 => q6k::<3>(t, a, nb, out),
+            _ => q6k::<4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn q4_1_avx2(
+        t: &[TileQ4_1],
+        a: &[Act],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q4_1::<false, 1>(t, a, nb, out),
+            2 => q4_1::<false, 2>(t, a, nb, out),
+            3 => q4_1::<false, 3>(t, a, nb, out),
+            _ => q4_1::<false, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q4_1_vnni(
+        t: &[TileQ4_1],
+        a: &[Act],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q4_1::<true, 1>(t, a, nb, out),
+            2 => q4_1::<true, 2>(t, a, nb, out),
+            3 => q4_1::<true, 3>(t, a, nb, out),
+            _ => q4_1::<true, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn q5_0_avx2(
+        t: &[TileQ5_0],
+        a: &[Act],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q5_0::<false, 1>(t, a, nb, out),
+            2 => q5_0::<false, 2>(t, a, nb, out),
+            3 => q5_0::<false, 3>(t, a, nb, out),
+            _ => q5_0::<false, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q5_0_vnni(
+        t: &[TileQ5_0],
+        a: &[Act],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q5_0::<true, 1>(t, a, nb, out),
+            2 => q5_0::<true, 2>(t, a, nb, out),
+            3 => q5_0::<true, 3>(t, a, nb, out),
+            _ => q5_0::<true, 4>(t, a, nb, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::Module;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                v.push(Isa::Avx2);
+            }
+            if detect() == Isa::Avx512Vnni {
+                v.push(Isa::Avx512Vnni);
+            }
+        }
+        v
+    }
+
+    /// Our kernels against candle's QMatMul, bit for bit: every row equals
+    /// candle's result for that row alone, for decode and prefill shapes,
+    /// with every instruction set this machine has.
+    #[test]
+    fn bit_identical_to_candle_single_rows() {
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            for (m, k, n) in [
+                (1, 256, 32),
+                (1, 768, 192),
+                (5, 256, 80),
+                (17, 512, 64),
+                (4, 1024, 128),
+                (3, 256, 24),
+            ] {
+                let w =
+                    Tensor::from_vec(random(n * k, 1 + m as u64), (n, k), &Device::Cpu).unwrap();
+                let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+                let x =
+                    Tensor::from_vec(random(m * k, 7 + n as u64), (1, m, k), &Device::Cpu).unwrap();
+                let qm = QMatMul::from_arc(q.clone()).unwrap();
+                let mut want: Vec<f32> = Vec::new();
+                for r in 0..m {
+                    let row = x.narrow(1, r, 1).unwrap();
+                    want.extend(
+                        qm.forward(&row)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap(),
+                    );
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for isa in isas() {
+                    let Some(fast) = FastQ::with_isa(&q, isa) else {
+                        assert!(
+                            dtype == GgmlDType::Q4K && n % 16 != 0,
+                            "{dtype:?} n={n} should be supported"
+                        );
+                        continue;
+                    };
+                    let got: Vec<f32> = fast
+                        .forward(&x)
+                        .unwrap()
+                        .expect("taken")
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{dtype:?} m={m} k={k} n={n} isa={isa:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_shapes_fall_back() {
+        let w = Tensor::from_vec(random(12 * 64, 3), (12, 64), &Device::Cpu).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
+        assert!(
+            FastQ::new(&q).is_none(),
+            "12 columns is not a whole number of tiles"
+        );
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        assert!(FastQ::new(&q).is_none());
+    }
+}
