@@ -1,0 +1,455 @@
+//! Black-box tests of the `pdbench` binary: the run → results → report
+//! path, resume after a crash, and clear errors (never a panic) on bad
+//! input. They use tiny random models written in the hub layout, so they
+//! need no downloads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use pdbench::model::Architecture;
+use predicates::prelude::*;
+
+fn pdbench(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("pdbench").unwrap();
+    // An empty store and hub cache: nothing is fetched or found by accident.
+    c.env("PDBENCH_HOME", home.join("store"))
+        .env("HF_HUB_CACHE", home.join("hub"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+/// A failed command: exit 1, `Error: ` first, no panic, and every needle in
+/// the message.
+fn fails_with(cmd: &mut Command, needles: &[&str]) -> String {
+    let out = cmd.assert().code(1).get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !err.contains("panicked"),
+        "a panic instead of an error:\n{err}"
+    );
+    assert!(err.contains("Error: "), "no error line:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "the error does not mention {n:?}:\n{err}");
+    }
+    err
+}
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Self {
+        let w = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        common::tiny_model(&w.model(), Architecture::Llama, 1);
+        common::tiny_suite(&w.path("suite"), 4, 6);
+        w
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn model(&self) -> PathBuf {
+        self.path("tiny-llama")
+    }
+    fn suite(&self) -> PathBuf {
+        self.path("suite/tiny.toml")
+    }
+    fn cmd(&self) -> Command {
+        pdbench(self.dir.path())
+    }
+    fn run(&self, extra: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.arg("run")
+            .arg("--model")
+            .arg(self.model())
+            .arg("--suite")
+            .arg(self.suite())
+            .arg("--results-dir")
+            .arg(self.path("results"))
+            .args(["--warmup", "1"])
+            .args(extra);
+        c
+    }
+}
+
+fn read_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn list_shows_methods_and_suites() {
+    let home = tempfile::tempdir().unwrap();
+    pdbench(home.path())
+        .args(["list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ar ").and(predicate::str::contains("smoke")));
+}
+
+#[test]
+fn run_writes_manifest_and_samples_then_report_renders_them() {
+    let w = World::new();
+    w.run(&["--run-id", "r1", "--method", "ar", "--no-report"])
+        .assert()
+        .success();
+    let run = w.path("results/r1");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["suite"]["def"]["name"], "tiny");
+    assert_eq!(manifest["methods"][0]["id"], "ar");
+    assert_eq!(manifest["device"]["name"], "cpu");
+    assert!(manifest["host"]["logical_cores"].as_u64().unwrap() >= 1);
+    let files = manifest["models"]["target"]["files"].as_array().unwrap();
+    assert!(files
+        .iter()
+        .all(|f| f["sha256"].as_str().unwrap().len() == 64));
+    let samples = read_lines(&run.join("samples.jsonl"));
+    assert_eq!(samples.len(), 4, "four samples, warm-up not recorded");
+    for s in &samples {
+        let ids = s["output_ids"].as_array().unwrap();
+        assert_eq!(s["new_tokens"].as_u64().unwrap() as usize, ids.len());
+        let steps = s["steps"].as_array().unwrap();
+        let emitted: u64 = steps.iter().map(|x| x["emitted"].as_u64().unwrap()).sum();
+        assert_eq!(emitted as usize, ids.len());
+        assert!(s["wall_ns"].as_u64().unwrap() > 0);
+    }
+
+    let out = w.path("rep");
+    w.cmd()
+        .args([
+            "report",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("| ar"));
+    for f in [
+        "report.md",
+        "report.csv",
+        "tokens_per_s.png",
+        "tokens_per_s.svg",
+    ] {
+        let p = out.join(f);
+        assert!(
+            p.is_file() && std::fs::metadata(&p).unwrap().len() > 0,
+            "{f} missing"
+        );
+    }
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("tokens_per_s_median"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn resume_completes_an_interrupted_run_without_repeating_samples() {
+    let w = World::new();
+    w.run(&["--run-id", "r", "--no-report"]).assert().success();
+    let run = w.path("results/r");
+    let samples = run.join("samples.jsonl");
+    let full = std::fs::read_to_string(&samples).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    // A crash after two samples, in the middle of writing the third.
+    let torn = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..20]);
+    std::fs::write(&samples, torn).unwrap();
+    let mpath = run.join("manifest.json");
+    let m = std::fs::read_to_string(&mpath)
+        .unwrap()
+        .replace("\"complete\"", "\"running\"");
+    std::fs::write(&mpath, m).unwrap();
+
+    w.cmd()
+        .args(["run", "--resume", run.to_str().unwrap(), "--no-report"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("2 samples already done"));
+    let after = read_lines(&samples);
+    assert_eq!(after.len(), 4);
+    let ids: Vec<&str> = after
+        .iter()
+        .map(|s| s["sample_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["p0", "p1", "p2", "p3"],
+        "finished samples kept, none repeated"
+    );
+    assert_eq!(
+        serde_json::to_string(&after[0]).unwrap(),
+        serde_json::to_string(&serde_json::from_str::<serde_json::Value>(lines[0]).unwrap())
+            .unwrap(),
+        "the first sample is the original record"
+    );
+    // Greedy decoding is deterministic: the resumed samples equal the first run's.
+    let first: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(after[2]["output_ids"], first[2]["output_ids"]);
+    let manifest = std::fs::read_to_string(&mpath).unwrap();
+    assert!(manifest.contains("\"complete\""));
+}
+
+#[test]
+fn a_second_run_with_the_same_id_is_refused() {
+    let w = World::new();
+    w.run(&["--run-id", "same", "--no-report"])
+        .assert()
+        .success();
+    fails_with(
+        &mut w.run(&["--run-id", "same", "--no-report"]),
+        &["--run-id same", "--resume same"],
+    );
+}
+
+#[test]
+fn missing_model_file_is_a_clear_error() {
+    let w = World::new();
+    let mut c = w.cmd();
+    c.args(["run", "--no-fetch", "--model"])
+        .arg(w.path("nowhere/model.gguf"))
+        .arg("--suite")
+        .arg(w.suite());
+    fails_with(&mut c, &["nowhere/model.gguf", "not a file, a folder"]);
+
+    // A folder in the hub layout without its weights.
+    std::fs::remove_file(w.model().join("model.safetensors")).unwrap();
+    fails_with(&mut w.run(&[]), &["model.safetensors", "missing weights"]);
+}
+
+#[test]
+fn corrupt_gguf_and_safetensors_are_clear_errors() {
+    let w = World::new();
+    let gguf = w.path("broken.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00 this is not a model").unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(&gguf)
+        .arg("--suite")
+        .arg(w.suite());
+    fails_with(&mut c, &["broken.gguf", "corrupt or truncated"]);
+
+    // Truncate the safetensors file in the middle of its data.
+    let st = w.model().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &mut w.run(&[]),
+        &["model.safetensors", "corrupt or truncated"],
+    );
+}
+
+#[test]
+fn unknown_architecture_is_a_clear_error() {
+    let w = World::new();
+    let cfg = w.model().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+    v["model_type"] = serde_json::json!("mamba");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    fails_with(
+        &mut w.run(&[]),
+        &["config.json", "unknown architecture", "mamba"],
+    );
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_a_clear_error() {
+    let w = World::new();
+    let dir = w.path("long");
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = "a very long prompt ".repeat(40); // 760 byte tokens > 256
+    std::fs::write(
+        dir.join("data.jsonl"),
+        format!("{}\n", serde_json::json!({"id": "long-1", "prompt": long})),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("long.toml"),
+        "name = \"long\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nid_field = \"id\"\nprompt_field = \"prompt\"\nchat_template = \"none\"\nmax_new_tokens = 8\n",
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(dir.join("long.toml"))
+        .arg("--results-dir")
+        .arg(w.path("results"));
+    fails_with(
+        &mut c,
+        &["sample long-1", "max_new_tokens 8", "context of 256"],
+    );
+}
+
+#[test]
+fn malformed_suite_names_the_field() {
+    let w = World::new();
+    let bad = w.path("suite/bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 8\nmax_new_tokenz = 9\n",
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(&bad);
+    fails_with(&mut c, &["bad.toml", "max_new_tokenz"]);
+
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"text\"\nmax_new_tokens = 8\n",
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(&bad);
+    fails_with(&mut c, &["data.jsonl", "text"]);
+}
+
+#[test]
+fn unknown_method_and_bad_params_are_clear_errors() {
+    let w = World::new();
+    fails_with(
+        &mut w.run(&["--method", "ra"]),
+        &["no method `ra`", "did you mean `ar`"],
+    );
+    fails_with(
+        &mut w.run(&["--set", "ar.temprature=0.5"]),
+        &["`ar`", "temprature"],
+    );
+    fails_with(
+        &mut w.run(&["--set", "ar.temperature=-1"]),
+        &["`ar`", "temperature"],
+    );
+}
+
+#[test]
+fn cuda_on_a_cpu_build_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let w = World::new();
+    fails_with(
+        &mut w.run(&["--device", "cuda:0"]),
+        &["--device cuda:0", "built without CUDA"],
+    );
+    fails_with(
+        &mut w.run(&["--device", "tpu"]),
+        &["--device tpu", "expected"],
+    );
+}
+
+#[test]
+fn drafter_with_another_tokenizer_is_refused() {
+    let w = World::new();
+    let other = w.path("other-draft");
+    common::tiny_model(&other, Architecture::Qwen2, 2);
+    // Same size, different vocabulary: two byte tokens swap ids.
+    let tp = other.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tp).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = ("a", "b");
+    let (ia, ib) = (vocab[a].clone(), vocab[b].clone());
+    vocab.insert(a.into(), ib);
+    vocab.insert(b.into(), ia);
+    std::fs::write(&tp, tok.to_string()).unwrap();
+    let mut c = w.run(&[]);
+    c.arg("--draft").arg(&other);
+    fails_with(&mut c, &["--draft", "do not share a tokenizer"]);
+}
+
+/// A hub id resolves from a local folder in hf-hub's cache layout
+/// (`models--org--name/snapshots/<commit>` plus `refs/main`); one that is not
+/// there, with the hub out of reach, says what to download and where.
+#[test]
+fn hub_ids_resolve_from_the_hf_hub_cache_layout() {
+    let w = World::new();
+    let repo = w.path("hub/models--tiny-org--tiny-llama");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(w.model().join(f), snap.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+
+    w.cmd()
+        .args(["models", "show", "tiny-org/tiny-llama"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("hub tiny-org/tiny-llama@main"));
+    let mut c = w.cmd();
+    c.args(["run", "--model", "tiny-org/tiny-llama", "--suite"])
+        .arg(w.suite())
+        .arg("--results-dir")
+        .arg(w.path("results"))
+        .args(["--run-id", "hub", "--no-report"]);
+    c.assert().success();
+
+    fails_with(
+        w.cmd().args(["models", "show", "someone/absent-model"]),
+        &[
+            "someone/absent-model",
+            "cannot be reached",
+            "config.json",
+            "models--someone--absent-model",
+        ],
+    );
+}
+
+#[test]
+fn report_on_a_folder_that_is_not_a_run_is_a_clear_error() {
+    let w = World::new();
+    std::fs::create_dir_all(w.path("empty")).unwrap();
+    fails_with(
+        w.cmd().args(["report", w.path("empty").to_str().unwrap()]),
+        &["empty", "not a pdbench run folder"],
+    );
+}
+
+#[test]
+fn methods_file_runs_each_labelled_instance() {
+    let w = World::new();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("methods/ar-greedy-and-sampled.toml");
+    let mut c = w.run(&["--run-id", "mf", "--no-report"]);
+    c.arg("--methods-file").arg(&file);
+    c.assert().success();
+    let run = w.path("results/mf");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    let methods = manifest["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    assert_eq!(methods[1]["label"], "ar-t07");
+    assert_eq!(methods[1]["params"]["temperature"], 0.7);
+    assert_eq!(
+        methods[1]["params"]["top_k"], 0,
+        "defaults are recorded too"
+    );
+    let samples = read_lines(&run.join("samples.jsonl"));
+    assert_eq!(samples.len(), 8);
+    assert_eq!(
+        samples.iter().filter(|s| s["method"] == "ar-t07").count(),
+        4
+    );
+}
