@@ -63,10 +63,11 @@ impl DeviceSpec {
 }
 
 /// Sets the CPU thread count for candle and rayon. Must run before any
-/// parallel work starts.
+/// parallel work starts: candle sizes its pools once per process.
 pub fn set_threads(n: Option<usize>) -> usize {
     if let Some(n) = n {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global();

@@ -225,35 +225,20 @@ fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<Ben
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
-    let store = Store::from_env();
-    let spec = crate::env::DeviceSpec::parse(&a.device)?;
-    let device = spec.open()?;
-    let mut rows = Vec::new();
-    for spec_str in &a.models {
-        let m = model::load(
-            spec_str,
-            &store,
-            FetchPolicy::Auto,
-            &LoadOptions {
-                device: device.clone(),
-                ..Default::default()
-            },
-            &mut |s| eprintln!("{s}"),
-        )?;
-        for &t in &a.threads {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            // candle sizes its gemm parallelism from this variable.
-            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-            let r = pool.install(|| bench_model(&a, &m, t))?;
-            for x in &r {
-                eprintln!(
-                    "{} t={} {}: {:.1} ± {:.1} tokens/s",
-                    x.model, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
-                );
+    let rows = match a.threads.as_slice() {
+        [] => anyhow::bail!("--threads: expected at least one thread count"),
+        [t] => bench_in_process(&a, *t)?,
+        many => {
+            // candle sizes its thread pools once per process, so each thread
+            // count gets a process of its own.
+            let mut rows = Vec::new();
+            for &t in many {
+                rows.extend(bench_in_child(&a, t)?);
             }
-            rows.extend(r);
+            rows
         }
-    }
+    };
+    let spec = crate::env::DeviceSpec::parse(&a.device)?;
     let report = BenchReport {
         pdbench_version: env!("CARGO_PKG_VERSION").into(),
         git: crate::env::git_info(),
@@ -275,6 +260,74 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         eprintln!("wrote {} and {}", json.display(), mdp.display());
     }
     Ok(0)
+}
+
+/// Runs `pdbench bench` for one thread count in a child process and returns
+/// its rows.
+fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
+    let tmp = std::env::temp_dir().join(format!("pdbench-bench-{}-t{threads}", std::process::id()));
+    let exe = std::env::current_exe().context("locating the pdbench binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("bench");
+    for m in &a.models {
+        cmd.arg("--model").arg(m);
+    }
+    cmd.arg("--threads")
+        .arg(threads.to_string())
+        .arg("--prefill")
+        .arg(a.prefill.to_string())
+        .arg("--decode")
+        .arg(a.decode.to_string())
+        .arg("--repeats")
+        .arg(a.repeats.to_string())
+        .arg("--overhead")
+        .arg(a.overhead.to_string())
+        .arg("--device")
+        .arg(&a.device)
+        .arg("--out")
+        .arg(&tmp)
+        .stdout(std::process::Stdio::null());
+    let status = cmd.status().context("starting a bench child process")?;
+    if !status.success() {
+        anyhow::bail!("bench with --threads {threads} failed ({status})");
+    }
+    let json = tmp.with_extension("json");
+    let text =
+        std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+    let _ = std::fs::remove_file(&json);
+    let _ = std::fs::remove_file(tmp.with_extension("md"));
+    let report: BenchReport =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+    Ok(report.rows)
+}
+
+fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
+    let threads = crate::env::set_threads(Some(threads));
+    let store = Store::from_env();
+    let spec = crate::env::DeviceSpec::parse(&a.device)?;
+    let device = spec.open()?;
+    let mut rows = Vec::new();
+    for spec_str in &a.models {
+        let m = model::load(
+            spec_str,
+            &store,
+            FetchPolicy::Auto,
+            &LoadOptions {
+                device: device.clone(),
+                ..Default::default()
+            },
+            &mut |s| eprintln!("{s}"),
+        )?;
+        let r = bench_model(a, &m, threads)?;
+        for x in &r {
+            eprintln!(
+                "{} t={} {}: {:.1} ± {:.1} tokens/s",
+                x.model, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
+            );
+        }
+        rows.extend(r);
+    }
+    Ok(rows)
 }
 
 pub fn markdown(r: &BenchReport) -> String {

@@ -382,6 +382,17 @@ impl Transformer {
         })
     }
 
+    /// A model whose weights come from a var builder: a `VarMap` being
+    /// trained, or tensors built in a test.
+    pub fn from_var_builder(
+        vb: candle_nn::VarBuilder<'static>,
+        cfg: &ModelConfig,
+        origin: &str,
+    ) -> Result<Self, ModelError> {
+        let (dtype, device) = (vb.dtype(), vb.device().clone());
+        Self::load(&Weights::from_var_builder(vb, origin), cfg, dtype, &device)
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
