@@ -37,7 +37,7 @@ pub struct BenchArgs {
     /// harness overhead.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub overhead: bool,
-    /// Write results to PATH.json and PATH.md.
+    /// Write results to PATH.json and PATH.md (PATH is kept whole).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -154,33 +154,8 @@ fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<Ben
 
     if a.overhead {
         // The same decode after the prompt, raw and through the `ar` method
-        // with the runner's probe: the gap is the harness's own cost.
-        let mut raw = Vec::new();
-        for i in 0..=a.repeats {
-            cache.clear();
-            let out = m.model.forward(&mut cache, &Forward::causal(&prompt, 0))?;
-            let first = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
-            let ns = time_ns(&clock, &dev, &mut || {
-                let mut tok = first;
-                for _ in 1..a.decode {
-                    let pos = cache.len();
-                    let out = m.model.forward(&mut cache, &Forward::causal(&[tok], pos))?;
-                    tok = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
-                }
-                Ok(())
-            })?;
-            if i > 0 {
-                raw.push(ns);
-            }
-        }
-        rows.push(row(
-            m,
-            threads,
-            "decode-after-prompt-raw",
-            a.decode - 1,
-            &raw,
-        ));
-
+        // with the runner's probe: the gap is the harness's own cost. The
+        // two alternate, so that drift in the machine's speed hits both.
         let inst = MethodInstance::new("ar", None, &serde_json::Value::Null)?;
         let mut decoder = (inst.spec().build)(
             &inst.params,
@@ -196,8 +171,21 @@ fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<Ben
         };
         let tok = m.tokenizer.clone();
         let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
-        let mut via = Vec::new();
+        let (mut raw, mut via) = (Vec::new(), Vec::new());
         for i in 0..=a.repeats {
+            cache.clear();
+            let out = m.model.forward(&mut cache, &Forward::causal(&prompt, 0))?;
+            let first = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
+            let ns = time_ns(&clock, &dev, &mut || {
+                let mut tok = first;
+                for _ in 1..a.decode {
+                    let pos = cache.len();
+                    let out = m.model.forward(&mut cache, &Forward::causal(&[tok], pos))?;
+                    tok = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
+                }
+                Ok(())
+            })?;
+
             let mut rng = ChaCha20Rng::seed_from_u64(0);
             let mut probe = Probe::start(&clock, &dev, &detok, &rule);
             decoder.generate(
@@ -210,9 +198,17 @@ fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<Ben
             let measured = probe.finish().map_err(anyhow::Error::msg)?;
             let ttft = measured.ttft_ns.context("ar emitted nothing")?;
             if i > 0 {
+                raw.push(ns);
                 via.push(measured.wall_ns - ttft);
             }
         }
+        rows.push(row(
+            m,
+            threads,
+            "decode-after-prompt-raw",
+            a.decode - 1,
+            &raw,
+        ));
         rows.push(row(
             m,
             threads,
@@ -253,13 +249,21 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let json = out.with_extension("json");
+        let json = with_suffix(out, "json");
         std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-        let mdp = out.with_extension("md");
+        let mdp = with_suffix(out, "md");
         std::fs::write(&mdp, &md)?;
         eprintln!("wrote {} and {}", json.display(), mdp.display());
     }
     Ok(0)
+}
+
+/// `PATH.ext`, keeping dots already in the name (`qwen2.5-coder-1.5b`).
+fn with_suffix(path: &std::path::Path, ext: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
 }
 
 /// Runs `pdbench bench` for one thread count in a child process and returns
@@ -291,11 +295,11 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
     if !status.success() {
         anyhow::bail!("bench with --threads {threads} failed ({status})");
     }
-    let json = tmp.with_extension("json");
+    let json = with_suffix(&tmp, "json");
     let text =
         std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
     let _ = std::fs::remove_file(&json);
-    let _ = std::fs::remove_file(tmp.with_extension("md"));
+    let _ = std::fs::remove_file(with_suffix(&tmp, "md"));
     let report: BenchReport =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
     Ok(report.rows)

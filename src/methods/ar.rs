@@ -91,7 +91,12 @@ impl Ar {
     ) -> Result<u32, MethodError> {
         let row = logits.i(0)?;
         if self.sampling.is_greedy() {
-            // The argmax on the device keeps the copy to one id.
+            if row.device().is_cpu() {
+                // candle's CPU argmax wakes rayon's pool, whose spinning
+                // threads then compete with the next forward's workers.
+                return Ok(crate::model::argmax(&row.to_vec1::<f32>()?));
+            }
+            // On a GPU the argmax there keeps the copy to one id.
             return Ok(row.argmax_keepdim(D::Minus1)?.to_vec1::<u32>()?[0]);
         }
         let v = row.to_vec1::<f32>()?;
