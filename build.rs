@@ -22,7 +22,19 @@ fn main() {
         println!("cargo:rerun-if-changed={p}");
     }
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();
-    let dirty = match git(&["status", "--porcelain", "--untracked-files=no"]) {
+    // Dirty means the sources the binary is built from differ from the
+    // commit; results and reports written into the tree do not count.
+    let dirty = match git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        ".cargo",
+    ]) {
         Some(s) => (!s.is_empty()).to_string(),
         None => "unknown".into(),
     };

@@ -120,6 +120,26 @@ impl SamplingParams {
     }
 
     /// Chooses a token. Greedy never touches the RNG.
+    /// The next token from one row of logits (`[vocab]`, on any device).
+    pub fn pick(
+        &self,
+        row: &candle_core::Tensor,
+        rng: &mut ChaCha20Rng,
+    ) -> candle_core::Result<u32> {
+        if self.is_greedy() {
+            if row.device().is_cpu() {
+                // candle's CPU argmax wakes rayon's pool, whose spinning
+                // threads then compete with the next forward's workers.
+                return Ok(argmax(&row.to_vec1::<f32>()?));
+            }
+            // On a GPU the argmax there keeps the copy to one id.
+            return Ok(row
+                .argmax_keepdim(candle_core::D::Minus1)?
+                .to_vec1::<u32>()?[0]);
+        }
+        Ok(self.sample(&row.to_vec1::<f32>()?, rng))
+    }
+
     pub fn sample(&self, logits: &[f32], rng: &mut ChaCha20Rng) -> u32 {
         if self.is_greedy() {
             return argmax(logits);

@@ -66,6 +66,27 @@ pub struct BenchReport {
     pub host: crate::results::HostInfo,
     pub device: String,
     pub rows: Vec<BenchRow>,
+    #[serde(default)]
+    pub overhead: Vec<OverheadRow>,
+}
+
+/// The harness's own cost while decoding with `ar`, two ways.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverheadRow {
+    pub model: String,
+    pub threads: usize,
+    /// Per token, what the `ar` method and the probe do besides the model
+    /// forward (picking the token from the logits, the step record, the
+    /// stop rule with stop strings), timed over many steps.
+    pub harness_ns_per_token: f64,
+    /// Per token, the median raw decode loop (forward plus argmax).
+    pub decode_ns_per_token: f64,
+    /// harness_ns_per_token ÷ decode_ns_per_token, in percent.
+    pub harness_pct: f64,
+    /// End to end, per interleaved pair of decodes: 1 − ar-method tokens/s
+    /// ÷ raw tokens/s, in percent. Noisy on shared machines.
+    pub paired_pct: Vec<f64>,
+    pub paired_pct_median: f64,
 }
 
 /// Token ids away from the special tokens at either end of the vocabulary.
@@ -110,7 +131,11 @@ fn row(m: &LoadedModel, threads: usize, test: &str, tokens: usize, samples_ns: &
     }
 }
 
-fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<BenchRow>> {
+fn bench_model(
+    a: &BenchArgs,
+    m: &LoadedModel,
+    threads: usize,
+) -> Result<(Vec<BenchRow>, Option<OverheadRow>)> {
     let clock = MonotonicClock::new();
     let dev = m.model.device().clone();
     let mut rng = ChaCha20Rng::seed_from_u64(1234);
@@ -216,22 +241,89 @@ fn bench_model(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<Ben
             a.decode - 1,
             &via,
         ));
+        let paired_pct: Vec<f64> = raw
+            .iter()
+            .zip(&via)
+            .map(|(&r, &v)| 100.0 * (1.0 - r as f64 / v as f64))
+            .collect();
+        let raw_f: Vec<f64> = raw.iter().map(|&x| x as f64).collect();
+        let decode_ns_per_token = stats::median(&raw_f).unwrap_or(f64::NAN) / (a.decode - 1) as f64;
+        let harness_ns_per_token = harness_ns_per_token(m, &prompt, &clock, &dev)?;
+        let overhead = OverheadRow {
+            model: m.info.label.clone(),
+            threads,
+            harness_ns_per_token,
+            decode_ns_per_token,
+            harness_pct: 100.0 * harness_ns_per_token / decode_ns_per_token,
+            paired_pct_median: stats::median(&paired_pct).unwrap_or(f64::NAN),
+            paired_pct,
+        };
+        return Ok((rows, Some(overhead)));
     }
-    Ok(rows)
+    Ok((rows, None))
+}
+
+/// Times the per-step work of the `ar` method and the runner's probe
+/// outside the model forward, on real logits of the model: the token pick
+/// ([`crate::sampling::SamplingParams::pick`], as `ar` calls it) and
+/// `Probe::commit` with the stop rule checking HumanEval's stop strings.
+fn harness_ns_per_token(
+    m: &LoadedModel,
+    prompt: &[u32],
+    clock: &dyn Clock,
+    dev: &dyn DeviceSync,
+) -> Result<f64> {
+    const STEPS: usize = 256;
+    let mut cache = m.model.new_cache(prompt.len())?;
+    let out = m.model.forward(&mut cache, &Forward::causal(prompt, 0))?;
+    let row = out.logits.context("logits")?.squeeze(0)?;
+    let rule = StopRule {
+        max_new_tokens: STEPS + 1,
+        eos_ids: vec![],
+        stop_strings: ["\ndef ", "\nclass ", "\nif __name__", "\nprint("]
+            .map(String::from)
+            .to_vec(),
+    };
+    let tok = m.tokenizer.clone();
+    let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
+    let sampling = crate::sampling::SamplingParams::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(0);
+    let mut probe = Probe::start(clock, dev, &detok, &rule);
+    // Tokens of real text, so the stop-string window decodes like a run's.
+    let text: Vec<u32> = prompt.iter().rev().copied().cycle().take(STEPS).collect();
+    let ns = time_ns(clock, dev, &mut || {
+        for &t in &text {
+            let picked = sampling.pick(&row, &mut rng)?;
+            std::hint::black_box(picked);
+            probe.commit(super::StepObservation {
+                kind: super::StepKind::Decode,
+                proposed: 0,
+                accepted: 0,
+                tokens: &[t],
+                target_calls: 1,
+                draft_calls: 0,
+                verify_width: 1,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(ns as f64 / STEPS as f64)
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
-    let rows = match a.threads.as_slice() {
+    let (rows, overhead) = match a.threads.as_slice() {
         [] => anyhow::bail!("--threads: expected at least one thread count"),
         [t] => bench_in_process(&a, *t)?,
         many => {
             // candle sizes its thread pools once per process, so each thread
             // count gets a process of its own.
-            let mut rows = Vec::new();
+            let (mut rows, mut overhead) = (Vec::new(), Vec::new());
             for &t in many {
-                rows.extend(bench_in_child(&a, t)?);
+                let (r, o) = bench_in_child(&a, t)?;
+                rows.extend(r);
+                overhead.extend(o);
             }
-            rows
+            (rows, overhead)
         }
     };
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
@@ -242,6 +334,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         host: crate::env::host_info(),
         device: spec.name(),
         rows,
+        overhead,
     };
     let md = markdown(&report);
     println!("{md}");
@@ -268,7 +361,7 @@ fn with_suffix(path: &std::path::Path, ext: &str) -> PathBuf {
 
 /// Runs `pdbench bench` for one thread count in a child process and returns
 /// its rows.
-fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
+fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<OverheadRow>)> {
     let tmp = std::env::temp_dir().join(format!("pdbench-bench-{}-t{threads}", std::process::id()));
     let exe = std::env::current_exe().context("locating the pdbench binary")?;
     let mut cmd = std::process::Command::new(exe);
@@ -302,15 +395,15 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
     let _ = std::fs::remove_file(with_suffix(&tmp, "md"));
     let report: BenchReport =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-    Ok(report.rows)
+    Ok((report.rows, report.overhead))
 }
 
-fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
+fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<OverheadRow>)> {
     let threads = crate::env::set_threads(Some(threads));
     let store = Store::from_env();
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
     let device = spec.open()?;
-    let mut rows = Vec::new();
+    let (mut rows, mut overhead) = (Vec::new(), Vec::new());
     for spec_str in &a.models {
         let m = model::load(
             spec_str,
@@ -322,7 +415,8 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
             },
             &mut |s| eprintln!("{s}"),
         )?;
-        let r = bench_model(a, &m, threads)?;
+        let (r, o) = bench_model(a, &m, threads)?;
+        overhead.extend(o);
         for x in &r {
             eprintln!(
                 "{} t={} {}: {:.1} ± {:.1} tokens/s",
@@ -331,7 +425,7 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Vec<BenchRow>> {
         }
         rows.extend(r);
     }
-    Ok(rows)
+    Ok((rows, overhead))
 }
 
 pub fn markdown(r: &BenchReport) -> String {
@@ -349,30 +443,21 @@ pub fn markdown(r: &BenchReport) -> String {
             x.model, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
         ));
     }
-    let mut overhead = Vec::new();
-    for raw in r
-        .rows
-        .iter()
-        .filter(|x| x.test == "decode-after-prompt-raw")
-    {
-        if let Some(via) = r.rows.iter().find(|x| {
-            x.test == "decode-after-prompt-ar-method"
-                && x.model == raw.model
-                && x.threads == raw.threads
-        }) {
-            overhead.push(format!(
-                "{} t={}: {:.2}%",
-                raw.model,
-                raw.threads,
-                100.0 * (1.0 - via.tokens_per_s_mean / raw.tokens_per_s_mean)
+    if !r.overhead.is_empty() {
+        s.push_str(
+            "\nHarness overhead while decoding with `ar` (time outside model forwards):\n\n| model | threads | harness µs/token | decode ms/token | harness share | end to end, median of pairs |\n|---|---|---|---|---|---|\n",
+        );
+        for o in &r.overhead {
+            s.push_str(&format!(
+                "| {} | {} | {:.1} | {:.2} | {:.2}% | {:+.1}% |\n",
+                o.model,
+                o.threads,
+                o.harness_ns_per_token / 1e3,
+                o.decode_ns_per_token / 1e6,
+                o.harness_pct,
+                o.paired_pct_median
             ));
         }
-    }
-    if !overhead.is_empty() {
-        s.push_str(&format!(
-            "\nHarness overhead (1 − ar-method decode tokens/s ÷ raw decode tokens/s): {}\n",
-            overhead.join("; ")
-        ));
     }
     s
 }

@@ -1,7 +1,7 @@
 //! `ar`: vanilla autoregressive decoding, the baseline every speedup is
 //! measured against.
 
-use candle_core::{IndexOp, D};
+use candle_core::IndexOp;
 use serde::{Deserialize, Serialize};
 
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec};
@@ -89,18 +89,7 @@ impl Ar {
         logits: &candle_core::Tensor,
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<u32, MethodError> {
-        let row = logits.i(0)?;
-        if self.sampling.is_greedy() {
-            if row.device().is_cpu() {
-                // candle's CPU argmax wakes rayon's pool, whose spinning
-                // threads then compete with the next forward's workers.
-                return Ok(crate::model::argmax(&row.to_vec1::<f32>()?));
-            }
-            // On a GPU the argmax there keeps the copy to one id.
-            return Ok(row.argmax_keepdim(D::Minus1)?.to_vec1::<u32>()?[0]);
-        }
-        let v = row.to_vec1::<f32>()?;
-        Ok(self.sampling.sample(&v, ctx.rng))
+        Ok(self.sampling.pick(&logits.i(0)?, ctx.rng)?)
     }
 }
 
