@@ -38,6 +38,17 @@ fn main() {
         Some(s) => (!s.is_empty()).to_string(),
         None => "unknown".into(),
     };
+    // A CUDA build on a machine without a GPU links against stubs of the
+    // driver and cuBLAS (scripts/build-cuda.sh makes them).
+    println!("cargo:rerun-if-env-changed=PDBENCH_CUDA_STUBS");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        if let Some(dir) = std::env::var_os("PDBENCH_CUDA_STUBS") {
+            println!(
+                "cargo:rustc-link-search=native={}",
+                std::path::Path::new(&dir).display()
+            );
+        }
+    }
     println!("cargo:rustc-env=PDBENCH_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=PDBENCH_GIT_DIRTY={dirty}");
 }

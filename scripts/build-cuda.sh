@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds pdbench with the `cuda` feature on a machine without a GPU (the
 # recipe of ../shared/cuda/README.md): a CUDA 13 toolchain from PyPI wheels,
-# link-time stubs for the driver and cuBLAS, and a portable CPU level.
+# link-time stubs for the driver and cuBLAS.
 #
-# usage: scripts/build-cuda.sh [--check]
-#   writes dist/pdbench-cuda.xz (stripped, xz -9), to carry to a GPU machine;
-#   --check only builds (the CI compile check).
-# Caches: $PDBENCH_CACHE (default ~/.cache/pdbench) holds the wheels, the
-# stubs and the target folder, so a second build takes seconds.
+# usage: scripts/build-cuda.sh           dist/pdbench-cuda.xz (stripped, xz -9) to carry
+#                                        to a GPU machine; portable CPU level (x86-64-v3)
+#        scripts/build-cuda.sh --check   compile and link only (CI); it shares the CPU
+#                                        build's target folder and flags, so only the
+#                                        crates that change with the feature rebuild
+# Caches: $PDBENCH_CACHE (default ~/.cache/pdbench) holds the wheels and the stubs,
+# and the carry build's target folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 check=false
@@ -33,16 +35,23 @@ stubs=$cache/cuda-stubs
 if [ ! -f "$stubs/libcuda.so" ]; then
   bash scripts/mkstub-cudalibs.sh "$stubs"
 fi
+# cudart is real (from the runtime wheel); the linker looks for the bare name.
+ln -sf "$CUDA_ROOT/lib/libcudart.so.13" "$stubs/libcudart.so"
+export PDBENCH_CUDA_STUBS=$stubs   # build.rs puts it on the link path
 
-# A separate target folder: the CPU build is tuned to this machine
-# (.cargo/config.toml); the carried binary must run on another CPU.
+if $check; then
+  cargo build --release --locked --features cuda --bin pdbench
+  echo "CUDA build compiled and linked"
+  exit 0
+fi
+
+# The carried binary must run on another machine's CPU: a portable level,
+# and a target folder of its own (.cargo/config.toml tunes the CPU build to
+# this machine).
 export CARGO_TARGET_DIR=${PDBENCH_CUDA_TARGET_DIR:-$cache/target-cuda}
-export RUSTFLAGS="-C target-cpu=x86-64-v3 -L $stubs"
+export RUSTFLAGS="-C target-cpu=x86-64-v3"
 cargo build --release --locked --features cuda --bin pdbench
-bin=$CARGO_TARGET_DIR/release/pdbench
-echo "built $bin"
-$check && exit 0
 mkdir -p dist
-strip -o dist/pdbench-cuda "$bin"
+strip -o dist/pdbench-cuda "$CARGO_TARGET_DIR/release/pdbench"
 xz -9 -f -T0 dist/pdbench-cuda
 ls -l dist/pdbench-cuda.xz

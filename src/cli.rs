@@ -45,6 +45,22 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Measure raw prefill and decode speed of models (llama-bench style).
     Bench(crate::measure::bench::BenchArgs),
+    /// Score saved outputs against a suite, without loading any model.
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Suite name (a file in suites/) or path to a suite TOML.
+    #[arg(long)]
+    pub suite: String,
+    /// JSONL of outputs: `sample_id` (or `id`), `output_text` (or `output`),
+    /// optionally `method`; a run's samples.jsonl works as it is.
+    #[arg(long)]
+    pub outputs: PathBuf,
+    /// Also write the scores as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -132,7 +148,7 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// methods, suites, models, or all.
+    /// methods, suites, scorers, models, or all.
     #[arg(default_value = "all")]
     pub what: String,
 }
@@ -173,6 +189,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Models(a) => cmd_models(a),
         Command::Fetch(a) => cmd_fetch(a),
         Command::Bench(a) => crate::measure::bench::run(a),
+        Command::Score(a) => cmd_score(a),
     }
 }
 
@@ -544,6 +561,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     };
     let plan = RunPlan {
         suite_name: setup.suite.def.name.clone(),
+        scorer: crate::score::find(&setup.suite.def.scorer)
+            .expect("suite scorers are validated when the suite is parsed"),
         samples: &prepared,
         methods: &setup.methods,
         target: &setup.target,
@@ -659,11 +678,34 @@ fn cmd_report(a: ReportArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn cmd_score(a: ScoreArgs) -> Result<i32> {
+    let store = Store::from_env();
+    let suite = suite::load(&a.suite, &store, &mut |s| log_line(s))?;
+    let groups = crate::score::score_outputs(&suite, &a.outputs)?;
+    println!(
+        "{}",
+        crate::score::markdown(&suite.def.name, &suite.def.scorer, &groups)
+    );
+    if let Some(out) = &a.out {
+        let json = serde_json::json!({
+            "suite": suite.def.name,
+            "suite_file_sha256": suite.file_sha256,
+            "data_sha256": suite.data_sha256,
+            "scorer": suite.def.scorer,
+            "outputs": a.outputs,
+            "groups": groups,
+        });
+        crate::results::write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(0)
+}
+
 fn cmd_list(a: ListArgs) -> Result<i32> {
     let what = a.what.as_str();
     let all = what == "all";
-    if !["all", "methods", "suites", "models"].contains(&what) {
-        bail!("pdbench list {what}: expected methods, suites, models or all");
+    if !["all", "methods", "suites", "scorers", "models"].contains(&what) {
+        bail!("pdbench list {what}: expected methods, suites, scorers, models or all");
     }
     if all || what == "methods" {
         println!("methods:");
@@ -708,6 +750,12 @@ fn cmd_list(a: ListArgs) -> Result<i32> {
                 ),
                 Err(e) => println!("  {name:<12} INVALID: {e}"),
             }
+        }
+    }
+    if all || what == "scorers" {
+        println!("scorers:");
+        for sc in crate::score::SCORERS {
+            println!("  {:<26} {}", sc.name, sc.description);
         }
     }
     if all || what == "models" {

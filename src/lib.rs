@@ -11,6 +11,7 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod sampling;
+pub mod score;
 pub mod stats;
 pub mod store;
 pub mod suite;

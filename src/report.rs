@@ -44,6 +44,8 @@ pub struct MethodRow {
     /// prompt and repeat.
     pub speedup_vs_ar: Option<f64>,
     pub paired: usize,
+    /// Mean of the suite scorer's `score` × 100 over scored samples.
+    pub score_mean_x100: Option<f64>,
 }
 
 /// The scalar columns of samples.jsonl that reports use.
@@ -58,6 +60,7 @@ fn sample_schema() -> Schema {
         Field::new("tokens_per_s".into(), DataType::Float64),
         Field::new("mean_accepted_tokens".into(), DataType::Float64),
         Field::new("target_calls".into(), DataType::Int64),
+        Field::new("score".into(), DataType::Float64),
     ])
 }
 
@@ -104,6 +107,7 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     let ttft = f64s(df, "ttft_ns")?;
     let tau = f64s(df, "mean_accepted_tokens")?;
     let tokens = f64s(df, "new_tokens")?;
+    let score = f64s(df, "score")?;
     let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, m) in method.iter().enumerate() {
         by_method.entry(m.as_str()).or_default().push(i);
@@ -146,6 +150,12 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
             mean_accepted_tokens: stats::mean(&taus),
             speedup_vs_ar: stats::mean(&ratios),
             paired: ratios.len(),
+            score_mean_x100: stats::mean(
+                &rows
+                    .iter()
+                    .filter_map(|&i| score[i].map(|x| 100.0 * x))
+                    .collect::<Vec<_>>(),
+            ),
         });
     }
     Ok(out)
@@ -190,6 +200,7 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
             opt(|r| r.mean_accepted_tokens),
         ),
         Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
+        Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
         Column::new(
             "paired_prompts".into(),
             rows.iter().map(|r| r.paired as u64).collect::<Vec<_>>(),
@@ -230,8 +241,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     if multi {
         s.push_str("run | ");
     }
-    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | speedup vs ar |\n|");
-    let ncol = if multi { 9 } else { 8 };
+    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | speedup vs ar | score ×100 |\n|");
+    let ncol = if multi { 10 } else { 9 };
     for _ in 0..ncol {
         s.push_str("---|");
     }
@@ -242,7 +253,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             s.push_str(&format!("{} | ", r.run_id));
         }
         s.push_str(&format!(
-            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} |\n",
+            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} | {} |\n",
             r.method,
             r.samples,
             r.tokens,
@@ -255,6 +266,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
                 Some(v) => format!("{v:.2}× ({} prompts)", r.paired),
                 None => "–".into(),
             },
+            fmt_opt(r.score_mean_x100, 1),
         ));
     }
     s.push_str(

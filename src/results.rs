@@ -156,7 +156,11 @@ pub struct SampleRecord {
     pub mean_accepted_tokens: Option<f64>,
     pub output_ids: Vec<u32>,
     pub output_text: String,
+    /// The suite scorer's headline score in [0, 1]; `None` when unscored.
     pub score: Option<f64>,
+    /// Every score the scorer gives (`score`, `score_strict`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub scores: crate::score::Scores,
     pub steps: Vec<StepRecord>,
 }
 

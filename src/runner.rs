@@ -40,6 +40,12 @@ pub enum RunError {
     EmptyPrompt { suite: String, sample: String },
     #[error("{0}")]
     Invariant(String),
+    #[error("suite {suite}, sample {sample}: {detail}")]
+    Score {
+        suite: String,
+        sample: String,
+        detail: String,
+    },
     #[error("{method}: sample {sample}: {detail}")]
     Measure {
         method: String,
@@ -106,6 +112,8 @@ pub fn prepare_samples(
 
 pub struct RunPlan<'a> {
     pub suite_name: String,
+    /// The suite's scorer; every recorded sample is scored with it.
+    pub scorer: &'static crate::score::ScorerSpec,
     pub samples: &'a [PreparedSample],
     pub methods: &'a [MethodInstance],
     pub target: &'a LoadedModel,
@@ -233,7 +241,7 @@ pub fn execute(
                 detail,
             })?;
             check_invariants(&inst.label, &measured, &plan.rule).map_err(RunError::Invariant)?;
-            let record = make_record(
+            let mut record = make_record(
                 inst,
                 s,
                 *repeat,
@@ -242,6 +250,7 @@ pub fn execute(
                 &plan.rule,
                 &*plan.target.tokenizer,
             )?;
+            score_record(&mut record, &s.sample, plan)?;
             dir.append_sample(&record)?;
             on_event(Event::Sample {
                 record: &record,
@@ -251,6 +260,30 @@ pub fn execute(
         }
     }
     Ok(Outcome::Complete)
+}
+
+/// Scores a record's text with the suite's scorer.
+fn score_record(
+    record: &mut SampleRecord,
+    sample: &Sample,
+    plan: &RunPlan<'_>,
+) -> Result<(), RunError> {
+    let Some(f) = plan.scorer.score else {
+        return Ok(());
+    };
+    let err = |detail: String| RunError::Score {
+        suite: plan.suite_name.clone(),
+        sample: sample.id.clone(),
+        detail,
+    };
+    let reference = sample
+        .reference
+        .as_ref()
+        .ok_or_else(|| err("has no reference to score against".into()))?;
+    let scores = f(&record.output_text, reference).map_err(|e| err(e.to_string()))?;
+    record.score = scores.get("score").copied();
+    record.scores = scores;
+    Ok(())
 }
 
 fn make_record(
@@ -304,6 +337,7 @@ fn make_record(
         output_ids: m.output.clone(),
         output_text: text,
         score: None,
+        scores: Default::default(),
         steps: m.steps.clone(),
     })
 }

@@ -50,7 +50,7 @@ pub struct SuiteDef {
     pub max_new_tokens: usize,
     #[serde(default)]
     pub stop: Vec<String>,
-    /// The scorer, by name (see [`SCORERS`]).
+    /// The scorer, by name (see [`crate::score::SCORERS`]).
     #[serde(default = "default_scorer")]
     pub scorer: String,
 }
@@ -67,10 +67,6 @@ fn default_scorer() -> String {
 
 /// Prompt templates by name: a row's prompt field to the user message.
 pub static PROMPT_TEMPLATES: &[(&str, &str)] = &[("plain", "the prompt field as it is")];
-
-/// Scorers by name. Quality scorers arrive with the suites issue; until
-/// then outputs are recorded unscored, never given a made-up number.
-pub static SCORERS: &[(&str, &str)] = &[("none", "not scored (speed only)")];
 
 pub static CHAT_TEMPLATES: &[(&str, &str)] = &[
     (
@@ -220,13 +216,26 @@ pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
             ),
         ));
     }
-    if !SCORERS.iter().any(|(n, _)| *n == def.scorer) {
+    if crate::score::find(&def.scorer).is_none() {
+        let known: Vec<&str> = crate::score::SCORERS.iter().map(|s| s.name).collect();
         return Err(field(
             "scorer",
             format!(
-                "unknown \"{}\"; expected one of {}",
+                "unknown \"{}\"; {}expected one of {}",
                 def.scorer,
-                names(SCORERS)
+                crate::util::did_you_mean(&def.scorer, &known)
+                    .map(|s| format!("did you mean \"{s}\"? "))
+                    .unwrap_or_default(),
+                known.join(", ")
+            ),
+        ));
+    }
+    if def.scorer != "none" && def.reference_field.is_none() {
+        return Err(field(
+            "reference_field",
+            format!(
+                "scorer \"{}\" needs each sample's reference; name the field that holds it",
+                def.scorer
             ),
         ));
     }

@@ -453,3 +453,130 @@ fn methods_file_runs_each_labelled_instance() {
         4
     );
 }
+
+/// `pdbench score` judges saved outputs with the suite's scorer and loads
+/// no model; a run of such a suite records each sample's scores.
+#[test]
+fn score_command_scores_saved_outputs_without_a_model() {
+    let w = World::new();
+    let dir = w.path("lists");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = [
+        ("a", "people", r#"["Ann Lee", "Bo Chen"]"#),
+        ("b", "people", r#"["Cy Dunn", "Di Ma", "Ed Roe"]"#),
+        ("c", "pets", r#"["Rex"]"#),
+    ];
+    let data: String = rows
+        .iter()
+        .map(|(id, cat, ans)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"id": id, "cat": cat, "prompt": format!("copy {ans}"), "answer": ans})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("data.jsonl"), data).unwrap();
+    std::fs::write(
+        dir.join("lists.toml"),
+        "name = \"lists\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nid_field = \"id\"\nprompt_field = \"prompt\"\ncategory_field = \"cat\"\nreference_field = \"answer\"\nchat_template = \"none\"\nmax_new_tokens = 4\nscorer = \"list_match_score\"\n",
+    )
+    .unwrap();
+    let outputs = dir.join("outputs.jsonl");
+    std::fs::write(
+        &outputs,
+        concat!(
+            r#"{"sample_id": "a", "method": "m", "output_text": "Sure: [\"Ann Lee\", \"Bo Chen\"]"}"#, "\n",
+            r#"{"sample_id": "b", "method": "m", "output_text": "[Cy Dunn, Di Ma, Ed Roe]"}"#, "\n",
+            r#"{"sample_id": "c", "method": "m", "output_text": "[\"Rex\", \"Rex\"]"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let json = dir.join("scores.json");
+    let mut c = w.cmd();
+    c.args(["score", "--suite"])
+        .arg(dir.join("lists.toml"))
+        .arg("--outputs")
+        .arg(&outputs)
+        .arg("--out")
+        .arg(&json)
+        // No model anywhere: nothing to load.
+        .env("PDBENCH_HOME", w.path("no-store"));
+    c.assert().success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let group = |cat: &str| {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["category"] == cat)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(group("all")["samples"], 3);
+    assert!((group("all")["means"]["score"].as_f64().unwrap() - 200.0 / 3.0).abs() < 1e-9);
+    assert!((group("all")["means"]["score_strict"].as_f64().unwrap() - 100.0 / 3.0).abs() < 1e-9);
+    assert_eq!(group("people")["means"]["score"], 100.0);
+    assert_eq!(group("pets")["means"]["score"], 0.0);
+
+    // An id the suite does not hold names the file and line.
+    std::fs::write(
+        &outputs,
+        "{\"sample_id\": \"a\", \"output\": \"[]\"}\n{\"sample_id\": \"zz\", \"output\": \"[]\"}\n",
+    )
+    .unwrap();
+    fails_with(
+        w.cmd()
+            .args(["score", "--suite"])
+            .arg(dir.join("lists.toml"))
+            .arg("--outputs")
+            .arg(&outputs),
+        &["outputs.jsonl line 2", "\"zz\""],
+    );
+
+    // A run of the suite scores every sample it records.
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(dir.join("lists.toml"))
+        .arg("--results-dir")
+        .arg(w.path("results"))
+        .args(["--run-id", "scored", "--no-report"]);
+    c.assert().success();
+    let samples = read_lines(&w.path("results/scored/samples.jsonl"));
+    assert_eq!(samples.len(), 3);
+    for s in &samples {
+        let score = s["score"].as_f64().expect("scored");
+        assert!(score == 0.0 || score == 1.0);
+        assert!(s["scores"]["score_strict"].is_number());
+    }
+}
+
+#[test]
+fn scorer_without_a_reference_field_is_refused() {
+    let w = World::new();
+    let suite = w.path("suite/noref.toml");
+    std::fs::write(
+        &suite,
+        "name = \"noref\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 4\nscorer = \"list_match_score\"\n",
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(&suite);
+    fails_with(&mut c, &["noref.toml", "reference_field"]);
+    std::fs::write(
+        &suite,
+        "name = \"noref\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 4\nscorer = \"list_mach_score\"\n",
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(w.model())
+        .arg("--suite")
+        .arg(&suite);
+    fails_with(&mut c, &["noref.toml", "did you mean \"list_match_score\""]);
+}

@@ -1,0 +1,322 @@
+//! Scorers: a registry of named functions from an output text and a
+//! sample's reference to per-sample scores. Suites name their scorer; runs
+//! and `pdbench score` call it. A scorer never invents a number: a sample it
+//! cannot judge is an error that names the sample, and a suite that cannot
+//! be judged here uses `none`.
+
+pub mod parallelbench;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Per-sample scores by name. `score` is the headline, in [0, 1].
+pub type Scores = BTreeMap<String, f64>;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ScoreError {
+    #[error("scorer `{scorer}`: the reference is not what it expects: {expected}")]
+    BadReference {
+        scorer: &'static str,
+        expected: &'static str,
+    },
+}
+
+pub struct ScorerSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// `None` for `none`: outputs are recorded unscored.
+    pub score: Option<fn(&str, &Value) -> Result<Scores, ScoreError>>,
+}
+
+impl std::fmt::Debug for ScorerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScorerSpec")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A metric with a lenient and a strict variant, as ParallelBench reports.
+fn both(
+    scorer: &'static str,
+    expected: &'static str,
+    f: fn(&str, &Value, bool) -> Option<f64>,
+    output: &str,
+    reference: &Value,
+) -> Result<Scores, ScoreError> {
+    let bad = || ScoreError::BadReference { scorer, expected };
+    let lenient = f(output, reference, false).ok_or_else(bad)?;
+    let strict = f(output, reference, true).ok_or_else(bad)?;
+    Ok(Scores::from([
+        ("score".to_string(), lenient),
+        ("score_strict".to_string(), strict),
+    ]))
+}
+
+macro_rules! lenient_and_strict {
+    ($fn_name:ident, $scorer:literal, $expected:literal, $metric:path) => {
+        fn $fn_name(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+            both($scorer, $expected, $metric, output, reference)
+        }
+    };
+}
+
+lenient_and_strict!(
+    list_match,
+    "list_match_score",
+    "a list, or a string holding one",
+    parallelbench::list_match
+);
+lenient_and_strict!(
+    list_shuffle,
+    "list_shuffle_score",
+    "an object with an `input` list",
+    parallelbench::list_shuffle
+);
+lenient_and_strict!(
+    list_random_insert,
+    "list_random_insert_score",
+    "an object with an `input` list and a `word`",
+    parallelbench::list_random_insert
+);
+lenient_and_strict!(
+    list_random_remove,
+    "list_random_remove_score",
+    "an object with an `input` list",
+    parallelbench::list_random_remove
+);
+lenient_and_strict!(
+    list_random_replace,
+    "list_random_replace_score",
+    "an object with an `input` list and a `word`",
+    parallelbench::list_random_replace
+);
+lenient_and_strict!(
+    sudoku,
+    "sudoku_score",
+    "the solved grid as a string",
+    parallelbench::sudoku
+);
+
+fn latin_square(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    let s = parallelbench::latin_square(output, reference).ok_or(ScoreError::BadReference {
+        scorer: "latin_square_score",
+        expected: "an object with a `symbols` list",
+    })?;
+    Ok(Scores::from([
+        ("score".to_string(), s),
+        ("score_strict".to_string(), s),
+    ]))
+}
+
+/// Every scorer, by name.
+pub static SCORERS: &[ScorerSpec] = &[
+    ScorerSpec {
+        name: "none",
+        description: "not scored (speed only)",
+        score: None,
+    },
+    ScorerSpec {
+        name: "list_match_score",
+        description: "ParallelBench: the output list equals the answer list",
+        score: Some(list_match),
+    },
+    ScorerSpec {
+        name: "list_shuffle_score",
+        description: "ParallelBench: a permutation of the input that differs from it",
+        score: Some(list_shuffle),
+    },
+    ScorerSpec {
+        name: "list_random_insert_score",
+        description: "ParallelBench: the input with `word` inserted anywhere",
+        score: Some(list_random_insert),
+    },
+    ScorerSpec {
+        name: "list_random_remove_score",
+        description: "ParallelBench: the input with any one item removed",
+        score: Some(list_random_remove),
+    },
+    ScorerSpec {
+        name: "list_random_replace_score",
+        description: "ParallelBench: the input with any one item replaced by `word`",
+        score: Some(list_random_replace),
+    },
+    ScorerSpec {
+        name: "latin_square_score",
+        description: "ParallelBench: a valid latin square over the symbols",
+        score: Some(latin_square),
+    },
+    ScorerSpec {
+        name: "sudoku_score",
+        description: "ParallelBench: the solved 4x4 sudoku grid",
+        score: Some(sudoku),
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static ScorerSpec> {
+    SCORERS.iter().find(|s| s.name == name)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {detail}")]
+    Row {
+        path: std::path::PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error("suite {suite} uses scorer `none`: its outputs are not scored here")]
+    Unscored { suite: String },
+}
+
+/// Mean scores (×100) of one group of outputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupScores {
+    pub method: String,
+    pub category: String,
+    pub samples: usize,
+    /// Score name to mean × 100.
+    pub means: BTreeMap<String, f64>,
+}
+
+/// Scores saved outputs against a suite without loading any model. Each
+/// line of `outputs` is a JSON object with the sample's id (`sample_id` or
+/// `id`) and its text (`output_text` or `output`), and optionally a
+/// `method`; a run's `samples.jsonl` is such a file. Groups are (method,
+/// category), plus an `all` category per method.
+pub fn score_outputs(
+    suite: &crate::suite::ResolvedSuite,
+    outputs: &std::path::Path,
+) -> Result<Vec<GroupScores>, ScoreFileError> {
+    let spec = find(&suite.def.scorer).expect("suite scorers are validated");
+    let f = spec.score.ok_or_else(|| ScoreFileError::Unscored {
+        suite: suite.def.name.clone(),
+    })?;
+    let text = std::fs::read_to_string(outputs).map_err(|source| ScoreFileError::Io {
+        path: outputs.to_path_buf(),
+        source,
+    })?;
+    let by_id: std::collections::HashMap<&str, &crate::suite::Sample> =
+        suite.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    // (method, category) -> (count, sums)
+    let mut groups: BTreeMap<(String, String), (usize, BTreeMap<String, f64>)> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = |detail: String| ScoreFileError::Row {
+            path: outputs.to_path_buf(),
+            line: i + 1,
+            detail,
+        };
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| row(format!("not valid JSON: {e}")))?;
+        let field = |names: &[&str]| -> Result<String, ScoreFileError> {
+            names
+                .iter()
+                .find_map(|n| match v.get(*n) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Number(x)) => Some(x.to_string()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    row(format!(
+                        "expected a string field `{}`",
+                        names.join("` or `")
+                    ))
+                })
+        };
+        let id = field(&["sample_id", "id"])?;
+        let output = field(&["output_text", "output"])?;
+        let method = field(&["method"]).unwrap_or_else(|_| "-".into());
+        let sample = by_id.get(id.as_str()).ok_or_else(|| {
+            row(format!(
+                "sample id \"{id}\" is not in suite {} ({})",
+                suite.def.name, suite.data_file
+            ))
+        })?;
+        let reference = sample
+            .reference
+            .as_ref()
+            .ok_or_else(|| row(format!("sample \"{id}\" has no reference in the suite")))?;
+        let scores = f(&output, reference).map_err(|e| row(format!("sample \"{id}\": {e}")))?;
+        let category = sample.category.clone().unwrap_or_else(|| "-".into());
+        for cat in [category, "all".to_string()] {
+            let g = groups.entry((method.clone(), cat)).or_default();
+            g.0 += 1;
+            for (k, x) in &scores {
+                *g.1.entry(k.clone()).or_default() += x;
+            }
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|((method, category), (n, sums))| GroupScores {
+            method,
+            category,
+            samples: n,
+            means: sums
+                .into_iter()
+                .map(|(k, s)| (k, 100.0 * s / n as f64))
+                .collect(),
+        })
+        .collect())
+}
+
+/// A Markdown table of group scores.
+pub fn markdown(suite: &str, scorer: &str, groups: &[GroupScores]) -> String {
+    let keys: std::collections::BTreeSet<&String> =
+        groups.iter().flat_map(|g| g.means.keys()).collect();
+    let mut s = format!(
+        "suite {suite}, scorer {scorer} (mean × 100)\n\n| method | category | samples | {} |\n|---|---|---|{}\n",
+        keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(keys.len())
+    );
+    for g in groups {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            g.method,
+            g.category,
+            g.samples,
+            keys.iter()
+                .map(|k| g
+                    .means
+                    .get(*k)
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "–".into()))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_findable() {
+        for (i, s) in SCORERS.iter().enumerate() {
+            assert!(SCORERS[..i].iter().all(|t| t.name != s.name), "{}", s.name);
+            assert_eq!(find(s.name).unwrap().name, s.name);
+        }
+        assert!(find("bleu").is_none());
+    }
+
+    #[test]
+    fn bad_references_are_errors_not_zeros() {
+        let f = find("list_shuffle_score").unwrap().score.unwrap();
+        let e = f("[A, B]", &serde_json::json!(3)).unwrap_err();
+        assert!(e.to_string().contains("`input` list"), "{e}");
+        let ok = f("[\"B\", \"A\"]", &serde_json::json!({"input": ["A", "B"]})).unwrap();
+        assert_eq!(ok["score"], 1.0);
+        assert_eq!(ok["score_strict"], 1.0);
+    }
+}
