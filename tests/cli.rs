@@ -62,6 +62,17 @@ impl World {
     fn cmd(&self) -> Command {
         pdbench(self.dir.path())
     }
+    /// `pdbench run` of the tiny model on `suite`, into this world's results.
+    fn run_suite(&self, suite: &Path) -> Command {
+        let mut c = self.cmd();
+        c.args(["run", "--model"])
+            .arg(self.model())
+            .arg("--suite")
+            .arg(suite)
+            .arg("--results-dir")
+            .arg(self.path("results"));
+        c
+    }
     fn run(&self, extra: &[&str]) -> Command {
         let mut c = self.cmd();
         c.arg("run")
@@ -283,13 +294,7 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
         "name = \"long\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nid_field = \"id\"\nprompt_field = \"prompt\"\nchat_template = \"none\"\nmax_new_tokens = 8\n",
     )
     .unwrap();
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(dir.join("long.toml"))
-        .arg("--results-dir")
-        .arg(w.path("results"));
+    let mut c = w.run_suite(&dir.join("long.toml"));
     fails_with(
         &mut c,
         &["sample long-1", "max_new_tokens 8", "context of 256"],
@@ -305,11 +310,7 @@ fn malformed_suite_names_the_field() {
         "name = \"bad\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 8\nmax_new_tokenz = 9\n",
     )
     .unwrap();
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(&bad);
+    let mut c = w.run_suite(&bad);
     fails_with(&mut c, &["bad.toml", "max_new_tokenz"]);
 
     std::fs::write(
@@ -317,11 +318,7 @@ fn malformed_suite_names_the_field() {
         "name = \"bad\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"text\"\nmax_new_tokens = 8\n",
     )
     .unwrap();
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(&bad);
+    let mut c = w.run_suite(&bad);
     fails_with(&mut c, &["data.jsonl", "text"]);
 }
 
@@ -535,14 +532,8 @@ fn score_command_scores_saved_outputs_without_a_model() {
     );
 
     // A run of the suite scores every sample it records.
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(dir.join("lists.toml"))
-        .arg("--results-dir")
-        .arg(w.path("results"))
-        .args(["--run-id", "scored", "--no-report"]);
+    let mut c = w.run_suite(&dir.join("lists.toml"));
+    c.args(["--run-id", "scored", "--no-report"]);
     c.assert().success();
     let samples = read_lines(&w.path("results/scored/samples.jsonl"));
     assert_eq!(samples.len(), 3);
@@ -562,21 +553,13 @@ fn scorer_without_a_reference_field_is_refused() {
         "name = \"noref\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 4\nscorer = \"list_match_score\"\n",
     )
     .unwrap();
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(&suite);
+    let mut c = w.run_suite(&suite);
     fails_with(&mut c, &["noref.toml", "reference_field"]);
     std::fs::write(
         &suite,
         "name = \"noref\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nprompt_field = \"prompt\"\nmax_new_tokens = 4\nscorer = \"list_mach_score\"\n",
     )
     .unwrap();
-    let mut c = w.cmd();
-    c.args(["run", "--model"])
-        .arg(w.model())
-        .arg("--suite")
-        .arg(&suite);
+    let mut c = w.run_suite(&suite);
     fails_with(&mut c, &["noref.toml", "did you mean \"list_match_score\""]);
 }
