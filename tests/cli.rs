@@ -563,3 +563,106 @@ fn scorer_without_a_reference_field_is_refused() {
     let mut c = w.run_suite(&suite);
     fails_with(&mut c, &["noref.toml", "did you mean \"list_match_score\""]);
 }
+
+#[test]
+fn safetensors_models_run_in_f32_bf16_and_f16() {
+    let w = World::new();
+    for dtype in ["f32", "bf16", "f16"] {
+        let id = format!("dt-{dtype}");
+        w.run(&["--dtype", dtype, "--run-id", &id, "--no-report"])
+            .assert()
+            .success();
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(w.path(&format!("results/{id}/manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["dtype"], dtype);
+        assert_eq!(
+            read_lines(&w.path(&format!("results/{id}/samples.jsonl"))).len(),
+            4
+        );
+    }
+    fails_with(
+        &mut w.run(&["--dtype", "f8"]),
+        &["--dtype f8", "f32, bf16 or f16"],
+    );
+}
+
+/// A sharded checkpoint (model.safetensors.index.json) loads like a single
+/// file and decodes the same tokens.
+#[test]
+fn sharded_safetensors_decode_like_the_single_file() {
+    let w = World::new();
+    let sharded = w.path("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(w.model().join(f), sharded.join(f)).unwrap();
+    }
+    let tensors = candle_core::safetensors::load(
+        w.model().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+
+    w.run(&["--run-id", "single", "--no-report"])
+        .assert()
+        .success();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(&sharded)
+        .arg("--suite")
+        .arg(w.suite())
+        .arg("--results-dir")
+        .arg(w.path("results"))
+        .args(["--run-id", "sharded", "--no-report"]);
+    c.assert().success();
+    let ids = |run: &str| -> Vec<serde_json::Value> {
+        read_lines(&w.path(&format!("results/{run}/samples.jsonl")))
+            .into_iter()
+            .map(|s| s["output_ids"].clone())
+            .collect()
+    };
+    assert_eq!(ids("single"), ids("sharded"));
+    let manifest = std::fs::read_to_string(w.path("results/sharded/manifest.json")).unwrap();
+    for f in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "tokenizer_config.json",
+    ] {
+        assert!(manifest.contains(f), "the manifest records {f}");
+    }
+
+    // A shard the index names but the folder lacks.
+    std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
+    let mut c = w.cmd();
+    c.args(["run", "--model"])
+        .arg(&sharded)
+        .arg("--suite")
+        .arg(w.suite());
+    fails_with(
+        &mut c,
+        &[
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        ],
+    );
+}

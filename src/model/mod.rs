@@ -185,7 +185,7 @@ pub fn load_resolved(
     store: &Store,
     opts: &LoadOptions,
 ) -> Result<LoadedModel, ModelError> {
-    let digest = |p: &Path| -> Result<FileDigest, ModelError> {
+    let mut digest = |p: &Path| -> Result<FileDigest, ModelError> {
         let bytes = std::fs::metadata(p)
             .map_err(|e| ModelError::io(p, e))?
             .len();
@@ -220,6 +220,7 @@ pub fn load_resolved(
             let mut files = vec![];
             if let Some(p) = &tok_path {
                 files.push(digest(p)?);
+                files.extend(tokenizer_side_files(p, &mut digest)?);
             }
             (
                 model,
@@ -248,6 +249,7 @@ pub fn load_resolved(
             let w = weights::Weights::from_safetensors(wfiles, dtype, &opts.device)?;
             let model = Transformer::load(&w, &cfg, dtype, &opts.device)?;
             let mut files = vec![digest(config)?, digest(&tok_path)?];
+            files.extend(tokenizer_side_files(&tok_path, &mut digest)?);
             for p in wfiles {
                 files.push(digest(p)?);
             }
@@ -312,6 +314,21 @@ fn check_gguf_extent(
 
 /// The architecture from GGUF metadata (`general.architecture` and the
 /// `{arch}.*` keys llama.cpp writes).
+/// Digests of the files beside a tokenizer.json that change how it
+/// encodes or when it stops (BOS, EOS, chat template), when present.
+fn tokenizer_side_files(
+    tokenizer_json: &Path,
+    digest: &mut dyn FnMut(&Path) -> Result<FileDigest, ModelError>,
+) -> Result<Vec<FileDigest>, ModelError> {
+    let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+    ["tokenizer_config.json", "generation_config.json"]
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .map(|p| digest(&p))
+        .collect()
+}
+
 pub fn config_from_gguf(
     path: &Path,
     content: &gguf_file::Content,
