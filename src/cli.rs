@@ -380,7 +380,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let threads = env::set_threads(Some(m.device.threads));
             let device = DeviceSpec::parse(&m.device.name)?;
             let suite = suite::load(&m.suite.file, &store, &mut |s| log_line(s))?;
-            if suite.file_sha256 != m.suite.file_sha256 || suite.data_sha256 != m.suite.data_sha256
+            if suite.file_sha256 != m.suite.file_sha256
+                || suite.data_sha256 != m.suite.data_sha256
+                || suite.task_config_sha256 != m.suite.task_config_sha256
             {
                 bail!(
                     "cannot resume {}: suite {} or its data changed since the run started (sha256 differs from the manifest)",

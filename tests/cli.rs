@@ -666,3 +666,18 @@ fn sharded_safetensors_decode_like_the_single_file() {
         ],
     );
 }
+
+#[test]
+fn missing_parallelbench_data_is_a_clear_error() {
+    let w = World::new();
+    let mut c = w.run_suite(Path::new("suites/parallelbench/waiting_line/copy.toml"));
+    c.env("PDBENCH_PARALLELBENCH", w.path("nowhere"));
+    fails_with(
+        &mut c,
+        &[
+            "ParallelBench task waiting_line/copy",
+            "PDBENCH_PARALLELBENCH",
+            "nowhere",
+        ],
+    );
+}

@@ -18,6 +18,14 @@ impl Message {
             content: content.into(),
         }
     }
+
+    pub fn user(content: &str) -> Self {
+        Self::new("user", content)
+    }
+
+    pub fn assistant(content: &str) -> Self {
+        Self::new("assistant", content)
+    }
 }
 
 /// Renders `messages` with `template`, ending with the assistant's turn

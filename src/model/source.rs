@@ -261,7 +261,7 @@ impl HubId {
     }
 }
 
-fn hub_cache() -> hf_hub::Cache {
+pub(crate) fn hub_cache() -> hf_hub::Cache {
     match std::env::var_os("HF_HUB_CACHE") {
         Some(p) => hf_hub::Cache::new(PathBuf::from(p)),
         None => hf_hub::Cache::from_env(),

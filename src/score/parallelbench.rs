@@ -486,4 +486,60 @@ mod tests {
         assert_eq!(sudoku("١٣٤٢\n2431\n4123\n3214", &ans, false), Some(0.0));
         assert_eq!(sudoku("", &ans, false), Some(0.0));
     }
+
+    fn list_text(items: &[&str]) -> String {
+        format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// ParallelBench's closed forms for fully parallel decoding with
+    /// perfect marginals, by exact enumeration of independent positions.
+    #[test]
+    fn closed_form_oracles() {
+        let items = ["A", "B", "C"];
+        let n = items.len();
+        // Random replace: each position is the new word with probability
+        // 1/n, else its own item: n·(1/n)·((n−1)/n)^(n−1) = 4/9 at n = 3.
+        let answer = json!({"input": items, "word": "W"});
+        let mut expected = 0.0;
+        for mask in 0..(1u32 << n) {
+            let out: Vec<&str> = (0..n)
+                .map(|i| if mask >> i & 1 == 1 { "W" } else { items[i] })
+                .collect();
+            let p: f64 = (0..n)
+                .map(|i| {
+                    if mask >> i & 1 == 1 {
+                        1.0 / n as f64
+                    } else {
+                        (n - 1) as f64 / n as f64
+                    }
+                })
+                .product();
+            expected += p * list_random_replace(&list_text(&out), &answer, true).unwrap();
+        }
+        let closed = n as f64 * (1.0 / n as f64) * ((n - 1) as f64 / n as f64).powi(n as i32 - 1);
+        assert!((expected - closed).abs() < 1e-12 && (closed - 4.0 / 9.0).abs() < 1e-12);
+
+        // Shuffle: each position uniform over the items. A permutation comes
+        // out with probability n!/n^n = 2/9 (the paper's 22.2%); the metric
+        // also refuses the unchanged input, leaving (n! − 1)/n^n = 5/27.
+        let answer = json!({"input": items});
+        let (mut perm, mut score) = (0.0, 0.0);
+        for code in 0..n.pow(n as u32) {
+            let out: Vec<&str> = (0..n).map(|i| items[code / n.pow(i as u32) % n]).collect();
+            let p = 1.0 / n.pow(n as u32) as f64;
+            let mut sorted = out.clone();
+            sorted.sort();
+            perm += p * b(sorted == items);
+            score += p * list_shuffle(&list_text(&out), &answer, true).unwrap();
+        }
+        assert!((perm - 2.0 / 9.0).abs() < 1e-12, "{perm}");
+        assert!((score - 5.0 / 27.0).abs() < 1e-12, "{score}");
+    }
 }

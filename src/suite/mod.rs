@@ -7,8 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod parallelbench;
+pub mod pyformat;
+
 use crate::fetch;
 use crate::model::chat::{self, Message};
+
+/// One earlier turn of a conversation (in-context examples).
+pub use crate::model::chat::Message as Turn;
 use crate::model::TextTokenizer;
 use crate::store::Store;
 
@@ -19,6 +25,21 @@ pub enum DataSource {
     Jsonl(String),
     /// A `pdbench fetch` data set.
     Fetch(String),
+    /// A ParallelBench task (`group/task`, e.g. `waiting_line/copy`) from
+    /// the released test data; see [`parallelbench::data_root`].
+    Parallelbench(String),
+}
+
+/// How a suite uses in-context examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Icl {
+    /// None are sent.
+    #[default]
+    None,
+    /// Each example is an earlier user turn and an assistant turn with its
+    /// answer (ParallelBench's `input.icl_examples`).
+    EarlierTurn,
 }
 
 /// A suite file, as written.
@@ -33,8 +54,9 @@ pub struct SuiteDef {
     /// The field holding a sample's id; `None` numbers the rows.
     #[serde(default)]
     pub id_field: Option<String>,
-    /// The field holding the prompt text.
-    pub prompt_field: String,
+    /// The field holding the prompt text (JSONL and fetched sources).
+    #[serde(default)]
+    pub prompt_field: Option<String>,
     #[serde(default)]
     pub category_field: Option<String>,
     #[serde(default)]
@@ -47,6 +69,9 @@ pub struct SuiteDef {
     pub chat_template: String,
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// In-context examples.
+    #[serde(default)]
+    pub icl: Icl,
     pub max_new_tokens: usize,
     #[serde(default)]
     pub stop: Vec<String>,
@@ -65,8 +90,14 @@ fn default_scorer() -> String {
     "none".into()
 }
 
-/// Prompt templates by name: a row's prompt field to the user message.
-pub static PROMPT_TEMPLATES: &[(&str, &str)] = &[("plain", "the prompt field as it is")];
+/// Prompt templates by name: a row to the user message.
+pub static PROMPT_TEMPLATES: &[(&str, &str)] = &[
+    ("plain", "the prompt field as it is"),
+    (
+        "parallelbench",
+        "the task's prompt from task_config.yaml, formatted with the row's `input` (Python str.format)",
+    ),
+];
 
 pub static CHAT_TEMPLATES: &[(&str, &str)] = &[
     (
@@ -111,6 +142,8 @@ pub enum SuiteError {
     },
     #[error("suite {suite}: {detail}")]
     Prompt { suite: String, detail: String },
+    #[error("{what} is not available here: {detail}")]
+    DataUnavailable { what: String, detail: String },
 }
 
 /// One prompt of a suite.
@@ -118,7 +151,11 @@ pub enum SuiteError {
 pub struct Sample {
     pub id: String,
     pub category: Option<String>,
+    /// The final user message.
     pub prompt: String,
+    /// Earlier turns (in-context examples), oldest first.
+    #[serde(default)]
+    pub context: Vec<Turn>,
     pub reference: Option<serde_json::Value>,
 }
 
@@ -130,6 +167,13 @@ pub struct ResolvedSuite {
     pub file_sha256: String,
     pub data_file: String,
     pub data_sha256: String,
+    /// A ParallelBench task's entry in its task_config.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_config: Option<parallelbench::TaskConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_config_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_config_sha256: Option<String>,
     pub n_samples: usize,
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -145,17 +189,24 @@ pub fn suites_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("suites")
 }
 
-/// Names of the suites in a folder.
+/// Names of the suites in a folder and its subfolders (`group/name`).
 pub fn list(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if p.is_dir() && name != "data" {
+                walk(&p, &format!("{prefix}{name}/"), out);
+            } else if let Some(stem) = name.strip_suffix(".toml") {
+                out.push(format!("{prefix}{stem}"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out);
     out.sort();
     out
 }
@@ -239,6 +290,20 @@ pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
             ),
         ));
     }
+    let pb_source = matches!(def.source, DataSource::Parallelbench(_));
+    let pb_template = def.prompt_template == "parallelbench";
+    if pb_source != pb_template {
+        return Err(field(
+            "prompt_template",
+            "\"parallelbench\" goes with source = { parallelbench = \"group/task\" }, and only with it".into(),
+        ));
+    }
+    if !pb_source && def.prompt_field.is_none() {
+        return Err(field(
+            "prompt_field",
+            "missing: name the field that holds each row's prompt".into(),
+        ));
+    }
     if def.max_new_tokens == 0 {
         return Err(field(
             "max_new_tokens",
@@ -259,7 +324,12 @@ pub fn load(
 ) -> Result<ResolvedSuite, SuiteError> {
     let path = locate(name_or_path)?;
     let def = parse_def(&path)?;
+    if let DataSource::Parallelbench(task) = &def.source {
+        let task = task.clone();
+        return load_parallelbench(path, def, &task, store);
+    }
     let data_path = match &def.source {
+        DataSource::Parallelbench(_) => unreachable!("handled above"),
         DataSource::Jsonl(rel) => path.parent().unwrap_or(Path::new(".")).join(rel),
         DataSource::Fetch(item) => {
             let it = fetch::lookup(item).map_err(|e| SuiteError::Field {
@@ -286,6 +356,78 @@ pub fn load(
         data_sha256: sha(&data_path)?,
         file: path.display().to_string(),
         data_file: data_path.display().to_string(),
+        task_config: None,
+        task_config_file: None,
+        task_config_sha256: None,
+        n_samples: samples.len(),
+        def,
+        samples,
+    })
+}
+
+fn load_parallelbench(
+    path: PathBuf,
+    def: SuiteDef,
+    task: &str,
+    store: &Store,
+) -> Result<ResolvedSuite, SuiteError> {
+    let root = parallelbench::data_root(task)?;
+    let (data_path, config_path) = parallelbench::task_files(&root, task);
+    let cfg = parallelbench::read_task_config(&config_path, task)?;
+    if cfg.metric != def.scorer {
+        return Err(SuiteError::Field {
+            path: path.clone(),
+            field: "scorer".into(),
+            detail: format!(
+                "\"{}\", but {} gives task {task} the metric \"{}\"",
+                def.scorer,
+                config_path.display(),
+                cfg.metric
+            ),
+        });
+    }
+    let text = read_text(&data_path)?;
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row_err = |detail: String| SuiteError::Row {
+            path: data_path.clone(),
+            line: i + 1,
+            detail,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| row_err(format!("not valid JSON: {e}")))?;
+        samples.push(parallelbench::sample_from_row(
+            task,
+            &cfg,
+            &v,
+            samples.len(),
+            def.icl == Icl::EarlierTurn,
+            &row_err,
+        )?);
+    }
+    if samples.is_empty() {
+        return Err(SuiteError::Parse {
+            path: data_path,
+            detail: "holds no samples".into(),
+        });
+    }
+    let sha = |p: &Path| {
+        store.sha256(p).map_err(|source| SuiteError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    Ok(ResolvedSuite {
+        file_sha256: sha(&path)?,
+        data_sha256: sha(&data_path)?,
+        task_config_sha256: Some(sha(&config_path)?),
+        file: path.display().to_string(),
+        data_file: data_path.display().to_string(),
+        task_config_file: Some(config_path.display().to_string()),
+        task_config: Some(cfg),
         n_samples: samples.len(),
         def,
         samples,
@@ -361,7 +503,12 @@ pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteErr
         out.push(Sample {
             id,
             category,
-            prompt: text_field(&def.prompt_field)?,
+            prompt: text_field(
+                def.prompt_field
+                    .as_deref()
+                    .expect("validated for row sources"),
+            )?,
+            context: Vec::new(),
             reference,
         });
     }
@@ -381,12 +528,18 @@ pub fn render_prompt(
     tok: &TextTokenizer,
     model_label: &str,
 ) -> Result<String, SuiteError> {
-    let user = match suite.prompt_template.as_str() {
-        "plain" => sample.prompt.clone(),
-        other => unreachable!("prompt template {other} was validated"),
-    };
+    // Templates shape `sample.prompt` when the suite loads; here the turns
+    // become model input.
+    let user = sample.prompt.clone();
     match suite.chat_template.as_str() {
-        "none" => Ok(user),
+        // Raw text: earlier turns, then the prompt, a blank line apart.
+        "none" => Ok(sample
+            .context
+            .iter()
+            .map(|t| t.content.as_str())
+            .chain([user.as_str()])
+            .collect::<Vec<_>>()
+            .join("\n\n")),
         "model" => {
             let template = tok.chat_template.as_deref().ok_or_else(|| SuiteError::Prompt {
                 suite: suite.name.clone(),
@@ -398,7 +551,8 @@ pub fn render_prompt(
             if let Some(s) = &suite.system_prompt {
                 messages.push(Message::new("system", s));
             }
-            messages.push(Message::new("user", &user));
+            messages.extend(sample.context.iter().cloned());
+            messages.push(Message::user(&user));
             let tokstr = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
             chat::render(
                 template,

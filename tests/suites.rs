@@ -1,0 +1,135 @@
+//! The shipped suites and ParallelBench: every suite file parses and loads,
+//! prompts equal the messages ParallelBench's own code builds (fixtures made
+//! by scripts/parallelbench_reference_messages.py), and ParallelBench's own
+//! answers score 100 with pdbench's scorers.
+
+use std::path::{Path, PathBuf};
+
+use pdbench::store::Store;
+use pdbench::suite::{self, parallelbench, DataSource};
+use serde_json::Value;
+
+/// The released ParallelBench data beside the repository (CI has it too).
+fn pb_root() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parallelbench");
+    assert!(
+        p.is_dir(),
+        "the ParallelBench test data is expected at {}",
+        p.display()
+    );
+    p
+}
+
+fn suites_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("suites")
+}
+
+#[test]
+fn every_shipped_suite_parses_and_parallelbench_suites_load() {
+    let names = suite::list(&suites_dir());
+    assert!(names.contains(&"smoke".to_string()));
+    let store = Store::at(tempfile::tempdir().unwrap().path());
+    let mut pb = 0;
+    for name in &names {
+        let path = suites_dir().join(format!("{name}.toml"));
+        let def = suite::parse_def(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let DataSource::Parallelbench(task) = &def.source else {
+            continue;
+        };
+        pb += 1;
+        assert_eq!(def.name, format!("parallelbench/{task}"));
+        let group = task.split('/').next().unwrap();
+        let (tokens, stop) = match group {
+            "waiting_line" => (32, "\n\n"),
+            "waiting_line_n15" => (128, "\n\n"),
+            "puzzle" => (64, "\n\n\n"),
+            _ => (64, "\n\n"),
+        };
+        assert_eq!(def.max_new_tokens, tokens, "{name}");
+        assert_eq!(def.stop, vec![stop.to_string()], "{name}");
+        // Loading checks the scorer against the task's metric.
+        let s = suite::load(path.to_str().unwrap(), &store, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(s.n_samples >= 50, "{name}: {} samples", s.n_samples);
+        assert!(s.task_config_sha256.is_some());
+        assert!(
+            s.samples.iter().all(|x| !x.context.is_empty()),
+            "{name}: ICL turns"
+        );
+    }
+    assert_eq!(pb, 22, "ParallelBench suites with implemented metrics");
+}
+
+#[test]
+fn prompts_equal_parallelbench_messages() {
+    let root = pb_root();
+    let fixtures = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parallelbench_messages.jsonl"),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for line in fixtures.lines() {
+        let f: Value = serde_json::from_str(line).unwrap();
+        let task = f["task"].as_str().unwrap();
+        let index = f["index"].as_u64().unwrap() as usize;
+        let (data, config) = parallelbench::task_files(&root, task);
+        let cfg = parallelbench::read_task_config(&config, task).unwrap();
+        assert_eq!(cfg.metric, f["metric"].as_str().unwrap());
+        let row: Value = serde_json::from_str(
+            std::fs::read_to_string(&data)
+                .unwrap()
+                .lines()
+                .nth(index)
+                .unwrap(),
+        )
+        .unwrap();
+        let err = |d: String| suite::SuiteError::Prompt {
+            suite: task.into(),
+            detail: d,
+        };
+        let s = parallelbench::sample_from_row(task, &cfg, &row, index, true, &err).unwrap();
+        let mut messages: Vec<Value> = s
+            .context
+            .iter()
+            .map(|t| serde_json::json!({"role": t.role, "content": t.content}))
+            .collect();
+        messages.push(serde_json::json!({"role": "user", "content": s.prompt}));
+        assert_eq!(Value::Array(messages), f["messages"], "{task} row {index}");
+        assert_eq!(s.reference.as_ref(), Some(&f["answer"]));
+        checked += 1;
+    }
+    assert!(checked >= 60, "{checked} fixture rows");
+}
+
+/// ParallelBench's reference answers are correct outputs: each scores 1,
+/// leniently and strictly, on every row of every task pdbench scores.
+#[test]
+fn reference_answers_score_full_marks() {
+    let store = Store::at(tempfile::tempdir().unwrap().path());
+    for name in suite::list(&suites_dir()) {
+        if !name.starts_with("parallelbench/") {
+            continue;
+        }
+        let s = suite::load(
+            suites_dir().join(format!("{name}.toml")).to_str().unwrap(),
+            &store,
+            &mut |_| {},
+        )
+        .unwrap();
+        let f = pdbench::score::find(&s.def.scorer).unwrap().score.unwrap();
+        for sample in &s.samples {
+            let r = sample.reference.as_ref().unwrap();
+            let answer = match r {
+                Value::String(a) => a.clone(),
+                other => other["example"].as_str().unwrap().to_string(),
+            };
+            let scores = f(&answer, r).unwrap();
+            assert_eq!(
+                scores["score"], 1.0,
+                "{name} sample {}: {answer}",
+                sample.id
+            );
+            assert_eq!(scores["score_strict"], 1.0, "{name} sample {}", sample.id);
+        }
+    }
+}
