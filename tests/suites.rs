@@ -133,3 +133,23 @@ fn reference_answers_score_full_marks() {
         }
     }
 }
+
+/// Every GSM8K reference ends in `#### <number>`, so every sample can be
+/// scored; the data set is fetched into the store on first use.
+#[test]
+fn gsm8k_references_all_parse() {
+    let s = suite::load("gsm8k", &Store::from_env(), &mut |l| eprintln!("{l}")).unwrap();
+    assert_eq!(s.n_samples, 1319);
+    for sample in &s.samples {
+        let r = sample.reference.as_ref().and_then(Value::as_str).unwrap();
+        assert!(
+            pdbench::score::gsm8k::reference_number(r).is_some(),
+            "sample {}: {r}",
+            sample.id
+        );
+    }
+    let f = pdbench::score::find("gsm8k").unwrap().score.unwrap();
+    let first = s.samples[0].reference.as_ref().unwrap();
+    assert_eq!(f("She makes $18 every day.", first).unwrap()["score"], 1.0);
+    assert_eq!(f("She makes $19 every day.", first).unwrap()["score"], 0.0);
+}

@@ -4,6 +4,7 @@
 //! cannot judge is an error that names the sample, and a suite that cannot
 //! be judged here uses `none`.
 
+pub mod gsm8k;
 pub mod parallelbench;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,15 @@ lenient_and_strict!(
     parallelbench::sudoku
 );
 
+fn gsm8k_exact(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    let bad = || ScoreError::BadReference {
+        scorer: "gsm8k",
+        expected: "GSM8K's answer text ending in `#### <number>`",
+    };
+    let s = gsm8k::score(output, reference.as_str().ok_or_else(bad)?).ok_or_else(bad)?;
+    Ok(Scores::from([("score".to_string(), s)]))
+}
+
 fn latin_square(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     let s = parallelbench::latin_square(output, reference).ok_or(ScoreError::BadReference {
         scorer: "latin_square_score",
@@ -146,6 +156,11 @@ pub static SCORERS: &[ScorerSpec] = &[
         name: "latin_square_score",
         description: "ParallelBench: a valid latin square over the symbols",
         score: Some(latin_square),
+    },
+    ScorerSpec {
+        name: "gsm8k",
+        description: "GSM8K: the last number of the output equals the answer after ####",
+        score: Some(gsm8k_exact),
     },
     ScorerSpec {
         name: "sudoku_score",
