@@ -514,6 +514,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 limit: setup.limit,
                 max_new_tokens: setup.max_new_tokens,
                 host: env::host_info(),
+                scoring: Some(crate::score::ScoringInfo::of(&setup.suite.def.scorer)),
                 note: None,
             };
             (setup, dir, manifest, false)

@@ -127,6 +127,9 @@ pub struct Manifest {
     pub limit: Option<usize>,
     pub max_new_tokens: usize,
     pub host: HostInfo,
+    /// How samples are scored: the scorer and, for code, the sandbox.
+    #[serde(default)]
+    pub scoring: Option<crate::score::ScoringInfo>,
     /// Set when the run stopped early, with the reason.
     pub note: Option<String>,
 }

@@ -681,3 +681,71 @@ fn missing_parallelbench_data_is_a_clear_error() {
         ],
     );
 }
+
+/// Hostile completions score 0 and scoring goes on to the next sample.
+#[test]
+fn hostile_humaneval_completions_score_zero_and_scoring_goes_on() {
+    let w = World::new();
+    let dir = w.path("he");
+    std::fs::create_dir_all(&dir).unwrap();
+    let row = |id: &str| {
+        serde_json::json!({
+            "task_id": id,
+            "prompt": "def add(a, b):\n",
+            "entry_point": "add",
+            "test": "def check(f):\n    assert f(2, 3) == 5\n",
+        })
+        .to_string()
+    };
+    let escape = w.path("escaped.txt");
+    let completions = [
+        ("good", "    return a + b\n".to_string()),
+        ("loop", "    while True:\n        pass\n".to_string()),
+        ("fork", "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n".to_string()),
+        ("alloc", "    x = bytearray(64 * 1024**3)\n    return a + b\n".to_string()),
+        ("write", format!("    open({:?}, 'w').write('x')\n    return a + b\n", escape.display().to_string())),
+        ("net", "    import socket\n    socket.create_connection(('1.1.1.1', 80), timeout=3)\n    return a + b\n".to_string()),
+    ];
+    let data: String = completions.iter().map(|(id, _)| row(id) + "\n").collect();
+    std::fs::write(dir.join("data.jsonl"), data).unwrap();
+    std::fs::write(
+        dir.join("he.toml"),
+        "name = \"he\"\nversion = \"1\"\nsource = { jsonl = \"data.jsonl\" }\nid_field = \"task_id\"\nprompt_field = \"prompt\"\nreference_field = \"*\"\nchat_template = \"none\"\nmax_new_tokens = 8\nscorer = \"humaneval\"\n",
+    )
+    .unwrap();
+    let outputs: String = completions
+        .iter()
+        .map(|(id, c)| {
+            serde_json::json!({"sample_id": id, "method": id, "output_text": c}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("outputs.jsonl"), outputs).unwrap();
+    let json = dir.join("scores.json");
+    let mut c = w.cmd();
+    c.args(["score", "--suite"])
+        .arg(dir.join("he.toml"))
+        .arg("--outputs")
+        .arg(dir.join("outputs.jsonl"))
+        .arg("--out")
+        .arg(&json);
+    c.assert().success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for g in v["groups"].as_array().unwrap() {
+        if g["category"] != "all" {
+            continue;
+        }
+        let want = if g["method"] == "good" { 100.0 } else { 0.0 };
+        // Writing outside the sandbox fails when pdbench can drop to its own
+        // uid (root); elsewhere the write may land but is never credited as
+        // a pass of someone else's work: the test still passes or fails on
+        // the function alone.
+        if g["method"] == "write" && !pdbench::score::sandbox::isolation().dedicated_uid {
+            continue;
+        }
+        assert_eq!(g["means"]["score"], want, "{}", g["method"]);
+    }
+    if pdbench::score::sandbox::isolation().dedicated_uid {
+        assert!(!escape.exists(), "the sandbox wrote outside its directory");
+    }
+}

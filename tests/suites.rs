@@ -153,3 +153,47 @@ fn gsm8k_references_all_parse() {
     assert_eq!(f("She makes $18 every day.", first).unwrap()["score"], 1.0);
     assert_eq!(f("She makes $19 every day.", first).unwrap()["score"], 0.0);
 }
+
+/// HumanEval's canonical solutions pass in the sandbox and an empty body
+/// fails: pass@1 scoring judges the code, not the sandbox.
+#[test]
+fn humaneval_canonical_solutions_pass_and_stubs_fail() {
+    let s = suite::load("humaneval", &Store::from_env(), &mut |l| eprintln!("{l}")).unwrap();
+    assert_eq!(s.n_samples, 164);
+    let f = pdbench::score::find("humaneval").unwrap().score.unwrap();
+    let samples = &s.samples;
+    let results: Vec<(String, f64, f64)> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = samples
+            .chunks(samples.len().div_ceil(4))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|x| {
+                            let r = x.reference.as_ref().unwrap();
+                            let good = r["canonical_solution"].as_str().unwrap();
+                            let pass = f(good, r).unwrap()["score"];
+                            let stub = f("    pass\n", r).unwrap()["score"];
+                            (x.id.clone(), pass, stub)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<&String> = results
+        .iter()
+        .filter(|r| r.1 != 1.0)
+        .map(|r| &r.0)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "canonical solutions that failed: {failed:?}"
+    );
+    let stub_passes = results.iter().filter(|r| r.2 == 1.0).count();
+    assert!(
+        stub_passes <= 2,
+        "{stub_passes} empty bodies passed their tests"
+    );
+}

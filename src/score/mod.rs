@@ -6,6 +6,7 @@
 
 pub mod gsm8k;
 pub mod parallelbench;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,11 @@ pub enum ScoreError {
     BadReference {
         scorer: &'static str,
         expected: &'static str,
+    },
+    #[error("scorer `{scorer}` cannot run here: {detail}")]
+    Unavailable {
+        scorer: &'static str,
+        detail: String,
     },
 }
 
@@ -109,6 +115,32 @@ fn gsm8k_exact(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     Ok(Scores::from([("score".to_string(), s)]))
 }
 
+/// HumanEval pass@1 for one sample: the prompt, the completion, the tests
+/// and `check(entry_point)`, run in the sandbox.
+fn humaneval(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    let field = |k: &str| reference.get(k).and_then(Value::as_str);
+    let (Some(prompt), Some(test), Some(entry)) =
+        (field("prompt"), field("test"), field("entry_point"))
+    else {
+        return Err(ScoreError::BadReference {
+            scorer: "humaneval",
+            expected: "the whole HumanEval row (`prompt`, `test`, `entry_point`); set reference_field = \"*\"",
+        });
+    };
+    let program = format!("{prompt}{output}\n\n{test}\n\ncheck({entry})\n");
+    let o = sandbox::run_python(&program, &sandbox::Limits::default()).map_err(|e| {
+        ScoreError::Unavailable {
+            scorer: "humaneval",
+            detail: e.to_string(),
+        }
+    })?;
+    let b = |x: bool| if x { 1.0 } else { 0.0 };
+    Ok(Scores::from([
+        ("score".to_string(), b(o.passed)),
+        ("timed_out".to_string(), b(o.timed_out)),
+    ]))
+}
+
 fn latin_square(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     let s = parallelbench::latin_square(output, reference).ok_or(ScoreError::BadReference {
         scorer: "latin_square_score",
@@ -158,6 +190,11 @@ pub static SCORERS: &[ScorerSpec] = &[
         score: Some(latin_square),
     },
     ScorerSpec {
+        name: "humaneval",
+        description: "HumanEval pass@1: prompt + completion + tests, run in a sandbox",
+        score: Some(humaneval),
+    },
+    ScorerSpec {
         name: "gsm8k",
         description: "GSM8K: the last number of the output equals the answer after ####",
         score: Some(gsm8k_exact),
@@ -168,6 +205,31 @@ pub static SCORERS: &[ScorerSpec] = &[
         score: Some(sudoku),
     },
 ];
+
+/// What a run manifest records about scoring.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoringInfo {
+    pub scorer: String,
+    /// For scorers that run code: the isolation this machine gave it and
+    /// the limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Value>,
+}
+
+impl ScoringInfo {
+    pub fn of(scorer: &str) -> Self {
+        let sandbox = (scorer == "humaneval").then(|| {
+            serde_json::json!({
+                "isolation": sandbox::isolation(),
+                "limits": sandbox::Limits::default(),
+            })
+        });
+        Self {
+            scorer: scorer.to_string(),
+            sandbox,
+        }
+    }
+}
 
 pub fn find(name: &str) -> Option<&'static ScorerSpec> {
     SCORERS.iter().find(|s| s.name == name)

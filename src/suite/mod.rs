@@ -59,6 +59,8 @@ pub struct SuiteDef {
     pub prompt_field: Option<String>,
     #[serde(default)]
     pub category_field: Option<String>,
+    /// The field holding each sample's reference for the scorer; `*` is
+    /// the whole row.
     #[serde(default)]
     pub reference_field: Option<String>,
     /// How a row becomes the user message (see [`PROMPT_TEMPLATES`]).
@@ -492,7 +494,9 @@ pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteErr
             Some(f) => Some(text_field(f)?),
             None => None,
         };
-        let reference = match &def.reference_field {
+        let reference = match def.reference_field.as_deref() {
+            // The whole row (HumanEval needs its prompt, tests and entry point).
+            Some("*") => Some(v.clone()),
             Some(f) => Some(
                 v.get(f)
                     .cloned()
