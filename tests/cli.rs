@@ -749,3 +749,29 @@ fn hostile_humaneval_completions_score_zero_and_scoring_goes_on() {
         assert!(!escape.exists(), "the sandbox wrote outside its directory");
     }
 }
+
+#[test]
+fn chat_templates_by_name_and_a_missing_model_template() {
+    let w = World::new();
+    let suite = |template: &str| {
+        let p = w.path(&format!("suite/chat-{template}.toml"));
+        std::fs::write(
+            &p,
+            format!("name = \"chat\"\nversion = \"1\"\nsource = {{ jsonl = \"data.jsonl\" }}\nid_field = \"id\"\nprompt_field = \"prompt\"\nchat_template = \"{template}\"\nmax_new_tokens = 2\n"),
+        )
+        .unwrap();
+        p
+    };
+    // The tiny model ships no chat template: `model` is a clear error...
+    fails_with(&mut w.run_suite(&suite("model")), &["ships none", "chatml"]);
+    // ...and a named one renders ChatML.
+    let mut c = w.run_suite(&suite("chatml"));
+    c.args(["--run-id", "chatml", "--no-report"]);
+    c.assert().success();
+    let m = std::fs::read_to_string(w.path("results/chatml/manifest.json")).unwrap();
+    assert!(m.contains("\"chat_template\": \"chatml\""));
+    fails_with(
+        &mut w.run_suite(&suite("vicuna")),
+        &["chat_template", "vicuna", "smollm2"],
+    );
+}

@@ -259,13 +259,20 @@ pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
             ),
         ));
     }
-    if !CHAT_TEMPLATES.iter().any(|(n, _)| *n == def.chat_template) {
+    if !CHAT_TEMPLATES.iter().any(|(n, _)| *n == def.chat_template)
+        && chat::named_template(&def.chat_template).is_none()
+    {
         return Err(field(
             "chat_template",
             format!(
-                "unknown \"{}\"; expected one of {}",
+                "unknown \"{}\"; expected one of {}, {}",
                 def.chat_template,
-                names(CHAT_TEMPLATES)
+                names(CHAT_TEMPLATES),
+                chat::NAMED_TEMPLATES
+                    .iter()
+                    .map(|(n, _, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -544,13 +551,21 @@ pub fn render_prompt(
             .chain([user.as_str()])
             .collect::<Vec<_>>()
             .join("\n\n")),
-        "model" => {
-            let template = tok.chat_template.as_deref().ok_or_else(|| SuiteError::Prompt {
-                suite: suite.name.clone(),
-                detail: format!(
-                    "asks for the model's chat template, but model {model_label} ships none; set chat_template = \"none\" or use a chat model"
-                ),
-            })?;
+        name => {
+            let template = match name {
+                "model" => tok.chat_template.as_deref().ok_or_else(|| SuiteError::Prompt {
+                    suite: suite.name.clone(),
+                    detail: format!(
+                        "asks for the model's chat template, but model {model_label} ships none; set chat_template to one of pdbench's ({}) or \"none\"",
+                        chat::NAMED_TEMPLATES
+                            .iter()
+                            .map(|(n, _, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })?,
+                other => chat::named_template(other).expect("validated when parsed"),
+            };
             let mut messages = Vec::new();
             if let Some(s) = &suite.system_prompt {
                 messages.push(Message::new("system", s));
@@ -570,6 +585,5 @@ pub fn render_prompt(
                 detail: e.to_string(),
             })
         }
-        other => unreachable!("chat template {other} was validated"),
     }
 }
