@@ -58,6 +58,9 @@ pub struct ScoreArgs {
     /// optionally `method`; a run's samples.jsonl works as it is.
     #[arg(long)]
     pub outputs: PathBuf,
+    /// Read the suite's rows from this JSONL file instead of its own source.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Also write the scores as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -88,6 +91,10 @@ pub struct RunArgs {
     /// optional `method = "ID"` (defaults to the label) and its parameters.
     #[arg(long, conflicts_with = "resume")]
     pub methods_file: Option<PathBuf>,
+    /// Read the suite's rows from this JSONL file instead of its own source
+    /// (for example Spec-Bench's question.jsonl for `--suite spec-bench`).
+    #[arg(long, conflicts_with = "resume")]
+    pub data: Option<PathBuf>,
     /// Run only the first N samples of the suite.
     #[arg(long, conflicts_with = "resume")]
     pub limit: Option<usize>,
@@ -379,7 +386,12 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let m = dir.read_manifest()?;
             let threads = env::set_threads(Some(m.device.threads));
             let device = DeviceSpec::parse(&m.device.name)?;
-            let suite = suite::load(&m.suite.file, &store, &mut |s| log_line(s))?;
+            // The very data file the run started with (its sha256 is checked).
+            let data = (!matches!(m.suite.def.source, suite::DataSource::Parallelbench(_)))
+                .then(|| PathBuf::from(&m.suite.data_file));
+            let suite = suite::load_with_data(&m.suite.file, data.as_deref(), &store, &mut |s| {
+                log_line(s)
+            })?;
             if suite.file_sha256 != m.suite.file_sha256
                 || suite.data_sha256 != m.suite.data_sha256
                 || suite.task_config_sha256 != m.suite.task_config_sha256
@@ -449,7 +461,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let threads = env::set_threads(a.threads);
             let device = DeviceSpec::parse(&a.device)?;
             let methods = method_instances(&a.methods, &a.sets, a.methods_file.as_deref())?;
-            let suite = suite::load(&a.suite, &store, &mut |s| log_line(s))?;
+            let suite =
+                suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
             let opts = LoadOptions {
                 device: device.open()?,
                 dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -527,7 +540,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     }
     let prepared =
         runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
-    let done = dir.done_keys()?;
+    let done = dir.done()?;
     manifest.status = RunStatus::Running;
     manifest.updated_unix_s = now_unix_s();
     if resumed {
@@ -564,6 +577,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     };
     let plan = RunPlan {
         suite_name: setup.suite.def.name.clone(),
+        suite_def: &setup.suite.def,
         scorer: crate::score::find(&setup.suite.def.scorer)
             .expect("suite scorers are validated when the suite is parsed"),
         samples: &prepared,
@@ -683,7 +697,7 @@ fn cmd_report(a: ReportArgs) -> Result<i32> {
 
 fn cmd_score(a: ScoreArgs) -> Result<i32> {
     let store = Store::from_env();
-    let suite = suite::load(&a.suite, &store, &mut |s| log_line(s))?;
+    let suite = suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
     let groups = crate::score::score_outputs(&suite, &a.outputs)?;
     println!(
         "{}",

@@ -54,6 +54,7 @@ fn sample_schema() -> Schema {
         Field::new("method".into(), DataType::String),
         Field::new("sample_id".into(), DataType::String),
         Field::new("repeat".into(), DataType::Int64),
+        Field::new("turn".into(), DataType::Int64),
         Field::new("new_tokens".into(), DataType::Int64),
         Field::new("wall_ns".into(), DataType::Int64),
         Field::new("ttft_ns".into(), DataType::Int64),
@@ -103,6 +104,7 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     let method = strs(df, "method")?;
     let sample = strs(df, "sample_id")?;
     let repeat = f64s(df, "repeat")?;
+    let turn = f64s(df, "turn")?;
     let tps = f64s(df, "tokens_per_s")?;
     let ttft = f64s(df, "ttft_ns")?;
     let tau = f64s(df, "mean_accepted_tokens")?;
@@ -112,7 +114,13 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     for (i, m) in method.iter().enumerate() {
         by_method.entry(m.as_str()).or_default().push(i);
     }
-    let key = |i: usize| (sample[i].clone(), repeat[i].unwrap_or(0.0) as i64);
+    let key = |i: usize| {
+        (
+            sample[i].clone(),
+            repeat[i].unwrap_or(0.0) as i64,
+            turn[i].unwrap_or(0.0) as i64,
+        )
+    };
     let ar: BTreeMap<_, f64> = by_method
         .get("ar")
         .map(|rows| {

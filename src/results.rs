@@ -5,7 +5,7 @@
 //! Ctrl-C loses at most the sample in flight; a torn last line is detected
 //! and cut off on resume.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +134,9 @@ pub struct Manifest {
     pub note: Option<String>,
 }
 
+/// (method label, sample id, repeat, turn): what a record answers.
+pub type SampleKey = (String, String, usize, usize);
+
 /// One decoded sample, as written to `samples.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRecord {
@@ -142,6 +145,9 @@ pub struct SampleRecord {
     pub sample_id: String,
     pub category: Option<String>,
     pub repeat: usize,
+    /// Which user turn of a multi-turn sample this answers (0 = the first).
+    #[serde(default)]
+    pub turn: usize,
     pub seed: u64,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
@@ -168,8 +174,13 @@ pub struct SampleRecord {
 }
 
 impl SampleRecord {
-    pub fn key(&self) -> (String, String, usize) {
-        (self.method.clone(), self.sample_id.clone(), self.repeat)
+    pub fn key(&self) -> SampleKey {
+        (
+            self.method.clone(),
+            self.sample_id.clone(),
+            self.repeat,
+            self.turn,
+        )
     }
 }
 
@@ -270,8 +281,15 @@ impl RunDir {
         Ok(true)
     }
 
-    pub fn done_keys(&self) -> Result<HashSet<(String, String, usize)>, ResultsError> {
-        Ok(self.read_samples()?.0.iter().map(|r| r.key()).collect())
+    /// Finished records by key, with their output text (a later turn of a
+    /// conversation needs the earlier answers).
+    pub fn done(&self) -> Result<HashMap<SampleKey, String>, ResultsError> {
+        Ok(self
+            .read_samples()?
+            .0
+            .into_iter()
+            .map(|r| (r.key(), r.output_text))
+            .collect())
     }
 }
 

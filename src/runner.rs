@@ -2,7 +2,7 @@
 //! them with warm-up, checks invariants, and writes each sample as soon as
 //! it is done.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::SeedableRng;
@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::measure::{check_invariants, Clock, DeviceSync, Measured, Probe, StepKind, StopRule};
 use crate::methods::{GenContext, MethodError, MethodInstance, MethodModels};
 use crate::model::{LoadedModel, ModelError};
-use crate::results::{ResultsError, RunDir, SampleRecord};
+use crate::results::{ResultsError, RunDir, SampleKey, SampleRecord};
 use crate::suite::{self, ResolvedSuite, Sample, SuiteError};
 use crate::util::fnv1a;
 
@@ -112,6 +112,9 @@ pub fn prepare_samples(
 
 pub struct RunPlan<'a> {
     pub suite_name: String,
+    /// The suite's definition: later turns of a conversation are rendered
+    /// while the run goes.
+    pub suite_def: &'a crate::suite::SuiteDef,
     /// The suite's scorer; every recorded sample is scored with it.
     pub scorer: &'static crate::score::ScorerSpec,
     pub samples: &'a [PreparedSample],
@@ -159,10 +162,51 @@ pub fn sample_seed(run_seed: u64, method: &str, sample_id: &str, repeat: usize) 
     ])
 }
 
+/// The token ids of turn `turn` (≥ 1) of a sample: the conversation so far
+/// with the model's own earlier answers, then the next user turn.
+fn later_turn_ids(
+    plan: &RunPlan<'_>,
+    s: &PreparedSample,
+    answers: &[String],
+    turn: usize,
+) -> Result<Vec<u32>, RunError> {
+    let mut convo = s.sample.clone();
+    let users = std::iter::once(&s.sample.prompt).chain(&s.sample.followups);
+    for (user, answer) in users.zip(answers).take(turn) {
+        convo.context.push(crate::suite::Turn::user(user));
+        convo.context.push(crate::suite::Turn::assistant(answer));
+    }
+    convo.prompt = s.sample.followups[turn - 1].clone();
+    let text = suite::render_prompt(
+        plan.suite_def,
+        &convo,
+        &plan.target.tokenizer,
+        &plan.target.info.label,
+    )?;
+    let ids = plan.target.tokenizer.encode(&text)?;
+    for m in std::iter::once(plan.target).chain(plan.draft) {
+        let context = m.model.config().max_position_embeddings;
+        let needed = ids.len() + plan.rule.max_new_tokens + DRAFT_MARGIN;
+        if needed > context {
+            return Err(RunError::PromptTooLong {
+                suite: plan.suite_name.clone(),
+                sample: format!("{} turn {}", s.sample.id, turn + 1),
+                prompt_tokens: ids.len(),
+                max_new_tokens: plan.rule.max_new_tokens,
+                margin: DRAFT_MARGIN,
+                needed,
+                context,
+                model: m.info.label.clone(),
+            });
+        }
+    }
+    Ok(ids)
+}
+
 pub fn execute(
     plan: &RunPlan<'_>,
     dir: &RunDir,
-    done: &HashSet<(String, String, usize)>,
+    done: &HashMap<SampleKey, String>,
     clock: &dyn Clock,
     device: &dyn DeviceSync,
     interrupt: &AtomicBool,
@@ -170,21 +214,32 @@ pub fn execute(
 ) -> Result<Outcome, RunError> {
     let tok = plan.target.tokenizer.clone();
     let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
+    let turns = |s: &PreparedSample| 1 + s.sample.followups.len();
     for inst in plan.methods {
         let spec = inst.spec();
-        let todo: Vec<(&PreparedSample, usize)> = plan
+        let key = |s: &PreparedSample, repeat: usize, turn: usize| {
+            (inst.label.clone(), s.sample.id.clone(), repeat, turn)
+        };
+        let units: Vec<(&PreparedSample, usize)> = plan
             .samples
             .iter()
             .flat_map(|s| (0..plan.repeats).map(move |r| (s, r)))
-            .filter(|(s, r)| !done.contains(&(inst.label.clone(), s.sample.id.clone(), *r)))
             .collect();
-        let skipped = plan.samples.len() * plan.repeats - todo.len();
+        let total: usize = units.iter().map(|(s, _)| turns(s)).sum();
+        let todo = units
+            .iter()
+            .map(|&(s, r)| {
+                (0..turns(s))
+                    .filter(|&t| !done.contains_key(&key(s, r, t)))
+                    .count()
+            })
+            .sum::<usize>();
         on_event(Event::MethodStart {
             label: &inst.label,
-            todo: todo.len(),
-            skipped,
+            todo,
+            skipped: total - todo,
         });
-        if todo.is_empty() {
+        if todo == 0 {
             continue;
         }
         let models = MethodModels {
@@ -216,47 +271,76 @@ pub fn execute(
             samples: n_warm,
         });
 
-        for (i, (s, repeat)) in todo.iter().enumerate() {
-            if interrupt.load(Ordering::SeqCst) {
-                return Ok(Outcome::Interrupted);
+        let mut n_done = 0;
+        for &(s, repeat) in &units {
+            // The model's answers so far in this conversation.
+            let mut answers: Vec<String> = Vec::new();
+            for turn in 0..turns(s) {
+                if let Some(text) = done.get(&key(s, repeat, turn)) {
+                    answers.push(text.clone());
+                    continue;
+                }
+                if interrupt.load(Ordering::SeqCst) {
+                    return Ok(Outcome::Interrupted);
+                }
+                let later;
+                let prompt_ids = if turn == 0 {
+                    &s.prompt_ids
+                } else {
+                    later = later_turn_ids(plan, s, &answers, turn)?;
+                    &later
+                };
+                let seed = match turn {
+                    0 => sample_seed(plan.seed, &inst.label, &s.sample.id, repeat),
+                    t => sample_seed(
+                        plan.seed,
+                        &inst.label,
+                        &format!("{}\u{0}turn{t}", s.sample.id),
+                        repeat,
+                    ),
+                };
+                let mut rng = ChaCha20Rng::seed_from_u64(seed);
+                let mut probe =
+                    Probe::start(clock, device, &detok, &plan.rule).with_interrupt(interrupt);
+                decoder.generate(
+                    prompt_ids,
+                    &mut GenContext {
+                        probe: &mut probe,
+                        rng: &mut rng,
+                    },
+                )?;
+                if probe.was_interrupted() {
+                    // The sample in flight is the one a Ctrl-C may lose.
+                    return Ok(Outcome::Interrupted);
+                }
+                let measured = probe.finish().map_err(|detail| RunError::Measure {
+                    method: inst.label.clone(),
+                    sample: s.sample.id.clone(),
+                    detail,
+                })?;
+                check_invariants(&inst.label, &measured, &plan.rule)
+                    .map_err(RunError::Invariant)?;
+                let mut record = make_record(
+                    inst,
+                    s,
+                    repeat,
+                    turn,
+                    prompt_ids.len(),
+                    seed,
+                    &measured,
+                    &plan.rule,
+                    &*plan.target.tokenizer,
+                )?;
+                score_record(&mut record, &s.sample, plan)?;
+                dir.append_sample(&record)?;
+                answers.push(record.output_text.clone());
+                n_done += 1;
+                on_event(Event::Sample {
+                    record: &record,
+                    done: n_done,
+                    todo,
+                });
             }
-            let seed = sample_seed(plan.seed, &inst.label, &s.sample.id, *repeat);
-            let mut rng = ChaCha20Rng::seed_from_u64(seed);
-            let mut probe =
-                Probe::start(clock, device, &detok, &plan.rule).with_interrupt(interrupt);
-            decoder.generate(
-                &s.prompt_ids,
-                &mut GenContext {
-                    probe: &mut probe,
-                    rng: &mut rng,
-                },
-            )?;
-            if probe.was_interrupted() {
-                // The sample in flight is the one a Ctrl-C may lose.
-                return Ok(Outcome::Interrupted);
-            }
-            let measured = probe.finish().map_err(|detail| RunError::Measure {
-                method: inst.label.clone(),
-                sample: s.sample.id.clone(),
-                detail,
-            })?;
-            check_invariants(&inst.label, &measured, &plan.rule).map_err(RunError::Invariant)?;
-            let mut record = make_record(
-                inst,
-                s,
-                *repeat,
-                seed,
-                &measured,
-                &plan.rule,
-                &*plan.target.tokenizer,
-            )?;
-            score_record(&mut record, &s.sample, plan)?;
-            dir.append_sample(&record)?;
-            on_event(Event::Sample {
-                record: &record,
-                done: i + 1,
-                todo: todo.len(),
-            });
         }
     }
     Ok(Outcome::Complete)
@@ -286,10 +370,13 @@ fn score_record(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn make_record(
     inst: &MethodInstance,
     s: &PreparedSample,
     repeat: usize,
+    turn: usize,
+    prompt_tokens: usize,
     seed: u64,
     m: &Measured,
     rule: &StopRule,
@@ -323,8 +410,9 @@ fn make_record(
         sample_id: s.sample.id.clone(),
         category: s.sample.category.clone(),
         repeat,
+        turn,
         seed,
-        prompt_tokens: s.prompt_ids.len(),
+        prompt_tokens,
         new_tokens: n,
         finish_reason: m.finish,
         wall_ns: m.wall_ns,

@@ -775,3 +775,84 @@ fn chat_templates_by_name_and_a_missing_model_template() {
         &["chat_template", "vicuna", "smollm2"],
     );
 }
+
+/// Spec-Bench's question.jsonl, from --data: both turns are answered, the
+/// second with the model's first answer in the conversation, and a resume
+/// after the first turn decodes only the second.
+#[test]
+fn spec_bench_file_runs_both_turns_and_resumes_between_them() {
+    let w = World::new();
+    let data = w.path("question.jsonl");
+    let rows = [
+        (81, "writing", ["Hi there.", "Say more."]),
+        (82, "coding", ["def f", "And g?"]),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(id, cat, turns)| {
+            serde_json::json!({"question_id": id, "category": cat, "turns": turns}).to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("suites/spec-bench.toml");
+    // Without --data the suite says what it needs.
+    fails_with(&mut w.run_suite(&suite), &["spec-bench", "--data"]);
+
+    let mut c = w.run_suite(&suite);
+    c.arg("--data")
+        .arg(&data)
+        .args(["--run-id", "sb", "--no-report", "--max-new-tokens", "6"]);
+    // spec-bench.toml asks for the model's template: give the tiny model one.
+    std::fs::write(
+        w.model().join("tokenizer_config.json"),
+        serde_json::json!({
+            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": true,
+            "chat_template": pdbench::model::chat::named_template("chatml").unwrap(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    c.assert().success();
+    let samples = w.path("results/sb/samples.jsonl");
+    let recs = read_lines(&samples);
+    assert_eq!(recs.len(), 4, "two samples × two turns");
+    for id in ["81", "82"] {
+        let t: Vec<&serde_json::Value> = recs.iter().filter(|r| r["sample_id"] == id).collect();
+        assert_eq!(t[0]["turn"], 0);
+        assert_eq!(t[1]["turn"], 1);
+        let (p0, p1) = (
+            t[0]["prompt_tokens"].as_u64().unwrap(),
+            t[1]["prompt_tokens"].as_u64().unwrap(),
+        );
+        let answer0 = t[0]["output_text"].as_str().unwrap().len() as u64;
+        assert!(
+            p1 > p0 + answer0,
+            "turn 2's prompt holds turn 1 and its answer ({p0}, {answer0}, {p1})"
+        );
+        assert_eq!(
+            t[0]["category"],
+            if id == "81" { "writing" } else { "coding" }
+        );
+    }
+
+    // Crash after sample 82's first turn: resume decodes its second turn
+    // only, from the recorded first answer.
+    let full = std::fs::read_to_string(&samples).unwrap();
+    let keep: Vec<&str> = full.lines().take(3).collect();
+    std::fs::write(&samples, keep.join("\n") + "\n").unwrap();
+    w.cmd()
+        .args(["run", "--resume"])
+        .arg(w.path("results/sb"))
+        .arg("--no-report")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("3 samples already done"));
+    let after = read_lines(&samples);
+    assert_eq!(after.len(), 4);
+    assert_eq!(
+        after[3]["output_ids"], recs[3]["output_ids"],
+        "the same second answer"
+    );
+    assert_eq!(after[3]["prompt_tokens"], recs[3]["prompt_tokens"]);
+}

@@ -197,3 +197,19 @@ fn humaneval_canonical_solutions_pass_and_stubs_fail() {
         "{stub_passes} empty bodies passed their tests"
     );
 }
+
+#[test]
+fn mt_bench_has_two_turns_per_question() {
+    let s = suite::load("mt-bench", &Store::from_env(), &mut |l| eprintln!("{l}")).unwrap();
+    assert_eq!(s.n_samples, 80);
+    assert!(
+        s.samples.iter().all(|x| x.followups.len() == 1),
+        "every question has a second turn"
+    );
+    let cats: std::collections::BTreeSet<_> = s
+        .samples
+        .iter()
+        .filter_map(|x| x.category.clone())
+        .collect();
+    assert_eq!(cats.len(), 8, "{cats:?}");
+}

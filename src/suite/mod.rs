@@ -28,6 +28,21 @@ pub enum DataSource {
     /// A ParallelBench task (`group/task`, e.g. `waiting_line/copy`) from
     /// the released test data; see [`parallelbench::data_root`].
     Parallelbench(String),
+    /// A JSONL file the user passes with `--data`; the text says which.
+    User(String),
+}
+
+/// Which user turns of a row are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Turns {
+    /// The first (or only) one.
+    #[default]
+    First,
+    /// Every turn of a list-valued prompt field, each answered in turn with
+    /// the model's earlier answers in the conversation (MT-Bench,
+    /// Spec-Bench).
+    All,
 }
 
 /// How a suite uses in-context examples.
@@ -74,6 +89,9 @@ pub struct SuiteDef {
     /// In-context examples.
     #[serde(default)]
     pub icl: Icl,
+    /// Which user turns are decoded.
+    #[serde(default)]
+    pub turns: Turns,
     pub max_new_tokens: usize,
     #[serde(default)]
     pub stop: Vec<String>,
@@ -158,6 +176,10 @@ pub struct Sample {
     /// Earlier turns (in-context examples), oldest first.
     #[serde(default)]
     pub context: Vec<Turn>,
+    /// Later user turns, each sent after the model's answer to the one
+    /// before.
+    #[serde(default)]
+    pub followups: Vec<String>,
     pub reference: Option<serde_json::Value>,
 }
 
@@ -331,16 +353,52 @@ pub fn load(
     store: &Store,
     log: &mut dyn FnMut(&str),
 ) -> Result<ResolvedSuite, SuiteError> {
+    load_with_data(name_or_path, None, store, log)
+}
+
+/// Loads a suite, reading its rows from `data` instead of its own source
+/// when given (`pdbench run --data`).
+pub fn load_with_data(
+    name_or_path: &str,
+    data: Option<&Path>,
+    store: &Store,
+    log: &mut dyn FnMut(&str),
+) -> Result<ResolvedSuite, SuiteError> {
     let path = locate(name_or_path)?;
     let def = parse_def(&path)?;
     if let DataSource::Parallelbench(task) = &def.source {
+        if data.is_some() {
+            return Err(SuiteError::Field {
+                path,
+                field: "source".into(),
+                detail: "a ParallelBench task reads its released data; --data does not apply (set $PDBENCH_PARALLELBENCH to read another copy)".into(),
+            });
+        }
         let task = task.clone();
         return load_parallelbench(path, def, &task, store);
     }
-    let data_path = match &def.source {
-        DataSource::Parallelbench(_) => unreachable!("handled above"),
-        DataSource::Jsonl(rel) => path.parent().unwrap_or(Path::new(".")).join(rel),
-        DataSource::Fetch(item) => {
+    let data_path = match (&def.source, data) {
+        (_, Some(d)) => {
+            if !d.is_file() {
+                return Err(SuiteError::Io {
+                    path: d.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "--data: no such file",
+                    ),
+                });
+            }
+            d.to_path_buf()
+        }
+        (DataSource::Parallelbench(_), None) => unreachable!("handled above"),
+        (DataSource::User(what), None) => {
+            return Err(SuiteError::DataUnavailable {
+                what: format!("suite {}", def.name),
+                detail: format!("it reads a file you provide: pass --data PATH ({what})"),
+            })
+        }
+        (DataSource::Jsonl(rel), None) => path.parent().unwrap_or(Path::new(".")).join(rel),
+        (DataSource::Fetch(item), None) => {
             let it = fetch::lookup(item).map_err(|e| SuiteError::Field {
                 path: path.clone(),
                 field: "source.fetch".into(),
@@ -497,6 +555,26 @@ pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteErr
         if !seen.insert(id.clone()) {
             return Err(row_err(format!("duplicate sample id \"{id}\"")));
         }
+        let prompt_field = def
+            .prompt_field
+            .as_deref()
+            .expect("validated for row sources");
+        let followups = match (def.turns, v.get(prompt_field)) {
+            (Turns::All, Some(serde_json::Value::Array(turns))) => turns
+                .iter()
+                .skip(1)
+                .enumerate()
+                .map(|(k, t)| {
+                    t.as_str().map(String::from).ok_or_else(|| {
+                        row_err(format!(
+                            "field `{prompt_field}` turn {}: expected a string",
+                            k + 2
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => Vec::new(),
+        };
         let category = match &def.category_field {
             Some(f) => Some(text_field(f)?),
             None => None,
@@ -514,12 +592,9 @@ pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteErr
         out.push(Sample {
             id,
             category,
-            prompt: text_field(
-                def.prompt_field
-                    .as_deref()
-                    .expect("validated for row sources"),
-            )?,
+            prompt: text_field(prompt_field)?,
             context: Vec::new(),
+            followups,
             reference,
         });
     }

@@ -169,6 +169,7 @@ pub fn sample_from_row(
         category: Some(task.to_string()),
         prompt,
         context,
+        followups: Vec::new(),
         reference: Some(answer.clone()),
     })
 }
