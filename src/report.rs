@@ -169,6 +169,81 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     Ok(out)
 }
 
+/// Per (model/method, task) points of a ParallelBench run: the mean score
+/// × 100 and the mean tokens per target forward, from token ids.
+pub fn parallelbench_points(
+    m: &Manifest,
+    df: &DataFrame,
+) -> Result<Vec<stats::TaskPoint>, PolarsError> {
+    let task = &m.suite.def.name;
+    if !task.starts_with("parallelbench/") {
+        return Ok(vec![]);
+    }
+    let method = strs(df, "method")?;
+    let score = f64s(df, "score")?;
+    let tokens = f64s(df, "new_tokens")?;
+    let calls = f64s(df, "target_calls")?;
+    let mut by: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for i in 0..method.len() {
+        let e = by.entry(method[i].as_str()).or_default();
+        if let Some(sc) = score[i] {
+            e.0.push(100.0 * sc);
+        }
+        if let (Some(t), Some(c)) = (tokens[i], calls[i]) {
+            if c > 0.0 {
+                e.1.push(t / c);
+            }
+        }
+    }
+    Ok(by
+        .into_iter()
+        .filter_map(|(label, (sc, tps))| {
+            Some(stats::TaskPoint {
+                config: format!("{} / {label}", m.models.target.label),
+                task: task.clone(),
+                score_x100: stats::mean(&sc)?,
+                tokens_per_step: stats::mean(&tps)?,
+            })
+        })
+        .collect())
+}
+
+/// The ParallelBench section: per-configuration averages and PBx.
+pub fn parallelbench_markdown(points: &[stats::TaskPoint]) -> String {
+    let tasks: std::collections::BTreeSet<&str> = points.iter().map(|p| p.task.as_str()).collect();
+    let (pb, summaries) = stats::pb_scores(points, &[90.0, 80.0, 70.0, 60.0]);
+    let mut s = format!(
+        "\n## ParallelBench\n\n{} task(s). Score: the mean over tasks of each task's mean score (×100). Tokens per step: new tokens over target forwards, from token ids, averaged per task, then over tasks.\n\n| configuration | tasks | mean score | tokens per step |\n|---|---|---|---|\n",
+        tasks.len()
+    );
+    for c in &summaries {
+        s.push_str(&format!(
+            "| {} | {}{} | {:.1} | {:.2} |\n",
+            c.config,
+            c.tasks,
+            if c.complete {
+                ""
+            } else {
+                " (incomplete: not in PBx)"
+            },
+            c.mean_score_x100,
+            c.mean_tokens_per_step
+        ));
+    }
+    s.push_str("\nPBx, the highest tokens per step among the configurations that keep a mean score ≥ x over all tasks: ");
+    s.push_str(
+        &pb.iter()
+            .map(|(x, v)| match v {
+                Some(t) => format!("PB{x:.0} = {t:.2}"),
+                None => format!("PB{x:.0} = –"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    s.push('\n');
+    s
+}
+
 fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
     let opt = |f: fn(&MethodRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<_>>();
     DataFrame::new(vec![
@@ -289,14 +364,17 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
 pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut manifests = Vec::new();
     let mut rows = Vec::new();
+    let mut pb_points = Vec::new();
     for p in runs {
         let dir = RunDir::open(p)?;
         let m = dir.read_manifest()?;
         let df = read_samples_frame(&dir)?;
-        let r = summarize(&m.run_id, &df).map_err(|e| ReportError::Read {
+        let read_err = |e: PolarsError| ReportError::Read {
             path: dir.samples_path(),
             detail: e.to_string(),
-        })?;
+        };
+        let r = summarize(&m.run_id, &df).map_err(read_err)?;
+        pb_points.extend(parallelbench_points(&m, &df).map_err(read_err)?);
         rows.extend(r);
         manifests.push(m);
     }
@@ -309,7 +387,11 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         move |source| ReportError::Io { path, source }
     };
     let md = out.join("report.md");
-    std::fs::write(&md, markdown(&manifests, &rows)).map_err(io(&md))?;
+    let mut text = markdown(&manifests, &rows);
+    if !pb_points.is_empty() {
+        text.push_str(&parallelbench_markdown(&pb_points));
+    }
+    std::fs::write(&md, text).map_err(io(&md))?;
     let csv = out.join("report.csv");
     let mut frame = rows_frame(&rows).map_err(|e| ReportError::Read {
         path: csv.clone(),
@@ -448,4 +530,34 @@ where
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallelbench_section_lists_configurations_and_pbx() {
+        let pt = |config: &str, task: &str, score: f64, tps: f64| stats::TaskPoint {
+            config: config.into(),
+            task: task.into(),
+            score_x100: score,
+            tokens_per_step: tps,
+        };
+        let md = parallelbench_markdown(&[
+            pt("m / ar", "parallelbench/waiting_line/copy", 100.0, 1.0),
+            pt("m / ar", "parallelbench/waiting_line/sort", 70.0, 1.0),
+            pt("m / fast", "parallelbench/waiting_line/copy", 60.0, 3.5),
+        ]);
+        assert!(md.contains("2 task(s)"), "{md}");
+        assert!(md.contains("| m / ar | 2 | 85.0 | 1.00 |"), "{md}");
+        assert!(
+            md.contains("| m / fast | 1 (incomplete: not in PBx) | 60.0 | 3.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("PB90 = –, PB80 = 1.00, PB70 = 1.00, PB60 = 1.00"),
+            "{md}"
+        );
+    }
 }

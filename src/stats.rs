@@ -48,6 +48,53 @@ pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
 mod tests {
     use super::*;
 
+    fn pt(config: &str, task: &str, score: f64, tps: f64) -> TaskPoint {
+        TaskPoint {
+            config: config.into(),
+            task: task.into(),
+            score_x100: score,
+            tokens_per_step: tps,
+        }
+    }
+
+    #[test]
+    fn pbx_takes_the_fastest_configuration_that_keeps_the_score() {
+        let points = vec![
+            pt("ar", "copy", 100.0, 1.0),
+            pt("ar", "sort", 90.0, 1.0),
+            pt("k2", "copy", 90.0, 2.0),
+            pt("k2", "sort", 80.0, 2.0),
+            pt("k4", "copy", 70.0, 4.0),
+            pt("k4", "sort", 50.0, 4.0),
+            // Two samples of one task are averaged first.
+            pt("k8", "copy", 40.0, 7.0),
+            pt("k8", "copy", 60.0, 9.0),
+            // A configuration that misses a task never qualifies.
+            pt("k16", "copy", 100.0, 16.0),
+        ];
+        let (pb, summaries) = pb_scores(&points, &[90.0, 80.0, 70.0, 60.0, 50.0]);
+        assert_eq!(
+            pb,
+            vec![
+                (90.0, Some(1.0)),
+                (80.0, Some(2.0)),
+                (70.0, Some(2.0)),
+                (60.0, Some(4.0)),
+                (50.0, Some(4.0))
+            ]
+        );
+        let k8 = summaries.iter().find(|c| c.config == "k8").unwrap();
+        assert!(!k8.complete && k8.tasks == 1 && k8.mean_tokens_per_step == 8.0);
+        assert!(
+            !summaries
+                .iter()
+                .find(|c| c.config == "k16")
+                .unwrap()
+                .complete
+        );
+        assert_eq!(pb_scores(&[], &[90.0]).0, vec![(90.0, None)]);
+    }
+
     #[test]
     fn quantiles_match_numpy_linear() {
         let xs = [4.0, 1.0, 3.0, 2.0];
@@ -64,4 +111,73 @@ mod tests {
         assert_eq!(geometric_mean(&[1.0, 0.0]), None);
         assert!((std_dev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap() - 2.138).abs() < 1e-3);
     }
+}
+
+/// One (configuration, task) result: the task's mean score (0..100) and
+/// its mean tokens per target forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPoint {
+    pub config: String,
+    pub task: String,
+    pub score_x100: f64,
+    pub tokens_per_step: f64,
+}
+
+/// A configuration's averages over tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigSummary {
+    pub config: String,
+    pub tasks: usize,
+    pub mean_score_x100: f64,
+    pub mean_tokens_per_step: f64,
+    /// Whether it covers every task seen in the input; only those count
+    /// for PBx.
+    pub complete: bool,
+}
+
+/// ParallelBench's PBx: for each threshold x, the highest mean tokens per
+/// step among configurations whose mean score over all tasks is ≥ x
+/// (`None` when none is). Points of one (config, task) are averaged
+/// first; a configuration that misses a task is summarised but never
+/// qualifies.
+pub fn pb_scores(
+    points: &[TaskPoint],
+    thresholds: &[f64],
+) -> (Vec<(f64, Option<f64>)>, Vec<ConfigSummary>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let all_tasks: BTreeSet<&str> = points.iter().map(|p| p.task.as_str()).collect();
+    let mut by: BTreeMap<&str, BTreeMap<&str, (Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+    for p in points {
+        let e = by.entry(&p.config).or_default().entry(&p.task).or_default();
+        e.0.push(p.score_x100);
+        e.1.push(p.tokens_per_step);
+    }
+    let summaries: Vec<ConfigSummary> = by
+        .iter()
+        .map(|(config, tasks)| {
+            let scores: Vec<f64> = tasks.values().filter_map(|t| mean(&t.0)).collect();
+            let tps: Vec<f64> = tasks.values().filter_map(|t| mean(&t.1)).collect();
+            ConfigSummary {
+                config: config.to_string(),
+                tasks: tasks.len(),
+                mean_score_x100: mean(&scores).unwrap_or(f64::NAN),
+                mean_tokens_per_step: mean(&tps).unwrap_or(f64::NAN),
+                complete: tasks.len() == all_tasks.len(),
+            }
+        })
+        .collect();
+    let pb = thresholds
+        .iter()
+        .map(|&x| {
+            let best = summaries
+                .iter()
+                .filter(|c| c.complete && c.mean_score_x100 >= x)
+                .map(|c| c.mean_tokens_per_step)
+                .fold(None, |acc: Option<f64>, t| {
+                    Some(acc.map_or(t, |a| a.max(t)))
+                });
+            (x, best)
+        })
+        .collect();
+    (pb, summaries)
 }
