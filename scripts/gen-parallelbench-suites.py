@@ -9,7 +9,8 @@ import os, re, sys
 root = sys.argv[1] if len(sys.argv) > 1 else "../shared/parallelbench"
 implemented = {"list_match_score", "list_shuffle_score", "list_random_insert_score",
                "list_random_remove_score", "list_random_replace_score",
-               "latin_square_score", "sudoku_score"}
+               "latin_square_score", "sudoku_score", "sentence_to_words_score",
+               "summary_score", "paraphrase_score"}
 here = os.path.dirname(os.path.abspath(__file__))
 out_root = os.path.join(here, "..", "suites", "parallelbench")
 written = 0
@@ -32,11 +33,13 @@ for group in sorted(os.listdir(root)):
         group_name = task.split("/")[0]
         max_new = {"waiting_line": 32, "waiting_line_n15": 128}.get(group_name, 64)
         stop = "\\n\\n\\n" if group_name == "puzzle" else "\\n\\n"
+        has_icl = "icl_examples" in open(os.path.join(root, task + ".jsonl")).readline()
+        icl_note = "in-context examples as an earlier turn" if has_icl else "no in-context examples"
         path = os.path.join(out_root, task + ".toml")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(f"""# ParallelBench {task}: the released test rows, the prompt and metric of
-# {group_name}/task_config.yaml, in-context examples as an earlier turn.
+# {group_name}/task_config.yaml, {icl_note}.
 # Written by scripts/gen-parallelbench-suites.py.
 name = "parallelbench/{task}"
 version = "1"

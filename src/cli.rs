@@ -64,6 +64,10 @@ pub struct ScoreArgs {
     /// Also write the scores as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Grammar checker for scorers that use one: `harper` (embedded) or
+    /// `languagetool=URL` (a LanguageTool server, as ParallelBench uses).
+    #[arg(long, default_value = "harper")]
+    pub grammar: String,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +143,10 @@ pub struct RunArgs {
     /// Skip writing the report at the end.
     #[arg(long)]
     pub no_report: bool,
+    /// Grammar checker for scorers that use one: `harper` (embedded) or
+    /// `languagetool=URL` (a LanguageTool server, as ParallelBench uses).
+    #[arg(long, default_value = "harper", conflicts_with = "resume")]
+    pub grammar: String,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +210,31 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 
 fn log_line(s: &str) {
     eprintln!("{s}");
+}
+
+/// The grammar backend a run recorded, so that a resumed run is judged by
+/// the same checker.
+fn recorded_grammar(
+    m: &Manifest,
+    path: &std::path::Path,
+) -> Result<crate::score::grammar::GrammarBackend> {
+    use crate::score::grammar::{GrammarBackend, HARPER_VERSION};
+    let Some(g) = m.scoring.as_ref().and_then(|s| s.grammar.as_ref()) else {
+        return Ok(GrammarBackend::Harper);
+    };
+    match (g.backend.as_str(), &g.url) {
+        ("harper-core", _) if g.version == HARPER_VERSION => Ok(GrammarBackend::Harper),
+        ("harper-core", _) => bail!(
+            "cannot resume {}: its samples were judged by harper-core {}, this build has {HARPER_VERSION}",
+            path.display(),
+            g.version
+        ),
+        ("languagetool", Some(url)) => Ok(GrammarBackend::LanguageTool { url: url.clone() }),
+        (other, _) => bail!(
+            "cannot resume {}: the manifest names an unknown grammar backend `{other}`",
+            path.display()
+        ),
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<candle_core::DType> {
@@ -325,6 +358,7 @@ struct RunSetup {
     repeats: usize,
     limit: Option<usize>,
     max_new_tokens: usize,
+    grammar: crate::score::grammar::GrammarBackend,
 }
 
 fn load_models(
@@ -454,6 +488,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 repeats: m.repeats,
                 limit: m.limit,
                 max_new_tokens: m.max_new_tokens,
+                grammar: recorded_grammar(&m, &path)?,
             };
             (setup, dir, m, true)
         }
@@ -489,6 +524,11 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     path.display()
                 );
             }
+            // A grammar backend that cannot answer fails the run before it
+            // leaves a folder behind.
+            crate::score::ScoreContext::new(a.grammar.parse()?).probe(
+                crate::score::find(&suite.def.scorer).expect("suite scorers are validated"),
+            )?;
             let dir = RunDir::create(&path)?;
             let setup = RunSetup {
                 suite,
@@ -503,6 +543,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 repeats: a.repeats,
                 limit: a.limit,
                 max_new_tokens,
+                grammar: a.grammar.parse()?,
             };
             let manifest = Manifest {
                 schema_version: results::SCHEMA_VERSION,
@@ -527,7 +568,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 limit: setup.limit,
                 max_new_tokens: setup.max_new_tokens,
                 host: env::host_info(),
-                scoring: Some(crate::score::ScoringInfo::of(&setup.suite.def.scorer)),
+                scoring: Some(crate::score::ScoringInfo::of(
+                    &setup.suite.def.scorer,
+                    &crate::score::ScoreContext::new(setup.grammar.clone()),
+                )),
                 note: None,
             };
             (setup, dir, manifest, false)
@@ -575,11 +619,15 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         eos_ids: setup.target.tokenizer.eos_ids.clone(),
         stop_strings: setup.suite.def.stop.clone(),
     };
+    let scorer = crate::score::find(&setup.suite.def.scorer)
+        .expect("suite scorers are validated when the suite is parsed");
+    let score_ctx = crate::score::ScoreContext::new(setup.grammar.clone());
+    score_ctx.probe(scorer)?;
     let plan = RunPlan {
         suite_name: setup.suite.def.name.clone(),
         suite_def: &setup.suite.def,
-        scorer: crate::score::find(&setup.suite.def.scorer)
-            .expect("suite scorers are validated when the suite is parsed"),
+        scorer,
+        score_ctx: &score_ctx,
         samples: &prepared,
         methods: &setup.methods,
         target: &setup.target,
@@ -698,17 +746,35 @@ fn cmd_report(a: ReportArgs) -> Result<i32> {
 fn cmd_score(a: ScoreArgs) -> Result<i32> {
     let store = Store::from_env();
     let suite = suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
-    let groups = crate::score::score_outputs(&suite, &a.outputs)?;
+    let ctx = crate::score::ScoreContext::new(a.grammar.parse()?);
+    let info = crate::score::ScoringInfo::of(&suite.def.scorer, &ctx);
+    let groups = crate::score::score_outputs(&suite, &a.outputs, &ctx)?;
     println!(
         "{}",
         crate::score::markdown(&suite.def.name, &suite.def.scorer, &groups)
     );
+    if let Some(g) = &info.grammar {
+        println!(
+            "grammar: {} {} ({}){}",
+            g.backend,
+            g.version,
+            g.language,
+            g.url
+                .as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(why) = &info.unscored_reason {
+        println!("unscored: {why}");
+    }
     if let Some(out) = &a.out {
         let json = serde_json::json!({
             "suite": suite.def.name,
             "suite_file_sha256": suite.file_sha256,
             "data_sha256": suite.data_sha256,
             "scorer": suite.def.scorer,
+            "scoring": info,
             "outputs": a.outputs,
             "groups": groups,
         });

@@ -318,6 +318,27 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             m.warmup,
             m.status,
         ));
+        if let Some(sc) = &m.scoring {
+            s.push_str(&format!("  - scorer `{}`", sc.scorer));
+            if let Some(g) = &sc.grammar {
+                s.push_str(&format!(
+                    "; grammar checked by {} {} ({}{})",
+                    g.backend,
+                    g.version,
+                    g.language,
+                    g.url
+                        .as_deref()
+                        .map(|u| format!(", {u}"))
+                        .unwrap_or_default()
+                ));
+            }
+            match (&sc.unscored_reason, sc.scorer.as_str()) {
+                (Some(why), _) => s.push_str(&format!("; **unscored**: {why}")),
+                (None, "none") => s.push_str("; outputs are not scored (speed only)"),
+                _ => {}
+            }
+            s.push('\n');
+        }
     }
     let multi = manifests.len() > 1;
     s.push_str("\n| ");

@@ -117,6 +117,7 @@ pub struct RunPlan<'a> {
     pub suite_def: &'a crate::suite::SuiteDef,
     /// The suite's scorer; every recorded sample is scored with it.
     pub scorer: &'static crate::score::ScorerSpec,
+    pub score_ctx: &'a crate::score::ScoreContext,
     pub samples: &'a [PreparedSample],
     pub methods: &'a [MethodInstance],
     pub target: &'a LoadedModel,
@@ -364,7 +365,8 @@ fn score_record(
         .reference
         .as_ref()
         .ok_or_else(|| err("has no reference to score against".into()))?;
-    let scores = f(&record.output_text, reference).map_err(|e| err(e.to_string()))?;
+    let scores =
+        f(plan.score_ctx, &record.output_text, reference).map_err(|e| err(e.to_string()))?;
     record.score = scores.get("score").copied();
     record.scores = scores;
     Ok(())

@@ -682,6 +682,108 @@ fn missing_parallelbench_data_is_a_clear_error() {
     );
 }
 
+/// Grammar-checked ParallelBench tasks: `pdbench score` names the checker
+/// it used, says why paraphrases have no task score, and a bad or dead
+/// `--grammar` backend is a clear error.
+#[test]
+fn text_tasks_record_their_grammar_backend() {
+    let w = World::new();
+    let outputs = w.path("samsum.jsonl");
+    std::fs::write(
+        &outputs,
+        concat!(
+            r#"{"sample_id": "0", "output_text": "Steve and Rob will talk about the new Dream Theater album after they listen to it."}"#, "\n",
+            r#"{"sample_id": "1", "output_text": ""}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let json = w.path("scores.json");
+    let out = w
+        .cmd()
+        .args([
+            "score",
+            "--suite",
+            "parallelbench/paraphrase_summarize/samsum",
+            "--outputs",
+        ])
+        .arg(&outputs)
+        .arg("--out")
+        .arg(&json)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stdout = String::from_utf8_lossy(&out);
+    assert!(stdout.contains("grammar: harper-core"), "{stdout}");
+    assert!(stdout.contains("rougeL_score"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["scoring"]["grammar"]["backend"], "harper-core");
+    assert_eq!(v["scoring"]["grammar"]["language"], "en-US");
+    let all = &v["groups"][0]["means"];
+    assert!(all["rougeL_score"].as_f64().unwrap() > 10.0, "{all}");
+
+    let para = w.path("para.jsonl");
+    std::fs::write(
+        &para,
+        concat!(
+            r#"{"sample_id": "0", "output_text": "Can you identify this sweater?"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = w
+        .cmd()
+        .args([
+            "score",
+            "--suite",
+            "parallelbench/paraphrase_summarize/chatgpt-paraphrases",
+            "--outputs",
+        ])
+        .arg(&para)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stdout = String::from_utf8_lossy(&out);
+    assert!(stdout.contains("unscored: BERTScore"), "{stdout}");
+    assert!(stdout.contains("inv_bleu_score"), "{stdout}");
+
+    fails_with(
+        w.cmd()
+            .args([
+                "score",
+                "--suite",
+                "parallelbench/paraphrase_summarize/samsum",
+                "--grammar",
+                "lt",
+                "--outputs",
+            ])
+            .arg(&outputs),
+        &["--grammar", "languagetool=URL"],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fails_with(
+        w.cmd()
+            .args([
+                "score",
+                "--suite",
+                "parallelbench/paraphrase_summarize/samsum",
+                "--grammar",
+            ])
+            .arg(format!("languagetool=http://127.0.0.1:{port}"))
+            .arg("--outputs")
+            .arg(&outputs),
+        &["samsum.jsonl line 1", &format!("http://127.0.0.1:{port}")],
+    );
+}
+
 /// Hostile completions score 0 and scoring goes on to the next sample.
 #[test]
 fn hostile_humaneval_completions_score_zero_and_scoring_goes_on() {

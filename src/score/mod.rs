@@ -4,9 +4,11 @@
 //! cannot judge is an error that names the sample, and a suite that cannot
 //! be judged here uses `none`.
 
+pub mod grammar;
 pub mod gsm8k;
 pub mod parallelbench;
 pub mod sandbox;
+pub mod text_metrics;
 
 use std::collections::BTreeMap;
 
@@ -29,11 +31,51 @@ pub enum ScoreError {
     },
 }
 
+/// What scorers may need besides the output and the reference.
+#[derive(Default)]
+pub struct ScoreContext {
+    pub grammar: grammar::LazyChecker,
+}
+
+impl ScoreContext {
+    pub fn new(grammar: grammar::GrammarBackend) -> Self {
+        Self {
+            grammar: grammar::LazyChecker::new(grammar),
+        }
+    }
+
+    /// ParallelBench's grammar check of `text` with this context's backend.
+    fn grammar_ok(&self, scorer: &'static str, text: &str) -> Result<bool, ScoreError> {
+        let unavailable = |e: grammar::GrammarError| ScoreError::Unavailable {
+            scorer,
+            detail: e.to_string(),
+        };
+        let checker = self.grammar.get().map_err(unavailable)?;
+        grammar::passes(checker.as_ref(), text).map_err(unavailable)
+    }
+
+    /// Opens the grammar backend and checks one sentence, so that a run
+    /// fails before decoding rather than at its first sample.
+    pub fn probe(&self, spec: &ScorerSpec) -> Result<(), ScoreError> {
+        if spec.uses_grammar {
+            self.grammar_ok(spec.name, "This is a sentence.")?;
+        }
+        Ok(())
+    }
+}
+
+pub type ScoreFn = fn(&ScoreContext, &str, &Value) -> Result<Scores, ScoreError>;
+
 pub struct ScorerSpec {
     pub name: &'static str,
     pub description: &'static str,
     /// `None` for `none`: outputs are recorded unscored.
-    pub score: Option<fn(&str, &Value) -> Result<Scores, ScoreError>>,
+    pub score: Option<ScoreFn>,
+    /// Whether it calls the grammar checker (the manifest then names it).
+    pub uses_grammar: bool,
+    /// Why the headline `score` is never given, where a part of the metric
+    /// cannot be computed here; the other parts are still recorded.
+    pub unscored_reason: Option<&'static str>,
 }
 
 impl std::fmt::Debug for ScorerSpec {
@@ -63,7 +105,11 @@ fn both(
 
 macro_rules! lenient_and_strict {
     ($fn_name:ident, $scorer:literal, $expected:literal, $metric:path) => {
-        fn $fn_name(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+        fn $fn_name(
+            _: &ScoreContext,
+            output: &str,
+            reference: &Value,
+        ) -> Result<Scores, ScoreError> {
             both($scorer, $expected, $metric, output, reference)
         }
     };
@@ -106,7 +152,7 @@ lenient_and_strict!(
     parallelbench::sudoku
 );
 
-fn gsm8k_exact(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+fn gsm8k_exact(_: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     let bad = || ScoreError::BadReference {
         scorer: "gsm8k",
         expected: "GSM8K's answer text ending in `#### <number>`",
@@ -117,7 +163,7 @@ fn gsm8k_exact(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
 
 /// HumanEval pass@1 for one sample: the prompt, the completion, the tests
 /// and `check(entry_point)`, run in the sandbox.
-fn humaneval(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+fn humaneval(_: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     let field = |k: &str| reference.get(k).and_then(Value::as_str);
     let (Some(prompt), Some(test), Some(entry)) =
         (field("prompt"), field("test"), field("entry_point"))
@@ -134,14 +180,13 @@ fn humaneval(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
             detail: e.to_string(),
         }
     })?;
-    let b = |x: bool| if x { 1.0 } else { 0.0 };
     Ok(Scores::from([
         ("score".to_string(), b(o.passed)),
         ("timed_out".to_string(), b(o.timed_out)),
     ]))
 }
 
-fn latin_square(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+fn latin_square(_: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     let s = parallelbench::latin_square(output, reference).ok_or(ScoreError::BadReference {
         scorer: "latin_square_score",
         expected: "an object with a `symbols` list",
@@ -152,57 +197,184 @@ fn latin_square(output: &str, reference: &Value) -> Result<Scores, ScoreError> {
     ]))
 }
 
+fn b(x: bool) -> f64 {
+    if x {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// ParallelBench words_to_sentence: every word is a case-sensitive
+/// substring of the output, and the output passes the grammar check.
+fn sentence_to_words(
+    ctx: &ScoreContext,
+    output: &str,
+    reference: &Value,
+) -> Result<Scores, ScoreError> {
+    const NAME: &str = "sentence_to_words_score";
+    let words: Vec<&str> = reference
+        .get("words")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(Value::as_str).collect())
+        .ok_or(ScoreError::BadReference {
+            scorer: NAME,
+            expected: "an object with a `words` list of strings",
+        })?;
+    let inclusion = words.iter().all(|w| output.contains(w));
+    let grammar = ctx.grammar_ok(NAME, output)?;
+    Ok(Scores::from([
+        ("inclusion_score".to_string(), b(inclusion)),
+        ("grammar_score".to_string(), b(grammar)),
+        ("score".to_string(), b(inclusion && grammar)),
+    ]))
+}
+
+/// ParallelBench samsum: ROUGE-L F1 (with stemming) against the reference
+/// summary, times the grammar check; ROUGE-1/2 are recorded beside it.
+fn summary(ctx: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    const NAME: &str = "summary_score";
+    let target =
+        reference
+            .get("summary")
+            .and_then(Value::as_str)
+            .ok_or(ScoreError::BadReference {
+                scorer: NAME,
+                expected: "an object with a `summary` string",
+            })?;
+    let prediction = output.trim();
+    let r = text_metrics::rouge(prediction, target.trim(), true);
+    let grammar = !prediction.is_empty() && ctx.grammar_ok(NAME, prediction)?;
+    Ok(Scores::from([
+        ("rouge1_score".to_string(), r.rouge1.fmeasure),
+        ("rouge2_score".to_string(), r.rouge2.fmeasure),
+        ("rougeL_score".to_string(), r.rouge_l.fmeasure),
+        ("grammar_score".to_string(), b(grammar)),
+        ("score".to_string(), r.rouge_l.fmeasure * b(grammar)),
+    ]))
+}
+
+const BERTSCORE_UNAVAILABLE: &str = "BERTScore-F1 needs the roberta-large model, which cannot be reached here; inv_bleu_score and grammar_score are recorded, the task score is not";
+
+/// ParallelBench paraphrase: (1 − BLEU against the source) × BERTScore-F1
+/// × grammar. BERTScore is not available, so only its other factors are
+/// recorded and the headline `score` is left out.
+fn paraphrase(ctx: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    const NAME: &str = "paraphrase_score";
+    let source = reference
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or(ScoreError::BadReference {
+            scorer: NAME,
+            expected: "an object with the source sentence as `text`",
+        })?;
+    let prediction = output.trim();
+    let (inv_bleu, grammar) = if prediction.is_empty() {
+        (0.0, false)
+    } else {
+        (
+            1.0 - text_metrics::bleu(prediction, &[source]),
+            ctx.grammar_ok(NAME, prediction)?,
+        )
+    };
+    Ok(Scores::from([
+        ("inv_bleu_score".to_string(), inv_bleu),
+        ("grammar_score".to_string(), b(grammar)),
+    ]))
+}
+
 /// Every scorer, by name.
 pub static SCORERS: &[ScorerSpec] = &[
     ScorerSpec {
         name: "none",
         description: "not scored (speed only)",
         score: None,
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "list_match_score",
         description: "ParallelBench: the output list equals the answer list",
         score: Some(list_match),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "list_shuffle_score",
         description: "ParallelBench: a permutation of the input that differs from it",
         score: Some(list_shuffle),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "list_random_insert_score",
         description: "ParallelBench: the input with `word` inserted anywhere",
         score: Some(list_random_insert),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "list_random_remove_score",
         description: "ParallelBench: the input with any one item removed",
         score: Some(list_random_remove),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "list_random_replace_score",
         description: "ParallelBench: the input with any one item replaced by `word`",
         score: Some(list_random_replace),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "latin_square_score",
         description: "ParallelBench: a valid latin square over the symbols",
         score: Some(latin_square),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "humaneval",
         description: "HumanEval pass@1: prompt + completion + tests, run in a sandbox",
         score: Some(humaneval),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "gsm8k",
         description: "GSM8K: the last number of the output equals the answer after ####",
         score: Some(gsm8k_exact),
+        uses_grammar: false,
+        unscored_reason: None,
     },
     ScorerSpec {
         name: "sudoku_score",
         description: "ParallelBench: the solved 4x4 sudoku grid",
         score: Some(sudoku),
+        uses_grammar: false,
+        unscored_reason: None,
+    },
+    ScorerSpec {
+        name: "sentence_to_words_score",
+        description: "ParallelBench: every given word appears, and the sentence passes the grammar check",
+        score: Some(sentence_to_words),
+        uses_grammar: true,
+        unscored_reason: None,
+    },
+    ScorerSpec {
+        name: "summary_score",
+        description: "ParallelBench: ROUGE-L F1 (stemmed) against the reference summary × grammar check",
+        score: Some(summary),
+        uses_grammar: true,
+        unscored_reason: None,
+    },
+    ScorerSpec {
+        name: "paraphrase_score",
+        description: "ParallelBench: (1 − BLEU vs the source) × BERTScore-F1 × grammar; BERTScore is unavailable, so only its factors are recorded",
+        score: Some(paraphrase),
+        uses_grammar: true,
+        unscored_reason: Some(BERTSCORE_UNAVAILABLE),
     },
 ];
 
@@ -214,10 +386,17 @@ pub struct ScoringInfo {
     /// the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<Value>,
+    /// For scorers that check grammar: the backend that judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<grammar::GrammarInfo>,
+    /// Why the headline score is not given, where it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unscored_reason: Option<String>,
 }
 
 impl ScoringInfo {
-    pub fn of(scorer: &str) -> Self {
+    pub fn of(scorer: &str, ctx: &ScoreContext) -> Self {
+        let spec = find(scorer);
         let sandbox = (scorer == "humaneval").then(|| {
             serde_json::json!({
                 "isolation": sandbox::isolation(),
@@ -227,6 +406,10 @@ impl ScoringInfo {
         Self {
             scorer: scorer.to_string(),
             sandbox,
+            grammar: spec
+                .filter(|s| s.uses_grammar)
+                .map(|_| ctx.grammar.backend.info()),
+            unscored_reason: spec.and_then(|s| s.unscored_reason).map(String::from),
         }
     }
 }
@@ -270,6 +453,7 @@ pub struct GroupScores {
 pub fn score_outputs(
     suite: &crate::suite::ResolvedSuite,
     outputs: &std::path::Path,
+    ctx: &ScoreContext,
 ) -> Result<Vec<GroupScores>, ScoreFileError> {
     let spec = find(&suite.def.scorer).expect("suite scorers are validated");
     let f = spec.score.ok_or_else(|| ScoreFileError::Unscored {
@@ -322,7 +506,8 @@ pub fn score_outputs(
             .reference
             .as_ref()
             .ok_or_else(|| row(format!("sample \"{id}\" has no reference in the suite")))?;
-        let scores = f(&output, reference).map_err(|e| row(format!("sample \"{id}\": {e}")))?;
+        let scores =
+            f(ctx, &output, reference).map_err(|e| row(format!("sample \"{id}\": {e}")))?;
         let category = sample.category.clone().unwrap_or_else(|| "-".into());
         for cat in [category, "all".to_string()] {
             let g = groups.entry((method.clone(), cat)).or_default();
@@ -390,6 +575,8 @@ mod tests {
     #[test]
     fn bad_references_are_errors_not_zeros() {
         let f = find("list_shuffle_score").unwrap().score.unwrap();
+        let ctx = ScoreContext::default();
+        let f = |o: &str, r: &Value| f(&ctx, o, r);
         let e = f("[A, B]", &serde_json::json!(3)).unwrap_err();
         assert!(e.to_string().contains("`input` list"), "{e}");
         let ok = f("[\"B\", \"A\"]", &serde_json::json!({"input": ["A", "B"]})).unwrap();
