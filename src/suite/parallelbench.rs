@@ -26,8 +26,9 @@ pub struct TaskConfig {
 /// Where the released data lives, first match wins:
 /// `$PDBENCH_PARALLELBENCH`; `../shared/parallelbench` beside the working
 /// directory or beside this crate's source tree; the dataset's snapshot in
-/// the hf-hub cache. Fetching from the hub is left to `huggingface-cli`
-/// where the hub can be reached; the error says where the files go.
+/// the hf-hub cache, downloading the task's rows and config into it when
+/// the hub can be reached (and `HF_HUB_OFFLINE` is not set). Otherwise
+/// the error says where the files go.
 pub fn data_root(task: &str) -> Result<PathBuf, SuiteError> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("PDBENCH_PARALLELBENCH") {
@@ -53,21 +54,42 @@ pub fn data_root(task: &str) -> Result<PathBuf, SuiteError> {
         hf_hub::RepoType::Dataset,
         "main".to_string(),
     );
-    let cached = cache.repo(repo.clone());
-    if let Some(p) = cached.get(&format!("{task}.jsonl")) {
-        if let Some(root) = p.parent().and_then(Path::parent) {
-            candidates.push(root.to_path_buf());
-        }
+    let (rows_file, config_file) = hub_files(task);
+    if let Some(root) = cached_root(&cache, task) {
+        candidates.push(root);
     }
     for c in &candidates {
-        if c.join(task).with_extension("jsonl").is_file() {
+        if c.join(&rows_file).is_file() {
             return Ok(c.clone());
+        }
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    let mut hub_error = if offline {
+        "HF_HUB_OFFLINE is set".to_string()
+    } else {
+        String::new()
+    };
+    if !offline {
+        let fetched = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(false)
+            .with_retries(0)
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|api| {
+                let r = api.repo(repo.clone());
+                r.get(&config_file).map_err(|e| e.to_string())?;
+                r.get(&rows_file).map_err(|e| e.to_string())
+            });
+        match fetched.map(|p| snapshot_root(&p, task)) {
+            Ok(Some(root)) => return Ok(root),
+            Ok(None) => hub_error = "the hub returned an unexpected path".into(),
+            Err(e) => hub_error = format!("the hub could not be reached ({e})"),
         }
     }
     Err(SuiteError::DataUnavailable {
         what: format!("ParallelBench task {task}"),
         detail: format!(
-            "looked in {}; download the hub dataset {HUB_DATASET} (`huggingface-cli download --repo-type dataset {HUB_DATASET}`) into the hf-hub cache at {}, or point $PDBENCH_PARALLELBENCH at a folder holding {task}.jsonl and its task_config.yaml",
+            "looked in {}; {hub_error}; download the hub dataset {HUB_DATASET} (`huggingface-cli download --repo-type dataset {HUB_DATASET}`) into the hf-hub cache at {}, or point $PDBENCH_PARALLELBENCH at a folder holding {task}.jsonl and its task_config.yaml",
             candidates
                 .iter()
                 .map(|c| c.display().to_string())
@@ -76,6 +98,34 @@ pub fn data_root(task: &str) -> Result<PathBuf, SuiteError> {
             cache.path().join(repo.folder_name()).display()
         ),
     })
+}
+
+/// The task's rows file and its group's config file, as paths in the
+/// dataset repository.
+fn hub_files(task: &str) -> (String, String) {
+    let (rows, config) = task_files(Path::new(""), task);
+    (
+        rows.to_string_lossy().into_owned(),
+        config.to_string_lossy().into_owned(),
+    )
+}
+
+/// The snapshot folder that holds `<group>/<task>.jsonl` at `rows`.
+fn snapshot_root(rows: &Path, task: &str) -> Option<PathBuf> {
+    let depth = task.matches('/').count() + 1;
+    rows.ancestors().nth(depth).map(Path::to_path_buf)
+}
+
+/// The snapshot of the hub dataset in an hf-hub cache that holds the task's
+/// rows, if any.
+pub fn cached_root(cache: &hf_hub::Cache, task: &str) -> Option<PathBuf> {
+    let repo = hf_hub::Repo::with_revision(
+        HUB_DATASET.to_string(),
+        hf_hub::RepoType::Dataset,
+        "main".to_string(),
+    );
+    let rows = cache.repo(repo).get(&hub_files(task).0)?;
+    snapshot_root(&rows, task)
 }
 
 /// The task's rows and its group's config file.
@@ -177,6 +227,23 @@ pub fn sample_from_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot of the hub dataset in an hf-hub cache is found by the
+    /// same layout that `huggingface-cli download` leaves.
+    #[test]
+    fn hub_cache_snapshots_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = hf_hub::Cache::new(dir.path().to_path_buf());
+        assert_eq!(cached_root(&cache, "waiting_line/copy"), None);
+        let repo = dir.path().join("datasets--furiosa-ai--ParallelBench");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+        let snap = repo.join("snapshots/0123abcd");
+        std::fs::create_dir_all(snap.join("waiting_line")).unwrap();
+        std::fs::write(snap.join("waiting_line/copy.jsonl"), "{}\n").unwrap();
+        assert_eq!(cached_root(&cache, "waiting_line/copy"), Some(snap.clone()));
+        assert_eq!(cached_root(&cache, "waiting_line/sort"), None);
+    }
     use serde_json::json;
 
     #[test]
