@@ -15,4 +15,5 @@ pub mod score;
 pub mod stats;
 pub mod store;
 pub mod suite;
+pub mod toy;
 pub mod util;

@@ -283,6 +283,14 @@ fn paraphrase(ctx: &ScoreContext, output: &str, reference: &Value) -> Result<Sco
     ]))
 }
 
+fn toy(_: &ScoreContext, output: &str, reference: &Value) -> Result<Scores, ScoreError> {
+    let s = crate::toy::score(output, reference).ok_or(ScoreError::BadReference {
+        scorer: "toy",
+        expected: "a toy reference (`task`, `answer`, `check`) from the toy generator",
+    })?;
+    Ok(Scores::from([("score".to_string(), s)]))
+}
+
 /// Every scorer, by name.
 pub static SCORERS: &[ScorerSpec] = &[
     ScorerSpec {
@@ -352,6 +360,13 @@ pub static SCORERS: &[ScorerSpec] = &[
         name: "sudoku_score",
         description: "ParallelBench: the solved 4x4 sudoku grid",
         score: Some(sudoku),
+        uses_grammar: false,
+        unscored_reason: None,
+    },
+    ScorerSpec {
+        name: "toy",
+        description: "toy tasks: exact match where the answer is unique, ParallelBench's checks where it is not",
+        score: Some(toy),
         uses_grammar: false,
         unscored_reason: None,
     },

@@ -30,7 +30,47 @@ pub enum DataSource {
     Parallelbench(String),
     /// A JSONL file the user passes with `--data`; the text says which.
     User(String),
+    /// Rows made by a generator, by name, with its parameters (see
+    /// [`GENERATORS`]).
+    Generator(GeneratorSpec),
 }
+
+/// `source = { generator = { name = "toy", split = "test", ... } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorSpec {
+    pub name: String,
+    /// The generator's own parameters; it checks them.
+    #[serde(flatten)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+pub struct GeneratorEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Parameters to JSONL rows (`id`, `task`, `prompt`, `reference`).
+    pub generate: fn(&serde_json::Value) -> Result<Vec<serde_json::Value>, String>,
+}
+
+fn toy_rows(params: &serde_json::Value) -> Result<Vec<serde_json::Value>, String> {
+    let p: crate::toy::ToyParams =
+        serde_json::from_value(params.clone()).map_err(|e| format!("parameters: {e}"))?;
+    let items = crate::toy::generate(&p).map_err(|e| e.to_string())?;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, it)| {
+            serde_json::json!({"id": format!("{}-{i}", it.task), "task": it.task,
+                               "prompt": it.prompt, "reference": it.reference})
+        })
+        .collect())
+}
+
+/// Every generator, by name.
+pub static GENERATORS: &[GeneratorEntry] = &[GeneratorEntry {
+    name: "toy",
+    description: "pdbench's toy tasks (waiting line, sudoku, latin squares, digits, additions): split, per_task, seed, tasks, list_len",
+    generate: toy_rows,
+}];
 
 /// Which user turns of a row are decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -391,6 +431,60 @@ pub fn load_with_data(
             d.to_path_buf()
         }
         (DataSource::Parallelbench(_), None) => unreachable!("handled above"),
+        (DataSource::Generator(spec), None) => {
+            let field = |detail: String| SuiteError::Field {
+                path: path.clone(),
+                field: "source.generator".into(),
+                detail,
+            };
+            let g = GENERATORS
+                .iter()
+                .find(|g| g.name == spec.name)
+                .ok_or_else(|| {
+                    field(format!(
+                        "unknown generator \"{}\"; expected one of {}",
+                        spec.name,
+                        GENERATORS
+                            .iter()
+                            .map(|g| g.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            let rows = (g.generate)(&serde_json::Value::Object(spec.params.clone()))
+                .map_err(|e| field(format!("{}: {e}", spec.name)))?;
+            let mut text = String::new();
+            for r in &rows {
+                text.push_str(&r.to_string());
+                text.push('\n');
+            }
+            let label = PathBuf::from(format!(
+                "generator:{}{}",
+                spec.name,
+                serde_json::Value::Object(spec.params.clone())
+            ));
+            let samples = samples_from_text(&def, &text, &label)?;
+            let digest = {
+                use sha2::Digest;
+                let d = sha2::Sha256::digest(text.as_bytes());
+                d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            return Ok(ResolvedSuite {
+                file_sha256: store.sha256(&path).map_err(|source| SuiteError::Io {
+                    path: path.clone(),
+                    source,
+                })?,
+                data_sha256: digest,
+                file: path.display().to_string(),
+                data_file: label.display().to_string(),
+                task_config: None,
+                task_config_file: None,
+                task_config_sha256: None,
+                n_samples: samples.len(),
+                def,
+                samples,
+            });
+        }
         (DataSource::User(what), None) => {
             return Err(SuiteError::DataUnavailable {
                 what: format!("suite {}", def.name),
@@ -520,6 +614,11 @@ fn read_text(path: &Path) -> Result<String, SuiteError> {
 
 pub fn read_samples(def: &SuiteDef, path: &Path) -> Result<Vec<Sample>, SuiteError> {
     let text = read_text(path)?;
+    samples_from_text(def, &text, path)
+}
+
+/// Samples from JSONL text; errors name `path` and the line.
+fn samples_from_text(def: &SuiteDef, text: &str, path: &Path) -> Result<Vec<Sample>, SuiteError> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
