@@ -17,8 +17,9 @@ use crate::runner::{self, Event, Outcome, RunPlan};
 use crate::store::Store;
 use crate::suite;
 
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
-pub const DEFAULT_SUITE: &str = "smoke";
+/// The embedded default: pdbench's own AR model of the toy world.
+pub const DEFAULT_MODEL: &str = "toy-target";
+pub const DEFAULT_SUITE: &str = "toy";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +48,27 @@ pub enum Command {
     Bench(crate::measure::bench::BenchArgs),
     /// Score saved outputs against a suite, without loading any model.
     Score(ScoreArgs),
+    /// Train a small model from a recipe (recipes/NAME.toml).
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Recipe name (a file in recipes/) or path to a recipe TOML.
+    #[arg(long)]
+    pub recipe: String,
+    /// Write the model here instead of the recipe's `output`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Override the recipe's step count (for quick trials).
+    #[arg(long)]
+    pub steps: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -81,8 +103,9 @@ pub struct RunArgs {
     /// Drafter model for methods that need one.
     #[arg(long, conflicts_with = "resume")]
     pub draft: Option<String>,
-    /// Method to run (repeatable). See `pdbench list methods`.
-    #[arg(long = "method", default_value = "ar", conflicts_with = "resume")]
+    /// Method to run (repeatable). See `pdbench list methods`. Default:
+    /// every registered method whose models are at hand.
+    #[arg(long = "method", conflicts_with = "resume")]
     pub methods: Vec<String>,
     /// Method parameter, LABEL.KEY=VALUE (VALUE in TOML syntax); repeatable.
     #[arg(
@@ -205,6 +228,95 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Fetch(a) => cmd_fetch(a),
         Command::Bench(a) => crate::measure::bench::run(a),
         Command::Score(a) => cmd_score(a),
+        Command::Train(a) => cmd_train(a),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<i32> {
+    use crate::train::{self, TrainEvent};
+    use std::io::Write;
+    let threads = env::set_threads(a.threads);
+    let (path, mut recipe) = train::load_recipe(&a.recipe)?;
+    if let Some(s) = a.steps {
+        if s == 0 {
+            bail!("--steps: expected a positive integer");
+        }
+        recipe.optim.steps = s;
+        recipe.optim.warmup_steps = recipe.optim.warmup_steps.min(s / 2);
+    }
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| train::output_dir(&path, &recipe));
+    let device = DeviceSpec::parse(&a.device)?.open()?;
+    log_line(&format!(
+        "training {} ({}) → {}: {} steps of {} on {} ({threads} threads)",
+        recipe.name,
+        recipe.objective,
+        out.display(),
+        recipe.optim.steps,
+        recipe.optim.batch_size,
+        a.device
+    ));
+    install_interrupt_handler();
+    let started = std::time::Instant::now();
+    let mut on = |e: TrainEvent<'_>| match e {
+        TrainEvent::Resumed { step } => {
+            log_line(&format!("resuming from the checkpoint at step {step}"))
+        }
+        TrainEvent::Progress {
+            step,
+            steps,
+            loss,
+            lr,
+            steps_per_s,
+        } => {
+            let width = 30;
+            let done = width * step / steps;
+            let eta = (steps - step) as f64 / steps_per_s.max(1e-9);
+            eprint!(
+                "\r[{}{}] {step}/{steps} loss {loss:.4} lr {lr:.2e} {steps_per_s:.1} steps/s ETA {:.0}s   ",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                eta
+            );
+            let _ = std::io::stderr().flush();
+            if step == steps {
+                eprintln!();
+            }
+        }
+        TrainEvent::Evaluating { tokens_per_step } => log_line(&format!(
+            "evaluating on the test split at {tokens_per_step} token(s) per step"
+        )),
+        TrainEvent::Done { record } => {
+            for e in &record.evaluation {
+                let pct =
+                    |x: Option<f64>| x.map(|v| format!("{v:.1}%")).unwrap_or_else(|| "–".into());
+                log_line(&format!(
+                    "  {} token(s)/step: deterministic tasks {}, random tasks {} valid, {:.2} tokens per forward",
+                    e.tokens_per_step,
+                    pct(e.deterministic),
+                    pct(e.random),
+                    e.tokens_per_forward
+                ));
+            }
+        }
+    };
+    let result = train::train(&path, &recipe, &out, &device, &INTERRUPT, &mut on);
+    match result {
+        Ok(_) => {
+            log_line(&format!(
+                "wrote {} in {:.0}s",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            ));
+            Ok(0)
+        }
+        Err(e @ train::TrainError::Interrupted { .. }) => {
+            log_line(&format!("{e}"));
+            Ok(130)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -280,7 +392,7 @@ pub fn method_instances(
             configs.insert(label, (id, params));
         }
     }
-    if methods_file.is_none() || methods_arg != ["ar"] {
+    {
         for m in methods_arg {
             if !configs.contains_key(m) {
                 order.push(m.clone());
@@ -495,7 +607,33 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         None => {
             let threads = env::set_threads(a.threads);
             let device = DeviceSpec::parse(&a.device)?;
-            let methods = method_instances(&a.methods, &a.sets, a.methods_file.as_deref())?;
+            let defaults = a.methods.is_empty() && a.methods_file.is_none();
+            // A zoo target runs with the zoo's drafter when a default
+            // method needs one.
+            let needs_draft = methods::METHODS
+                .iter()
+                .any(|m| m.needs.contains(&Need::DraftModel));
+            let draft_spec = a.draft.clone().or_else(|| {
+                (defaults
+                    && needs_draft
+                    && model::source::zoo_model(&a.model).is_some()
+                    && model::source::zoo_model("toy-draft").is_some())
+                .then(|| "toy-draft".to_string())
+            });
+            let method_names: Vec<String> = if defaults {
+                methods::METHODS
+                    .iter()
+                    .filter(|m| {
+                        m.needs
+                            .iter()
+                            .all(|n| *n == Need::DraftModel && draft_spec.is_some())
+                    })
+                    .map(|m| m.id.to_string())
+                    .collect()
+            } else {
+                a.methods.clone()
+            };
+            let methods = method_instances(&method_names, &a.sets, a.methods_file.as_deref())?;
             let suite =
                 suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
             let opts = LoadOptions {
@@ -504,7 +642,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 tokenizer: a.tokenizer.clone(),
                 dequantize: a.dequantize,
             };
-            let (target, draft) = load_models(&store, &a.model, a.draft.as_deref(), &opts, policy)?;
+            let (target, draft) =
+                load_models(&store, &a.model, draft_spec.as_deref(), &opts, policy)?;
             check_needs(&methods, draft.as_ref())?;
             let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
             if max_new_tokens == 0 {

@@ -16,4 +16,5 @@ pub mod stats;
 pub mod store;
 pub mod suite;
 pub mod toy;
+pub mod train;
 pub mod util;

@@ -578,6 +578,75 @@ impl Transformer {
         Ok(ForwardOutput { logits, hidden })
     }
 
+    /// A differentiable forward of a padded batch, for training. `tokens`
+    /// is `[b, t]` (u32) at positions `0..t`; `bias` is added to the
+    /// attention scores, `[b or 1, 1, t, t]` (0 where a query may attend, a
+    /// large negative number where not). Returns logits `[b, t, vocab]`.
+    /// Made of candle ops that record gradients: plain matmuls, softmax,
+    /// RMS norm and rotate-half rope written out.
+    pub fn forward_train(&self, tokens: &Tensor, bias: &Tensor) -> Result<Tensor, ModelError> {
+        use candle_core::D;
+        let (b, t) = tokens.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: t,
+                context: self.cfg.max_position_embeddings,
+            });
+        }
+        if self.rope.interleaved {
+            return Err(ModelError::BadRequest(
+                "training supports the rotate-half rope layout of HF checkpoints".into(),
+            ));
+        }
+        let rms = |x: &Tensor, n: &RmsNorm| candle_nn::ops::rms_norm_slow(x, &n.weight, n.eps);
+        let half = self.cfg.head_dim / 2;
+        let cos = self.rope.cos.narrow(0, 0, t)?.reshape((1, 1, t, half))?;
+        let sin = self.rope.sin.narrow(0, 0, t)?.reshape((1, 1, t, half))?;
+        let rope = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            Tensor::cat(
+                &[
+                    (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?,
+                    (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?,
+                ],
+                D::Minus1,
+            )
+        };
+        let ids = tokens.flatten_all()?;
+        let mut x = self
+            .embed
+            .forward(&ids, self.dtype)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
+        for blk in &self.blocks {
+            let a = &blk.attn;
+            let (nh, nkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+            let h = rms(&x, &blk.input_norm)?;
+            let heads = |l: &Linear, n: usize| -> candle_core::Result<Tensor> {
+                l.forward_train(&h)?.reshape((b, t, n, d))?.transpose(1, 2)
+            };
+            let q = rope(&heads(&a.q, nh)?)?;
+            let k = repeat_kv(&rope(&heads(&a.k, nkv)?)?.contiguous()?, nh / nkv)?;
+            let v = repeat_kv(&heads(&a.v, nkv)?.contiguous()?, nh / nkv)?;
+            let att =
+                (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
+            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+            let x1 = (x + a.o.forward_train(&y)?)?;
+            let h2 = rms(&x1, &blk.post_norm)?;
+            let g = blk.mlp.gate.forward_train(&h2)?;
+            let g = (&g * candle_nn::ops::sigmoid(&g)?)?;
+            let m = blk
+                .mlp
+                .down
+                .forward_train(&(g * blk.mlp.up.forward_train(&h2)?)?)?;
+            x = (x1 + m)?;
+        }
+        let x = rms(&x, &self.norm)?;
+        Ok(self.lm_head.forward_train(&x)?)
+    }
+
     /// Applies the final norm and LM head to hidden states `[n, hidden]`
     /// taken before the norm (for draft heads that share the target's head).
     pub fn lm_head(&self, hidden_pre_norm: &Tensor) -> Result<Tensor, ModelError> {

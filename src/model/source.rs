@@ -58,6 +58,15 @@ pub fn resolve(
             files,
         });
     }
+    if let Some(dir) = zoo_model(spec) {
+        let files = local_files(&dir)?;
+        return Ok(ResolvedModel {
+            spec: spec.into(),
+            label: spec.into(),
+            origin: format!("pdbench zoo ({})", dir.display()),
+            files,
+        });
+    }
     if let Some(item) = fetch::find(spec) {
         if item.kind == fetch::ItemKind::Model {
             let file = match fetch::present(store, item) {
@@ -87,10 +96,12 @@ pub fn resolve(
     if let Some(hub) = HubId::parse(spec) {
         return resolve_hub(spec, &hub);
     }
+    let zoo = zoo_names();
     let names: Vec<&str> = fetch::ITEMS
         .iter()
         .filter(|i| i.kind == fetch::ItemKind::Model)
         .map(|i| i.name)
+        .chain(zoo.iter().map(String::as_str))
         .collect();
     Err(ModelError::NotFound {
         spec: spec.into(),
@@ -99,6 +110,40 @@ pub fn resolve(
             .unwrap_or_default(),
         known: names.join(", "),
     })
+}
+
+/// The folder of pdbench's own trained models: `models/toy/` in the
+/// working directory, else the one in this crate's source tree.
+pub fn zoo_dir() -> PathBuf {
+    let local = PathBuf::from("models/toy");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/toy")
+}
+
+/// A zoo model by name (`toy-target`): a folder of [`zoo_dir`] with a
+/// config.json.
+pub fn zoo_model(name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains(['/', '\\', '.']) {
+        return None;
+    }
+    let dir = zoo_dir().join(name);
+    dir.join("config.json").is_file().then_some(dir)
+}
+
+/// Names of the zoo's models.
+pub fn zoo_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(zoo_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("config.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn label_of(path: &Path) -> String {

@@ -362,6 +362,19 @@ impl Linear {
     pub fn qmatmul(&self) -> &QMatMul {
         &self.weight
     }
+
+    /// A differentiable projection, for training: candle's batched matmul
+    /// on dense weights (the inference paths above do not record gradients).
+    pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            QMatMul::Tensor(w) => x.broadcast_matmul(&w.t()?)?,
+            _ => candle_core::bail!("training needs dense weights, not quantized ones"),
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
 }
 
 /// Dense f32 projection on the CPU, one row at a time (see

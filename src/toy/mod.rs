@@ -145,6 +145,15 @@ pub struct ToyParams {
     /// List lengths of the waiting-line tasks, inclusive.
     #[serde(default = "default_list_len")]
     pub list_len: [usize; 2],
+    /// Whether prompts are distinct; training sets may repeat a prompt
+    /// (with a fresh answer where many are right) once a task's prompt
+    /// space is small.
+    #[serde(default = "default_distinct")]
+    pub distinct: bool,
+}
+
+fn default_distinct() -> bool {
+    true
 }
 
 fn default_list_len() -> [usize; 2] {
@@ -203,7 +212,9 @@ pub fn generate(p: &ToyParams) -> Result<Vec<Item>, ToyError> {
                 });
             }
             let item = make(task, &mut rng, lo, hi);
-            if Split::of(&item.prompt) != p.split || !seen.insert(item.prompt.clone()) {
+            if Split::of(&item.prompt) != p.split
+                || (p.distinct && !seen.insert(item.prompt.clone()))
+            {
                 continue;
             }
             out.push(item);
@@ -558,6 +569,7 @@ mod tests {
             seed: 7,
             tasks: vec![],
             list_len: [3, 5],
+            distinct: true,
         }
     }
 

@@ -1,0 +1,815 @@
+//! `pdbench train --recipe NAME`: trains a small llama-family model with
+//! candle-nn on the toy tasks and writes it in the hub layout
+//! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)
+//! with a training record (training.json): the recipe, seed, version, loss
+//! curve, wall time and the final evaluation on the test split.
+//!
+//! Data order and noise are drawn from the seed and the step number, and
+//! checkpoints hold the weights and the optimizer's moments, so an
+//! interrupted training resumes on the same path.
+
+pub mod adamw;
+pub mod objective;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Architecture, ModelConfig, Transformer};
+use crate::toy::{self, Split, ToyParams};
+use objective::{ObjectiveParams, Pair, Specials};
+
+/// The architecture part of a recipe: the llama-family config, less what
+/// the toy vocabulary fixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSpec {
+    #[serde(default = "default_arch")]
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_ctx")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_arch() -> Architecture {
+    Architecture::Llama
+}
+fn default_ctx() -> usize {
+    128
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// Training items per task (train split).
+    pub train_per_task: usize,
+    /// Test items per task for the final evaluation.
+    #[serde(default = "default_eval")]
+    pub eval_per_task: usize,
+    /// Generator seed (the `toy` suite uses 2026 for its test split).
+    #[serde(default = "default_data_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+}
+
+fn default_eval() -> usize {
+    20
+}
+fn default_data_seed() -> u64 {
+    2026
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSpec {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// The cosine schedule ends at `lr * min_lr_ratio`.
+    #[serde(default = "default_min_lr")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "default_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+}
+
+fn default_min_lr() -> f64 {
+    0.1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_wd() -> f64 {
+    0.01
+}
+
+/// A recipe file (`recipes/NAME.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// See [`objective::OBJECTIVES`].
+    pub objective: String,
+    #[serde(default)]
+    pub objective_params: ObjectiveParams,
+    /// Output folder, relative to the recipe file's folder's parent
+    /// (the repository root for `recipes/`).
+    pub output: String,
+    pub seed: u64,
+    pub model: ArchSpec,
+    pub data: DataSpec,
+    pub optim: OptimSpec,
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_log")]
+    pub log_every: usize,
+}
+
+fn default_ckpt() -> usize {
+    200
+}
+fn default_log() -> usize {
+    25
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("recipe \"{name}\" not found: no file {path} (known recipes: {known})")]
+    NotFound {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
+    #[error("{path}: {detail}")]
+    Recipe { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("training: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("training: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("{0}")]
+    Data(String),
+    #[error("training interrupted at step {step}; the checkpoint in {dir} resumes it (run the same command again)")]
+    Interrupted { step: usize, dir: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The folder of shipped recipes.
+pub fn recipes_dir() -> PathBuf {
+    let local = PathBuf::from("recipes");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes")
+}
+
+pub fn list_recipes() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(recipes_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".toml")
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A recipe by name (`recipes/NAME.toml`) or path.
+pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> {
+    let p = Path::new(name_or_path);
+    let path = if p.is_file() {
+        p.to_path_buf()
+    } else {
+        let f = recipes_dir().join(format!("{name_or_path}.toml"));
+        if !f.is_file() {
+            return Err(TrainError::NotFound {
+                name: name_or_path.into(),
+                path: f,
+                known: list_recipes().join(", "),
+            });
+        }
+        f
+    };
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let r: Recipe = toml::from_str(&text).map_err(|e| TrainError::Recipe {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    let bad = |detail: String| TrainError::Recipe {
+        path: path.clone(),
+        detail,
+    };
+    if objective::find(&r.objective).is_none() {
+        return Err(bad(format!(
+            "field `objective`: unknown \"{}\"; expected one of {}",
+            r.objective,
+            objective::OBJECTIVES
+                .iter()
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let m = &r.model;
+    if m.num_attention_heads == 0
+        || m.hidden_size % m.num_attention_heads != 0
+        || m.num_key_value_heads == 0
+        || m.num_attention_heads % m.num_key_value_heads != 0
+        || (m.hidden_size / m.num_attention_heads) % 2 != 0
+    {
+        return Err(bad(
+            "field `model`: hidden_size must split into an even head_dim per attention head, and heads into key-value groups".into(),
+        ));
+    }
+    if r.optim.steps == 0 || r.optim.batch_size == 0 || r.optim.lr <= 0.0 {
+        return Err(bad(
+            "field `optim`: steps, batch_size and lr must be positive".into(),
+        ));
+    }
+    if r.objective_params.block_size == 0 || r.objective_params.gen_len == 0 {
+        return Err(bad(
+            "field `objective_params`: gen_len and block_size must be positive".into(),
+        ));
+    }
+    Ok((path, r))
+}
+
+/// The output folder of a recipe: relative paths are taken from the
+/// repository root (the parent of `recipes/`).
+pub fn output_dir(recipe_path: &Path, r: &Recipe) -> PathBuf {
+    let out = Path::new(&r.output);
+    if out.is_absolute() {
+        return out.to_path_buf();
+    }
+    let root = recipe_path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    root.join(out)
+}
+
+pub fn model_config(r: &Recipe) -> ModelConfig {
+    let m = &r.model;
+    ModelConfig {
+        architecture: m.architecture,
+        vocab_size: toy::vocab().len(),
+        hidden_size: m.hidden_size,
+        intermediate_size: m.intermediate_size,
+        num_hidden_layers: m.num_hidden_layers,
+        num_attention_heads: m.num_attention_heads,
+        num_key_value_heads: m.num_key_value_heads,
+        head_dim: m.hidden_size / m.num_attention_heads,
+        max_position_embeddings: m.max_position_embeddings,
+        rms_norm_eps: 1e-5,
+        rope_theta: m.rope_theta,
+        rope_scaling: None,
+        rope_interleaved: false,
+        qkv_bias: m.architecture == Architecture::Qwen2,
+        tie_word_embeddings: m.tie_word_embeddings,
+    }
+}
+
+/// Initial weights by HF tensor name: N(0, 0.02), residual outputs scaled
+/// down by depth, norm gains 1, biases 0.
+fn init_weights(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut out = BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>, std: f32| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = if std == 0.0 {
+            vec![0.0; n]
+        } else if std < 0.0 {
+            vec![1.0; n]
+        } else {
+            let d = Normal::new(0.0, std).expect("valid");
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        };
+        out.insert(name, (shape, v));
+    };
+    let (h, i, v, d) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.head_dim,
+    );
+    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let std = 0.02;
+    let resid = 0.02 / (2.0 * cfg.num_hidden_layers as f32).sqrt();
+    put("model.embed_tokens.weight".into(), vec![v, h], std);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.self_attn.q_proj.weight"), vec![nh * d, h], std);
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![nkv * d, h],
+            std,
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![nkv * d, h],
+            std,
+        );
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, nh * d],
+            resid,
+        );
+        if cfg.qkv_bias {
+            put(format!("{p}.self_attn.q_proj.bias"), vec![nh * d], 0.0);
+            put(format!("{p}.self_attn.k_proj.bias"), vec![nkv * d], 0.0);
+            put(format!("{p}.self_attn.v_proj.bias"), vec![nkv * d], 0.0);
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), vec![i, h], std);
+        put(format!("{p}.mlp.up_proj.weight"), vec![i, h], std);
+        put(format!("{p}.mlp.down_proj.weight"), vec![h, i], resid);
+        put(format!("{p}.input_layernorm.weight"), vec![h], -1.0);
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            -1.0,
+        );
+    }
+    put("model.norm.weight".into(), vec![h], -1.0);
+    if !cfg.tie_word_embeddings {
+        put("lm_head.weight".into(), vec![v, h], std);
+    }
+    out
+}
+
+/// Learning rate at `step` (0-based): linear warm-up, then cosine decay to
+/// `lr * min_lr_ratio`.
+pub fn lr_at(o: &OptimSpec, step: usize) -> f64 {
+    if step < o.warmup_steps {
+        return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+    }
+    let span = (o.steps - o.warmup_steps).max(1) as f64;
+    let progress = ((step - o.warmup_steps) as f64 / span).min(1.0);
+    let min = o.lr * o.min_lr_ratio;
+    min + (o.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// One point of the loss curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossPoint {
+    pub step: usize,
+    /// Mean training loss over the steps since the previous point.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+/// Scores of the final evaluation at one parallelism.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub tokens_per_step: usize,
+    pub items: usize,
+    /// Mean score × 100 per task.
+    pub per_task: BTreeMap<String, f64>,
+    /// Mean over the tasks with a unique answer, × 100 (none if no such
+    /// task was evaluated).
+    pub deterministic: Option<f64>,
+    /// Mean over the tasks with many right answers (valid answers), × 100.
+    pub random: Option<f64>,
+    /// Generated tokens over model forwards.
+    pub tokens_per_forward: f64,
+}
+
+/// training.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    pub recipe: Recipe,
+    pub recipe_file: String,
+    pub seed: u64,
+    pub pdbench_version: String,
+    pub parameters: usize,
+    pub steps_done: usize,
+    pub loss_curve: Vec<LossPoint>,
+    /// Training wall time, summed over resumed sessions.
+    pub wall_s: f64,
+    pub threads: usize,
+    pub evaluation: Vec<EvalResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    adam_t: u64,
+    loss_curve: Vec<LossPoint>,
+    wall_s: f64,
+    recipe: Recipe,
+}
+
+fn tokenizer() -> tokenizers::Tokenizer {
+    tokenizers::Tokenizer::from_bytes(toy::tokenizer_json().to_string())
+        .expect("the toy tokenizer is valid")
+}
+
+fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?
+        .get_ids()
+        .to_vec())
+}
+
+fn specials() -> Specials {
+    Specials {
+        pad: toy::special_id("<pad>"),
+        eos: toy::special_id("<eos>"),
+        mask: toy::special_id("<mask>"),
+    }
+}
+
+/// Writes the model folder: weights from `vars`, config, tokenizer files.
+fn write_model_folder(
+    dir: &Path,
+    cfg: &ModelConfig,
+    r: &Recipe,
+    vars: &[(String, Var)],
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let st = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &st).map_err(io(&st))?;
+    let sp = specials();
+    let mut config = cfg.to_hf_json();
+    config["bos_token_id"] = serde_json::json!(toy::special_id("<bos>"));
+    config["eos_token_id"] = serde_json::json!(sp.eos);
+    config["pad_token_id"] = serde_json::json!(sp.pad);
+    config["mask_token_id"] = serde_json::json!(sp.mask);
+    config["pdbench_objective"] = serde_json::json!(r.objective);
+    config["pdbench_objective_params"] = serde_json::to_value(r.objective_params).expect("json");
+    let write = |name: &str, v: &serde_json::Value| -> Result<(), TrainError> {
+        let p = dir.join(name);
+        crate::results::write_atomic(
+            &p,
+            serde_json::to_string_pretty(v).expect("json").as_bytes(),
+        )
+        .map_err(io(&p))
+    };
+    write("config.json", &config)?;
+    write("tokenizer.json", &toy::tokenizer_json())?;
+    write(
+        "tokenizer_config.json",
+        &serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                            "mask_token": "<mask>", "add_bos_token": false}),
+    )?;
+    write(
+        "generation_config.json",
+        &serde_json::json!({"eos_token_id": sp.eos, "pad_token_id": sp.pad}),
+    )?;
+    Ok(())
+}
+
+/// What `train` reports as it goes.
+pub enum TrainEvent<'a> {
+    Resumed {
+        step: usize,
+    },
+    Progress {
+        step: usize,
+        steps: usize,
+        loss: f64,
+        lr: f64,
+        steps_per_s: f64,
+    },
+    Evaluating {
+        tokens_per_step: usize,
+    },
+    Done {
+        record: &'a TrainingRecord,
+    },
+}
+
+/// Trains a recipe into `out`; resumes from `out/checkpoint/` when it
+/// holds a checkpoint of the same recipe. `stop` is polled between steps.
+pub fn train(
+    recipe_path: &Path,
+    r: &Recipe,
+    out: &Path,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainingRecord, TrainError> {
+    let started = Instant::now();
+    let cfg = model_config(r);
+    cfg.validate(recipe_path)?;
+    let obj = objective::find(&r.objective)
+        .expect("validated when loading")
+        .objective;
+    let tok = tokenizer();
+    let sp = specials();
+
+    // Data.
+    let gen = |split: Split, per_task| ToyParams {
+        split,
+        per_task,
+        seed: r.data.seed,
+        tasks: r.data.tasks.clone(),
+        list_len: [3, 5],
+        distinct: split != Split::Train,
+    };
+    let items = toy::generate(&gen(Split::Train, r.data.train_per_task))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut pairs = Vec::with_capacity(items.len());
+    for it in &items {
+        pairs.push(Pair {
+            prompt: encode(&tok, &it.prompt)?,
+            answer: encode(&tok, &it.answer)?,
+        });
+    }
+
+    // Model and optimizer.
+    let varmap = candle_nn::VarMap::new();
+    let mut named: Vec<(String, Var)> = Vec::new();
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        for (name, (shape, v)) in init_weights(&cfg, r.seed) {
+            let var = Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?;
+            data.insert(name.clone(), var.clone());
+            named.push((name, var));
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = Transformer::from_var_builder(vb, &cfg, &out.display().to_string())?;
+    let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = adamw::AdamW::new(
+        named.clone(),
+        adamw::AdamWParams {
+            weight_decay: r.optim.weight_decay,
+            ..Default::default()
+        },
+    )?;
+
+    // Resume.
+    let ckpt = out.join("checkpoint");
+    let mut step = 0usize;
+    let mut loss_curve = Vec::new();
+    let mut wall_before = 0.0;
+    let state_path = ckpt.join("state.json");
+    if state_path.is_file() {
+        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+        let st: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::Recipe {
+            path: state_path.clone(),
+            detail: format!("not a checkpoint state: {e}"),
+        })?;
+        if st.recipe != *r {
+            return Err(TrainError::Recipe {
+                path: state_path.clone(),
+                detail: format!(
+                    "the checkpoint is of a different recipe; delete {} to start over",
+                    ckpt.display()
+                ),
+            });
+        }
+        let weights = candle_core::safetensors::load(ckpt.join("weights.safetensors"), device)?;
+        for (name, var) in &named {
+            let t = weights.get(name).ok_or_else(|| TrainError::Recipe {
+                path: ckpt.join("weights.safetensors"),
+                detail: format!("lacks tensor {name}"),
+            })?;
+            var.set(t)?;
+        }
+        let moments = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), device)?;
+        opt.load_state(&moments, st.adam_t)?;
+        step = st.step;
+        loss_curve = st.loss_curve;
+        wall_before = st.wall_s;
+        on(TrainEvent::Resumed { step });
+    }
+
+    let save_checkpoint = |step: usize,
+                           opt: &adamw::AdamW,
+                           loss_curve: &[LossPoint],
+                           wall_s: f64|
+     -> Result<(), TrainError> {
+        std::fs::create_dir_all(&ckpt).map_err(io(&ckpt))?;
+        let weights: HashMap<String, Tensor> = named
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        for (file, tensors) in [
+            ("weights.safetensors", weights),
+            ("optimizer.safetensors", opt.state()),
+        ] {
+            let tmp = ckpt.join(format!("{file}.tmp"));
+            candle_core::safetensors::save(&tensors, &tmp)?;
+            std::fs::rename(&tmp, ckpt.join(file)).map_err(io(&ckpt))?;
+        }
+        let st = CheckpointState {
+            step,
+            adam_t: opt.t,
+            loss_curve: loss_curve.to_vec(),
+            wall_s,
+            recipe: r.clone(),
+        };
+        crate::results::write_atomic(
+            &state_path,
+            serde_json::to_string(&st).expect("json").as_bytes(),
+        )
+        .map_err(io(&state_path))
+    };
+
+    let session = Instant::now();
+    let mut acc = (0.0f64, 0usize, 0.0f64);
+    let mut last_log = Instant::now();
+    let mut steps_since_log = 0usize;
+    while step < r.optim.steps {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            save_checkpoint(
+                step,
+                &opt,
+                &loss_curve,
+                wall_before + session.elapsed().as_secs_f64(),
+            )?;
+            return Err(TrainError::Interrupted { step, dir: ckpt });
+        }
+        // The batch and the noise depend only on the seed and the step.
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            r.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_add(1),
+        );
+        let batch: Vec<&Pair> = (0..r.optim.batch_size)
+            .map(|_| &pairs[rng.random_range(0..pairs.len())])
+            .collect();
+        let loss = obj.loss(&model, &batch, sp, &r.objective_params, &mut rng)?;
+        let grads = loss.backward()?;
+        let norm = opt.grad_norm(&grads)?;
+        let scale = if norm > r.optim.grad_clip {
+            r.optim.grad_clip / norm
+        } else {
+            1.0
+        };
+        let lr = lr_at(&r.optim, step);
+        opt.step(&grads, lr, scale)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(TrainError::Data(format!(
+                "the loss became {l} at step {step}; lower optim.lr in {}",
+                recipe_path.display()
+            )));
+        }
+        acc = (acc.0 + l, acc.1 + 1, acc.2 + norm);
+        step += 1;
+        steps_since_log += 1;
+        if step % r.log_every == 0 || step == r.optim.steps {
+            let mean = acc.0 / acc.1 as f64;
+            loss_curve.push(LossPoint {
+                step,
+                loss: mean,
+                lr,
+                grad_norm: acc.2 / acc.1 as f64,
+            });
+            let dt = last_log.elapsed().as_secs_f64().max(1e-9);
+            on(TrainEvent::Progress {
+                step,
+                steps: r.optim.steps,
+                loss: mean,
+                lr,
+                steps_per_s: steps_since_log as f64 / dt,
+            });
+            acc = (0.0, 0, 0.0);
+            last_log = Instant::now();
+            steps_since_log = 0;
+        }
+        if step % r.checkpoint_every == 0 && step < r.optim.steps {
+            save_checkpoint(
+                step,
+                &opt,
+                &loss_curve,
+                wall_before + session.elapsed().as_secs_f64(),
+            )?;
+        }
+    }
+    let wall_s = wall_before + session.elapsed().as_secs_f64();
+    write_model_folder(out, &cfg, r, &named)?;
+
+    // Final evaluation, through the same loader as any checkpoint.
+    let loaded = crate::model::load_resolved(
+        &crate::model::source::resolve(
+            &out.display().to_string(),
+            &crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store")),
+            crate::model::FetchPolicy::Never,
+            &mut |_| {},
+        )?,
+        &crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store")),
+        &crate::model::LoadOptions {
+            device: device.clone(),
+            ..Default::default()
+        },
+    )?;
+    let test = toy::generate(&gen(Split::Test, r.data.eval_per_task))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut evaluation = Vec::new();
+    for k in obj.eval_parallelism(&r.objective_params) {
+        on(TrainEvent::Evaluating { tokens_per_step: k });
+        evaluation.push(evaluate(
+            obj,
+            &loaded.model,
+            &tok,
+            &test,
+            &r.objective_params,
+            k,
+        )?);
+    }
+    let record = TrainingRecord {
+        recipe: r.clone(),
+        recipe_file: recipe_path.display().to_string(),
+        seed: r.seed,
+        pdbench_version: env!("CARGO_PKG_VERSION").into(),
+        parameters,
+        steps_done: step,
+        loss_curve,
+        wall_s,
+        threads: candle_core::utils::get_num_threads(),
+        evaluation,
+    };
+    let rp = out.join("training.json");
+    crate::results::write_atomic(
+        &rp,
+        serde_json::to_string_pretty(&record)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(io(&rp))?;
+    if ckpt.is_dir() {
+        std::fs::remove_dir_all(&ckpt).map_err(io(&ckpt))?;
+    }
+    let _ = started;
+    on(TrainEvent::Done { record: &record });
+    Ok(record)
+}
+
+/// Greedy decoding of the test items at `tokens_per_step`, scored by the
+/// toy scorer.
+pub fn evaluate(
+    obj: &dyn objective::Objective,
+    model: &Transformer,
+    tok: &tokenizers::Tokenizer,
+    test: &[toy::Item],
+    p: &ObjectiveParams,
+    tokens_per_step: usize,
+) -> Result<EvalResult, TrainError> {
+    let sp = specials();
+    let mut per_task: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let (mut gen_tokens, mut forwards) = (0usize, 0usize);
+    for it in test {
+        let prompt = encode(tok, &it.prompt)?;
+        let (answer, calls) = obj.decode(model, &prompt, sp, p, 48, tokens_per_step)?;
+        gen_tokens += answer.len() + 1;
+        forwards += calls;
+        let text = tok
+            .decode(&answer, true)
+            .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?;
+        let s = toy::score(&text, &it.reference).unwrap_or(0.0);
+        let e = per_task.entry(it.task.clone()).or_default();
+        e.0 += s;
+        e.1 += 1;
+    }
+    let per_task: BTreeMap<String, f64> = per_task
+        .into_iter()
+        .map(|(t, (s, n))| (t, 100.0 * s / n as f64))
+        .collect();
+    let mean_of = |det: bool| {
+        let v: Vec<f64> = per_task
+            .iter()
+            .filter(|(t, _)| toy::is_deterministic(t) == Some(det))
+            .map(|(_, &s)| s)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    Ok(EvalResult {
+        tokens_per_step,
+        items: test.len(),
+        deterministic: mean_of(true),
+        random: mean_of(false),
+        per_task,
+        tokens_per_forward: gen_tokens as f64 / forwards.max(1) as f64,
+    })
+}
