@@ -784,6 +784,57 @@ fn text_tasks_record_their_grammar_backend() {
     );
 }
 
+/// `pdbench run` with no model or suite runs the toy suite on the zoo's
+/// target with every method the zoo supports, scores it and reports; and
+/// the `ar` baseline's greedy tokens on the zoo are a fixed regression
+/// test (tests/fixtures/toy_target_ar_greedy.jsonl, written by
+/// `PDBENCH_BLESS=1 cargo test --release --test cli embedded_default`).
+#[test]
+fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
+    let w = World::new();
+    let mut c = w.cmd();
+    c.args(["run", "--limit", "45", "--run-id", "default", "--results-dir"])
+        .arg(w.path("results"));
+    let out = c.assert().success().get_output().clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| ar |"), "{stdout}");
+    let run = w.path("results/default");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["suite"]["def"]["name"], "toy");
+    assert_eq!(manifest["models"]["target"]["label"], "toy-target");
+    assert!(manifest["suite"]["data_file"]
+        .as_str()
+        .unwrap()
+        .starts_with("generator:toy"));
+    assert!(run.join("report/report.md").is_file());
+    let samples = read_lines(&run.join("samples.jsonl"));
+    assert_eq!(samples.iter().filter(|s| s["method"] == "ar").count(), 45);
+    let scored: Vec<f64> = samples
+        .iter()
+        .map(|s| s["score"].as_f64().unwrap())
+        .collect();
+    let mean = scored.iter().sum::<f64>() / scored.len() as f64;
+    assert!(
+        mean > 0.8,
+        "toy-target scores {mean} on the first 45 toy samples"
+    );
+
+    let got: Vec<serde_json::Value> = samples
+        .iter()
+        .filter(|s| s["method"] == "ar")
+        .map(|s| serde_json::json!({"sample_id": s["sample_id"], "output_ids": s["output_ids"]}))
+        .collect();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/toy_target_ar_greedy.jsonl");
+    if std::env::var_os("PDBENCH_BLESS").is_some() {
+        let text: String = got.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(&fixture, text).unwrap();
+    }
+    let want = read_lines(&fixture);
+    assert_eq!(got, want, "ar's greedy tokens on toy-target changed");
+}
+
 /// Hostile completions score 0 and scoring goes on to the next sample.
 #[test]
 fn hostile_humaneval_completions_score_zero_and_scoring_goes_on() {
