@@ -793,8 +793,15 @@ fn text_tasks_record_their_grammar_backend() {
 fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
     let w = World::new();
     let mut c = w.cmd();
-    c.args(["run", "--limit", "45", "--run-id", "default", "--results-dir"])
-        .arg(w.path("results"));
+    c.args([
+        "run",
+        "--limit",
+        "45",
+        "--run-id",
+        "default",
+        "--results-dir",
+    ])
+    .arg(w.path("results"));
     let out = c.assert().success().get_output().clone();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| ar |"), "{stdout}");

@@ -199,8 +199,15 @@ fn diffusion_miniatures_train_and_evaluate_at_several_parallelisms() {
         r.objective_params.block_size = block;
         r.optim.steps = 300;
         r.data.eval_per_task = 3;
-        let rec = train::train(&path, &r, dir.path(), &Device::Cpu, &AtomicBool::new(false), &mut |_| {})
-            .unwrap();
+        let rec = train::train(
+            &path,
+            &r,
+            dir.path(),
+            &Device::Cpu,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
         let first = rec.loss_curve.first().unwrap().loss;
         let end = rec.loss_curve.last().unwrap().loss;
         assert!(end < 0.7 * first, "{objective}: loss {first} -> {end}");
@@ -208,10 +215,18 @@ fn diffusion_miniatures_train_and_evaluate_at_several_parallelisms() {
         assert_eq!(ks.first(), Some(&1), "{objective}");
         assert_eq!(ks.last(), Some(&last), "{objective}");
         // More tokens per step means fewer forwards per token.
-        let tpf: Vec<f64> = rec.evaluation.iter().map(|e| e.tokens_per_forward).collect();
-        assert!(tpf.last().unwrap() > &(1.5 * tpf[0]), "{objective}: {tpf:?}");
+        let tpf: Vec<f64> = rec
+            .evaluation
+            .iter()
+            .map(|e| e.tokens_per_forward)
+            .collect();
+        assert!(
+            tpf.last().unwrap() > &(1.5 * tpf[0]),
+            "{objective}: {tpf:?}"
+        );
         let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(cfg["pdbench_objective"], objective);
         assert_eq!(cfg["mask_token_id"], 3);
     }
