@@ -470,7 +470,8 @@ struct RunSetup {
     repeats: usize,
     limit: Option<usize>,
     max_new_tokens: usize,
-    grammar: crate::score::grammar::GrammarBackend,
+    /// Scoring's context (the grammar checker), opened once per run.
+    score_ctx: crate::score::ScoreContext,
 }
 
 fn load_models(
@@ -600,7 +601,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 repeats: m.repeats,
                 limit: m.limit,
                 max_new_tokens: m.max_new_tokens,
-                grammar: recorded_grammar(&m, &path)?,
+                score_ctx: crate::score::ScoreContext::new(recorded_grammar(&m, &path)?),
             };
             (setup, dir, m, true)
         }
@@ -665,7 +666,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             }
             // A grammar backend that cannot answer fails the run before it
             // leaves a folder behind.
-            crate::score::ScoreContext::new(a.grammar.parse()?).probe(
+            let score_ctx = crate::score::ScoreContext::new(a.grammar.parse()?);
+            score_ctx.probe(
                 crate::score::find(&suite.def.scorer).expect("suite scorers are validated"),
             )?;
             let dir = RunDir::create(&path)?;
@@ -682,7 +684,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 repeats: a.repeats,
                 limit: a.limit,
                 max_new_tokens,
-                grammar: a.grammar.parse()?,
+                score_ctx,
             };
             let manifest = Manifest {
                 schema_version: results::SCHEMA_VERSION,
@@ -709,7 +711,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 host: env::host_info(),
                 scoring: Some(crate::score::ScoringInfo::of(
                     &setup.suite.def.scorer,
-                    &crate::score::ScoreContext::new(setup.grammar.clone()),
+                    &setup.score_ctx,
                 )),
                 note: None,
             };
@@ -760,13 +762,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     };
     let scorer = crate::score::find(&setup.suite.def.scorer)
         .expect("suite scorers are validated when the suite is parsed");
-    let score_ctx = crate::score::ScoreContext::new(setup.grammar.clone());
-    score_ctx.probe(scorer)?;
+    // Opens the checker of a resumed run; a new run's is open already.
+    setup.score_ctx.probe(scorer)?;
     let plan = RunPlan {
         suite_name: setup.suite.def.name.clone(),
         suite_def: &setup.suite.def,
         scorer,
-        score_ctx: &score_ctx,
+        score_ctx: &setup.score_ctx,
         samples: &prepared,
         methods: &setup.methods,
         target: &setup.target,

@@ -417,6 +417,12 @@ pub fn load_with_data(
         let task = task.clone();
         return load_parallelbench(path, def, &task, store);
     }
+    let sha = |p: &Path| {
+        store.sha256(p).map_err(|source| SuiteError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let data_path = match (&def.source, data) {
         (_, Some(d)) => {
             if !d.is_file() {
@@ -470,10 +476,7 @@ pub fn load_with_data(
                 d.iter().map(|b| format!("{b:02x}")).collect::<String>()
             };
             return Ok(ResolvedSuite {
-                file_sha256: store.sha256(&path).map_err(|source| SuiteError::Io {
-                    path: path.clone(),
-                    source,
-                })?,
+                file_sha256: sha(&path)?,
                 data_sha256: digest,
                 file: path.display().to_string(),
                 data_file: label.display().to_string(),
@@ -506,12 +509,6 @@ pub fn load_with_data(
         }
     };
     let samples = read_samples(&def, &data_path)?;
-    let sha = |p: &Path| {
-        store.sha256(p).map_err(|source| SuiteError::Io {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
     Ok(ResolvedSuite {
         file_sha256: sha(&path)?,
         data_sha256: sha(&data_path)?,
