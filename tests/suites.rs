@@ -314,3 +314,50 @@ fn mt_bench_has_two_turns_per_question() {
         .collect();
     assert_eq!(cats.len(), 8, "{cats:?}");
 }
+
+/// A generator source names the file and `source.generator` when the
+/// generator or its parameters are wrong.
+#[test]
+fn bad_generator_sources_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path().join("store"));
+    let base = std::fs::read_to_string(suites_dir().join("toy.toml")).unwrap();
+    for (name, from, to, needle) in [
+        (
+            "a.toml",
+            "name = \"toy\", split",
+            "name = \"toys\", split",
+            "unknown generator \"toys\"",
+        ),
+        (
+            "b.toml",
+            "per_task = 20",
+            "per_task = 20, colour = 1",
+            "colour",
+        ),
+        (
+            "c.toml",
+            "seed = 2026",
+            "seed = 2026, tasks = [\"sorting\"]",
+            "`sorting`",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, base.replace(from, to)).unwrap();
+        let e = suite::load(p.to_str().unwrap(), &store, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(name) && e.contains("source.generator") && e.contains(needle),
+            "{e}"
+        );
+    }
+    let ok = suite::load(
+        suites_dir().join("toy.toml").to_str().unwrap(),
+        &store,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(ok.n_samples, 300);
+    assert!(ok.data_file.starts_with("generator:toy"));
+}
