@@ -95,6 +95,16 @@ pub struct OptimSpec {
     pub grad_clip: f64,
     #[serde(default = "default_wd")]
     pub weight_decay: f64,
+    /// Rows per micro-batch: a step's batch is sorted by length and cut
+    /// into micro-batches, each padded to its own longest row and shared
+    /// out to the CPU threads (candle's small matmuls leave a second core
+    /// idle otherwise). The loss is the whole batch's either way.
+    #[serde(default = "default_micro")]
+    pub micro_batch: usize,
+}
+
+fn default_micro() -> usize {
+    8
 }
 
 fn default_min_lr() -> f64 {
@@ -533,6 +543,10 @@ pub fn train(
     on: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<TrainingRecord, TrainError> {
     keep_freed_memory();
+    // Parallelism comes from micro-batches on worker threads; candle's own
+    // kernels run single-threaded inside them.
+    let workers = candle_core::utils::get_num_threads().max(1);
+    let single = SingleThreadedKernels::enter();
     let cfg = model_config(r);
     cfg.validate(recipe_path)?;
     let obj = objective::find(&r.objective)
@@ -672,8 +686,20 @@ pub fn train(
         let batch: Vec<&Pair> = (0..r.optim.batch_size)
             .map(|_| &pairs[rng.random_range(0..pairs.len())])
             .collect();
-        let loss = obj.loss(&model, &batch, sp, &r.objective_params, &mut rng)?;
-        let grads = loss.backward()?;
+        let (l, grads) = batch_gradients(
+            obj,
+            &model,
+            &named,
+            &batch,
+            StepContext {
+                sp,
+                params: &r.objective_params,
+                micro_batch: r.optim.micro_batch,
+                workers,
+                seed: r.seed,
+                step,
+            },
+        )?;
         let norm = opt.grad_norm(&grads)?;
         let scale = if norm > r.optim.grad_clip {
             r.optim.grad_clip / norm
@@ -682,7 +708,6 @@ pub fn train(
         };
         let lr = lr_at(&r.optim, step);
         opt.step(&grads, lr, scale)?;
-        let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
             return Err(TrainError::Data(format!(
                 "the loss became {l} at step {step}; lower optim.lr in {}",
@@ -722,6 +747,7 @@ pub fn train(
         }
     }
     let wall_s = wall_before + session.elapsed().as_secs_f64();
+    drop(single);
     write_model_folder(out, &cfg, r, &named)?;
 
     // Final evaluation, through the same loader as any checkpoint.
@@ -761,7 +787,7 @@ pub fn train(
         steps_done: step,
         loss_curve,
         wall_s,
-        threads: candle_core::utils::get_num_threads(),
+        threads: workers,
         evaluation,
     };
     let rp = out.join("training.json");
@@ -777,6 +803,124 @@ pub fn train(
     }
     on(TrainEvent::Done { record: &record });
     Ok(record)
+}
+
+/// Makes candle's kernels single-threaded while alive, restoring the
+/// settings on drop. candle reads RAYON_NUM_THREADS at every matmul, and
+/// sizes its spinning elementwise pool from CANDLE_NUM_THREADS once, at
+/// its first use: training must enter this before any tensor work, or that
+/// pool's spinning workers compete with ours for the cores.
+struct SingleThreadedKernels(Vec<(&'static str, Option<String>)>);
+
+impl SingleThreadedKernels {
+    fn enter() -> Self {
+        let vars = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"];
+        let before = vars.map(|k| (k, std::env::var(k).ok())).to_vec();
+        for k in vars {
+            std::env::set_var(k, "1");
+        }
+        Self(before)
+    }
+}
+
+impl Drop for SingleThreadedKernels {
+    fn drop(&mut self) {
+        for (k, v) in &self.0 {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+    }
+}
+
+/// What a training step needs besides the model and the batch.
+struct StepContext<'a> {
+    sp: Specials,
+    params: &'a ObjectiveParams,
+    micro_batch: usize,
+    workers: usize,
+    seed: u64,
+    step: usize,
+}
+
+type MicroResult = candle_core::Result<(f64, f64, candle_core::backprop::GradStore)>;
+
+/// The batch's loss and its gradients. The batch is sorted by length and
+/// cut into micro-batches (less padding), which `workers` threads take
+/// longest first; each micro-batch draws its noise from (seed, step,
+/// index), and gradients are summed in index order, so the result does not
+/// depend on which thread computed what.
+fn batch_gradients(
+    obj: &dyn objective::Objective,
+    model: &Transformer,
+    named: &[(String, Var)],
+    batch: &[&Pair],
+    cx: StepContext<'_>,
+) -> candle_core::Result<(f64, candle_core::backprop::GradStore)> {
+    let mut sorted: Vec<&Pair> = batch.to_vec();
+    sorted.sort_by_key(|p| p.prompt.len() + p.answer.len());
+    let chunks: Vec<&[&Pair]> = sorted.chunks(cx.micro_batch.max(1)).collect();
+    let results: Vec<std::sync::Mutex<Option<MicroResult>>> =
+        chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let taken = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if taken >= chunks.len() {
+            break;
+        }
+        let i = chunks.len() - 1 - taken;
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            cx.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (cx.step as u64).wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (i as u64).wrapping_add(1),
+        );
+        let r = obj
+            .loss(model, chunks[i], cx.sp, cx.params, &mut rng)
+            .and_then(|t| {
+                let grads = t.sum.backward()?;
+                Ok((t.sum.to_scalar::<f32>()? as f64, t.norm, grads))
+            });
+        *results[i].lock().expect("micro-batch slot") = Some(r);
+    };
+    let workers = cx.workers.clamp(1, chunks.len().max(1));
+    if workers == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
+    let mut done = Vec::with_capacity(chunks.len());
+    for slot in results {
+        let r = slot
+            .into_inner()
+            .expect("micro-batch slot")
+            .expect("every micro-batch ran")?;
+        done.push(r);
+    }
+    let total_norm: f64 = done.iter().map(|d| d.1).sum::<f64>().max(1e-12);
+    let loss = done.iter().map(|d| d.0).sum::<f64>() / total_norm;
+    let mut parts = done.into_iter().map(|d| d.2);
+    let mut grads = parts.next().expect("a non-empty batch");
+    let rest: Vec<_> = parts.collect();
+    for (_, var) in named {
+        let mut g = grads.remove(var.as_tensor());
+        for other in &rest {
+            if let Some(o) = other.get(var.as_tensor()) {
+                g = Some(match g {
+                    Some(g) => (g + o)?,
+                    None => o.clone(),
+                });
+            }
+        }
+        if let Some(g) = g {
+            grads.insert(var.as_tensor(), (g / total_norm)?);
+        }
+    }
+    Ok((loss, grads))
 }
 
 /// Greedy decoding of the test items at `tokens_per_step`, scored by the

@@ -55,8 +55,16 @@ impl Default for ObjectiveParams {
     }
 }
 
+/// A batch's loss as a weighted sum and its normaliser, so that a step
+/// cut into micro-batches has exactly the loss of the whole batch:
+/// `Σ sum / Σ norm`.
+pub struct LossTerms {
+    pub sum: Tensor,
+    pub norm: f64,
+}
+
 pub trait Objective: Sync {
-    /// The scalar loss of a batch; `rng` draws the step's noise.
+    /// The loss terms of a (micro-)batch; `rng` draws its noise.
     fn loss(
         &self,
         model: &Transformer,
@@ -64,7 +72,7 @@ pub trait Objective: Sync {
         sp: Specials,
         p: &ObjectiveParams,
         rng: &mut ChaCha20Rng,
-    ) -> candle_core::Result<Tensor>;
+    ) -> candle_core::Result<LossTerms>;
 
     /// Greedy decoding of one prompt for evaluation, `tokens_per_step`
     /// tokens committed per forward where the objective decodes in
@@ -113,13 +121,13 @@ pub fn find(name: &str) -> Option<&'static ObjectiveEntry> {
 
 const NEG: f32 = -1e4;
 
-/// Weighted token cross-entropy: `sum(w * nll) / norm`.
+/// Weighted token cross-entropy: `sum(w * nll)` over `norm`.
 fn weighted_ce(
     logits: &Tensor,
     targets: &[u32],
     weights: &[f32],
     norm: f64,
-) -> candle_core::Result<Tensor> {
+) -> candle_core::Result<LossTerms> {
     let dev = logits.device();
     let v = logits.dim(D::Minus1)?;
     let flat = logits.reshape(((), v))?;
@@ -128,7 +136,10 @@ fn weighted_ce(
     let t = Tensor::from_slice(targets, (n, 1), dev)?;
     let nll = logp.gather(&t, 1)?.squeeze(1)?.neg()?;
     let w = Tensor::from_slice(weights, n, dev)?;
-    (nll * w)?.sum_all()? / norm
+    Ok(LossTerms {
+        sum: (nll * w)?.sum_all()?,
+        norm,
+    })
 }
 
 /// Pads rows to one length; returns ids `[b, t]`.
@@ -169,7 +180,7 @@ impl Objective for Ar {
         sp: Specials,
         _: &ObjectiveParams,
         _: &mut ChaCha20Rng,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<LossTerms> {
         let dev = model.device();
         let mut inputs = Vec::new();
         let mut lens = Vec::new();
@@ -261,7 +272,7 @@ impl Objective for MaskedDiffusion {
         sp: Specials,
         p: &ObjectiveParams,
         rng: &mut ChaCha20Rng,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<LossTerms> {
         let dev = model.device();
         let g = p.gen_len;
         let mut noisy = Vec::new();
