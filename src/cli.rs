@@ -609,25 +609,19 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let threads = env::set_threads(a.threads);
             let device = DeviceSpec::parse(&a.device)?;
             let defaults = a.methods.is_empty() && a.methods_file.is_none();
-            // A zoo target runs with the zoo's drafter when a default
-            // method needs one.
-            let needs_draft = methods::METHODS
-                .iter()
-                .any(|m| m.needs.contains(&Need::DraftModel));
-            let draft_spec = a.draft.clone().or_else(|| {
-                (defaults
-                    && needs_draft
-                    && model::source::zoo_model(&a.model).is_some()
-                    && model::source::zoo_model("toy-draft").is_some())
-                .then(|| "toy-draft".to_string())
-            });
+            // A zoo target runs with the zoo's drafter when a method needs
+            // one and none is given.
+            let zoo_draft = (model::source::zoo_model(&a.model).is_some()
+                && model::source::zoo_model("toy-draft").is_some())
+            .then(|| "toy-draft".to_string());
+            let draft_at_hand = a.draft.is_some() || zoo_draft.is_some();
             let method_names: Vec<String> = if defaults {
                 methods::METHODS
                     .iter()
                     .filter(|m| {
                         m.needs
                             .iter()
-                            .all(|n| *n == Need::DraftModel && draft_spec.is_some())
+                            .all(|n| *n == Need::DraftModel && draft_at_hand)
                     })
                     .map(|m| m.id.to_string())
                     .collect()
@@ -635,6 +629,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 a.methods.clone()
             };
             let methods = method_instances(&method_names, &a.sets, a.methods_file.as_deref())?;
+            let wants_draft = methods
+                .iter()
+                .any(|m| m.spec().needs.contains(&Need::DraftModel));
+            let draft_spec = a
+                .draft
+                .clone()
+                .or_else(|| zoo_draft.filter(|_| wants_draft));
             let suite =
                 suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
             let opts = LoadOptions {

@@ -303,6 +303,7 @@ fn harness_ns_per_token(
                 target_calls: 1,
                 draft_calls: 0,
                 verify_width: 1,
+                window: None,
             });
         }
         Ok(())

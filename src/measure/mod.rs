@@ -84,6 +84,10 @@ pub struct StepObservation<'a> {
     pub draft_calls: u32,
     /// Positions the target verified in its forward (tree nodes, block size).
     pub verify_width: usize,
+    /// The window or block the step works on, for methods that iterate
+    /// over one (Jacobi windows, diffusion blocks); steps of one window
+    /// share it.
+    pub window: Option<u32>,
 }
 
 /// One recorded step.
@@ -97,6 +101,8 @@ pub struct StepRecord {
     pub target_calls: u32,
     pub draft_calls: u32,
     pub verify_width: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
     /// Duration of the step.
     pub t_ns: u64,
     /// Of `t_ns`, the time before the method marked its draft done.
@@ -253,6 +259,7 @@ impl<'a> Probe<'a> {
             target_calls: obs.target_calls,
             draft_calls: obs.draft_calls,
             verify_width: obs.verify_width,
+            window: obs.window,
             t_ns: now - self.last_ns,
             draft_ns,
             end_ns: now - self.start_ns,
@@ -385,6 +392,7 @@ mod tests {
             target_calls: 1,
             draft_calls: 0,
             verify_width: 1,
+            window: None,
         }
     }
 
@@ -484,6 +492,7 @@ mod tests {
             target_calls: 1,
             draft_calls: 0,
             verify_width: 1,
+            window: None,
             t_ns: 1,
             draft_ns: None,
             end_ns: 1,

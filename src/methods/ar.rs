@@ -114,6 +114,7 @@ impl Decoder for Ar {
                 target_calls: 1,
                 draft_calls: 0,
                 verify_width: 1,
+                window: None,
             });
             if flow == Flow::Stop {
                 return Ok(());

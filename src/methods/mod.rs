@@ -5,6 +5,12 @@
 //! It never reads a clock.
 
 pub mod ar;
+pub mod chain;
+pub mod jacobi;
+pub mod lookahead;
+pub mod pld;
+pub mod sps;
+pub mod verify;
 
 use rand_chacha::ChaCha20Rng;
 use serde::de::DeserializeOwned;
@@ -90,7 +96,13 @@ impl std::fmt::Debug for MethodSpec {
 }
 
 /// Every registered method. Adding a method is one entry here.
-pub static METHODS: &[MethodSpec] = &[ar::SPEC];
+pub static METHODS: &[MethodSpec] = &[
+    ar::SPEC,
+    sps::SPEC,
+    pld::SPEC,
+    jacobi::SPEC,
+    lookahead::SPEC,
+];
 
 pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {
     METHODS.iter().find(|m| m.id == id).ok_or_else(|| {
@@ -162,4 +174,16 @@ impl MethodInstance {
     pub fn spec(&self) -> &'static MethodSpec {
         find(&self.id).expect("instances are made from registered ids")
     }
+}
+
+/// The argmax of each row of `[rows, vocab]` logits, first index on ties
+/// (as `ar` picks). On a GPU only the ids are copied back.
+pub(crate) fn argmax_per_row(logits: &candle_core::Tensor) -> Result<Vec<u32>, MethodError> {
+    if logits.device().is_cpu() {
+        return Ok(crate::model::argmax_rows(logits)?);
+    }
+    Ok(logits
+        .argmax_keepdim(candle_core::D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?)
 }

@@ -42,15 +42,23 @@ pub fn decode_with(
     n: usize,
     seed: u64,
 ) -> Vec<u32> {
+    decode_with_draft(method, params, m, None, prompt, n, seed).output
+}
+
+/// Decodes `n` tokens with a registered method and an optional drafter,
+/// ignoring EOS; returns everything the probe measured.
+pub fn decode_with_draft(
+    method: &str,
+    params: serde_json::Value,
+    m: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    prompt: &[u32],
+    n: usize,
+    seed: u64,
+) -> pdbench::measure::Measured {
     let inst = MethodInstance::new(method, None, &params).expect("method");
-    let mut dec = (inst.spec().build)(
-        &inst.params,
-        &MethodModels {
-            target: m,
-            draft: None,
-        },
-    )
-    .expect("build");
+    let mut dec =
+        (inst.spec().build)(&inst.params, &MethodModels { target: m, draft }).expect("build");
     let rule = StopRule {
         max_new_tokens: n,
         eos_ids: vec![],
@@ -68,7 +76,9 @@ pub fn decode_with(
         },
     )
     .expect("generate");
-    probe.finish().expect("finish").output
+    let measured = probe.finish().expect("finish");
+    pdbench::measure::check_invariants(method, &measured, &rule).expect("invariants");
+    measured
 }
 
 /// Chat-formatted prompts for real instruct models.

@@ -1,0 +1,254 @@
+//! Lossless methods emit exactly `ar`'s tokens at greedy settings, on the
+//! toy zoo and on real GGUF models, and keep `ar`'s distribution when
+//! sampling.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use pdbench::model::LoadedModel;
+use serde_json::json;
+
+/// Test-split prompts of every toy task, `per_task` each.
+fn toy_prompts(m: &LoadedModel, per_task: usize) -> Vec<Vec<u32>> {
+    let p: pdbench::toy::ToyParams = serde_json::from_value(json!({
+        "split": "test", "per_task": per_task, "seed": 99
+    }))
+    .unwrap();
+    pdbench::toy::generate(&p)
+        .unwrap()
+        .iter()
+        .map(|it| m.tokenizer.encode(&it.prompt).unwrap())
+        .collect()
+}
+
+/// Every prompt decoded by `method` under each params value equals `ar`.
+fn assert_equals_ar(
+    method: &str,
+    params: &[serde_json::Value],
+    target: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> f64 {
+    let mut steps = 0usize;
+    let mut tokens = 0usize;
+    for (i, prompt) in prompts.iter().enumerate() {
+        let want = common::decode_with("ar", json!({}), target, prompt, n, i as u64);
+        assert_eq!(want.len(), n);
+        for p in params {
+            let got = common::decode_with_draft(
+                method,
+                p.clone(),
+                target,
+                draft,
+                prompt,
+                n,
+                7 + i as u64,
+            );
+            assert_eq!(
+                got.output,
+                want,
+                "{method} {p} differs from ar on prompt {i} ({} tokens)",
+                prompt.len()
+            );
+            steps += got.steps.len();
+            tokens += got.output.len();
+        }
+    }
+    tokens as f64 / steps as f64
+}
+
+#[test]
+fn sps_greedy_equals_ar_on_the_toy_zoo() {
+    let target = common::load("toy-target");
+    let draft = common::load("toy-draft");
+    let prompts = toy_prompts(&target, 3);
+    let params: Vec<_> = [1, 2, 4, 5, 8]
+        .iter()
+        .map(|k| json!({ "draft_len": k }))
+        .collect();
+    let tokens_per_step = assert_equals_ar("sps", &params, &target, Some(&draft), &prompts, 40);
+    // The drafter is right often enough that steps carry several tokens.
+    assert!(tokens_per_step > 1.5, "{tokens_per_step} tokens per step");
+    // A drafter that is the target itself is never rejected.
+    let own = assert_equals_ar(
+        "sps",
+        &[json!({ "draft_len": 4 })],
+        &target,
+        Some(&target),
+        &prompts[..5],
+        40,
+    );
+    assert!(own > 4.0, "self-drafting gave {own} tokens per step");
+}
+
+#[test]
+fn pld_jacobi_and_lookahead_greedy_equal_ar_on_the_toy_zoo() {
+    let target = common::load("toy-target");
+    let prompts = toy_prompts(&target, 3);
+    let pld: Vec<_> = [(3, 10), (1, 2), (2, 5)]
+        .iter()
+        .map(|(n, k)| json!({ "max_ngram": n, "max_draft": k }))
+        .collect();
+    let tps = assert_equals_ar("pld", &pld, &target, None, &prompts, 40);
+    // Copy-like tasks repeat the prompt: lookups pay off.
+    assert!(tps > 1.2, "pld: {tps} tokens per step");
+    let jacobi: Vec<_> = [1, 4, 16].iter().map(|w| json!({ "window": w })).collect();
+    assert_equals_ar("jacobi", &jacobi, &target, None, &prompts, 40);
+    let lookahead: Vec<_> = [(7, 5, 7), (3, 2, 1), (4, 3, 3)]
+        .iter()
+        .map(|(w, n, g)| json!({ "window": w, "ngram": n, "guesses": g }))
+        .collect();
+    assert_equals_ar("lookahead", &lookahead, &target, None, &prompts, 40);
+}
+
+/// SmolLM2 drafting for itself at another precision: nearly every draft is
+/// kept, some are not, and the output is ar's bit for bit.
+#[test]
+fn sps_greedy_equals_ar_on_smollm2() {
+    common::fetched("smollm2-135m");
+    let quant = common::load("smollm2-135m");
+    let dense = pdbench::model::load(
+        "smollm2-135m",
+        &common::store(),
+        pdbench::model::FetchPolicy::Never,
+        &pdbench::model::LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let prompts = common::chat_prompts(&quant);
+    assert_equals_ar(
+        "sps",
+        &[json!({ "draft_len": 3 }), json!({ "draft_len": 6 })],
+        &quant,
+        Some(&dense),
+        &prompts[..2],
+        32,
+    );
+    assert_equals_ar("pld", &[json!({})], &quant, None, &prompts[..2], 32);
+    assert_equals_ar(
+        "jacobi",
+        &[json!({ "window": 8 })],
+        &quant,
+        None,
+        &prompts[..1],
+        24,
+    );
+    assert_equals_ar("lookahead", &[json!({})], &quant, None, &prompts[..1], 32);
+}
+
+/// The real drafter/target pair: Qwen2.5-Coder-0.5B drafting for 1.5B.
+#[test]
+fn sps_greedy_equals_ar_on_the_qwen_coder_pair() {
+    common::fetched("qwen2.5-coder-0.5b");
+    common::fetched("qwen2.5-coder-1.5b");
+    let target = common::load("qwen2.5-coder-1.5b");
+    let draft = common::load("qwen2.5-coder-0.5b");
+    let prompts = common::chat_prompts(&target);
+    let tps = assert_equals_ar(
+        "sps",
+        &[json!({ "draft_len": 5 })],
+        &target,
+        Some(&draft),
+        &prompts[..1],
+        24,
+    );
+    assert!(tps > 1.0, "{tps}");
+    assert_equals_ar("pld", &[json!({})], &target, None, &prompts[..1], 24);
+}
+
+/// Two-sample chi-square homogeneity statistic and its degrees of freedom;
+/// categories with fewer than 10 pooled counts are merged into one.
+fn chi_square(a: &BTreeMap<u32, usize>, b: &BTreeMap<u32, usize>) -> (f64, usize) {
+    let na: usize = a.values().sum();
+    let nb: usize = b.values().sum();
+    let mut cells: Vec<(usize, usize)> = Vec::new();
+    let mut rare = (0, 0);
+    let keys: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).copied().collect();
+    for k in keys {
+        let (x, y) = (
+            a.get(&k).copied().unwrap_or(0),
+            b.get(&k).copied().unwrap_or(0),
+        );
+        if x + y < 10 {
+            rare = (rare.0 + x, rare.1 + y);
+        } else {
+            cells.push((x, y));
+        }
+    }
+    if rare.0 + rare.1 > 0 {
+        cells.push(rare);
+    }
+    let n = (na + nb) as f64;
+    let mut chi = 0.0;
+    for &(x, y) in &cells {
+        let total = (x + y) as f64;
+        for (obs, size) in [(x, na), (y, nb)] {
+            let e = total * size as f64 / n;
+            chi += (obs as f64 - e).powi(2) / e;
+        }
+    }
+    (chi, cells.len().saturating_sub(1))
+}
+
+/// Upper 0.1% point of chi-square with `df` degrees of freedom
+/// (Wilson–Hilferty).
+fn chi_square_critical(df: usize) -> f64 {
+    let k = df as f64;
+    let z = 3.090_232; // standard normal upper 0.1%
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// At temperature 1 the tokens `sps` emits at a position reached through
+/// verification follow `ar`'s distribution (two-sample chi-square at 0.1%),
+/// with a weak drafter so that rejections and residual draws happen.
+#[test]
+fn sps_sampling_keeps_the_target_distribution() {
+    let target = common::load("toy-target");
+    let draft = common::load("toy-draft");
+    let prompt = target
+        .tokenizer
+        .encode("shuffle : [ Ann , Bob , Cy , Dan , Eve ] =")
+        .unwrap();
+    let sampling = json!({ "temperature": 1.0 });
+    let mut with = json!({ "draft_len": 3 });
+    with["temperature"] = json!(1.0);
+    let n = 1500;
+    let position = 3; // "[", a name, ",", then this name
+    let mut ar = BTreeMap::new();
+    let mut sps = BTreeMap::new();
+    let mut rejections = 0usize;
+    for seed in 0..n {
+        let a = common::decode_with("ar", sampling.clone(), &target, &prompt, position + 1, seed);
+        *ar.entry(a[position]).or_insert(0usize) += 1;
+        let s = common::decode_with_draft(
+            "sps",
+            with.clone(),
+            &target,
+            Some(&draft),
+            &prompt,
+            position + 1,
+            1_000_000 + seed,
+        );
+        rejections += s
+            .steps
+            .iter()
+            .filter(|st| st.accepted < st.proposed)
+            .count();
+        *sps.entry(s.output[position]).or_insert(0usize) += 1;
+    }
+    let (chi, df) = chi_square(&ar, &sps);
+    assert!(
+        df >= 2,
+        "the position should have several likely tokens: {ar:?}"
+    );
+    assert!(
+        chi < chi_square_critical(df),
+        "chi2 {chi:.1} with {df} df; ar {ar:?} sps {sps:?}"
+    );
+    assert!(rejections > n as usize / 10, "only {rejections} rejections");
+}
