@@ -40,6 +40,10 @@ pub struct MethodRow {
     pub tokens_per_s_q75: f64,
     pub ttft_ms_median: Option<f64>,
     pub mean_accepted_tokens: Option<f64>,
+    /// Mean of the samples' drafting time per decode step, ms.
+    pub draft_ms_per_step: Option<f64>,
+    /// Mean of the samples' decode wall time per emitted token, ms.
+    pub decode_ms_per_token: Option<f64>,
     /// Mean over prompts of this method's tokens/s over `ar`'s on the same
     /// prompt and repeat.
     pub speedup_vs_ar: Option<f64>,
@@ -60,6 +64,8 @@ fn sample_schema() -> Schema {
         Field::new("ttft_ns".into(), DataType::Int64),
         Field::new("tokens_per_s".into(), DataType::Float64),
         Field::new("mean_accepted_tokens".into(), DataType::Float64),
+        Field::new("draft_ms_per_step".into(), DataType::Float64),
+        Field::new("decode_ms_per_token".into(), DataType::Float64),
         Field::new("target_calls".into(), DataType::Int64),
         Field::new("score".into(), DataType::Float64),
     ])
@@ -108,6 +114,8 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     let tps = f64s(df, "tokens_per_s")?;
     let ttft = f64s(df, "ttft_ns")?;
     let tau = f64s(df, "mean_accepted_tokens")?;
+    let draft_ms = f64s(df, "draft_ms_per_step")?;
+    let ms_per_token = f64s(df, "decode_ms_per_token")?;
     let tokens = f64s(df, "new_tokens")?;
     let score = f64s(df, "score")?;
     let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -156,6 +164,15 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
             tokens_per_s_q75: stats::quantile(&t, 0.75).unwrap_or(f64::NAN),
             ttft_ms_median: stats::median(&ttft_ms),
             mean_accepted_tokens: stats::mean(&taus),
+            draft_ms_per_step: stats::mean(
+                &rows.iter().filter_map(|&i| draft_ms[i]).collect::<Vec<_>>(),
+            ),
+            decode_ms_per_token: stats::mean(
+                &rows
+                    .iter()
+                    .filter_map(|&i| ms_per_token[i])
+                    .collect::<Vec<_>>(),
+            ),
             speedup_vs_ar: stats::mean(&ratios),
             paired: ratios.len(),
             score_mean_x100: stats::mean(
@@ -282,6 +299,11 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
             "mean_accepted_tokens".into(),
             opt(|r| r.mean_accepted_tokens),
         ),
+        Column::new("draft_ms_per_step".into(), opt(|r| r.draft_ms_per_step)),
+        Column::new(
+            "decode_ms_per_token".into(),
+            opt(|r| r.decode_ms_per_token),
+        ),
         Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
         Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
         Column::new(
@@ -345,8 +367,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     if multi {
         s.push_str("run | ");
     }
-    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | speedup vs ar | score ×100 |\n|");
-    let ncol = if multi { 10 } else { 9 };
+    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | draft ms/step | decode ms/token | speedup vs ar | score ×100 |\n|");
+    let ncol = if multi { 12 } else { 11 };
     for _ in 0..ncol {
         s.push_str("---|");
     }
@@ -357,7 +379,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             s.push_str(&format!("{} | ", r.run_id));
         }
         s.push_str(&format!(
-            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} | {} |\n",
+            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} |\n",
             r.method,
             r.samples,
             r.tokens,
@@ -366,6 +388,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             r.tokens_per_s_q75,
             fmt_opt(r.ttft_ms_median, 1),
             fmt_opt(r.mean_accepted_tokens, 2),
+            fmt_opt(r.draft_ms_per_step, 3),
+            fmt_opt(r.decode_ms_per_token, 3),
             match r.speedup_vs_ar {
                 Some(v) => format!("{v:.2}× ({} prompts)", r.paired),
                 None => "–".into(),
@@ -376,6 +400,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     s.push_str(
         "\ntokens/s is new tokens over the device-synchronised wall time of a sample, prefill included. \
          τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
+         Draft ms/step is the time a step spent drafting before verification; decode ms/token is decode-step \
+         wall time per emitted token, the cost-aware figure beside τ. \
          Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat.\n",
     );
     s

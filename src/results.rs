@@ -163,6 +163,19 @@ pub struct SampleRecord {
     /// Decode-step tokens per target forward (Spec-Bench's τ: the bonus
     /// token included, the prefill step excluded).
     pub mean_accepted_tokens: Option<f64>,
+    /// Mean drafting time of the decode steps that marked one, in ms: what
+    /// the draft costs before the target verifies.
+    #[serde(default)]
+    pub draft_ms_per_step: Option<f64>,
+    /// Decode-step wall time per emitted token, in ms: the cost-aware
+    /// figure beside τ (more accepted tokens can still be slower).
+    #[serde(default)]
+    pub decode_ms_per_token: Option<f64>,
+    /// Mean decode steps per window, for methods whose steps record one
+    /// (Jacobi: iterations to the fixed point; accepted drafts per step
+    /// are its fast-forwarded tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations_per_window: Option<f64>,
     pub output_ids: Vec<u32>,
     pub output_text: String,
     /// The suite scorer's headline score in [0, 1]; `None` when unscored.

@@ -397,6 +397,10 @@ fn make_record(
         .collect();
     let dec_tokens: usize = decode.iter().map(|s| s.emitted).sum();
     let dec_calls: u64 = decode.iter().map(|s| s.target_calls as u64).sum();
+    let dec_ns: u64 = decode.iter().map(|s| s.t_ns).sum();
+    let drafts: Vec<u64> = decode.iter().filter_map(|s| s.draft_ns).collect();
+    let windows: std::collections::BTreeSet<u32> = decode.iter().filter_map(|s| s.window).collect();
+    let windowed = decode.iter().filter(|s| s.window.is_some()).count();
     let mut text = tok.decode(&m.output)?;
     if let Some(cut) = rule
         .stop_strings
@@ -424,6 +428,11 @@ fn make_record(
         target_calls: m.steps.iter().map(|s| s.target_calls as u64).sum(),
         draft_calls: m.steps.iter().map(|s| s.draft_calls as u64).sum(),
         mean_accepted_tokens: (dec_calls > 0).then(|| dec_tokens as f64 / dec_calls as f64),
+        draft_ms_per_step: (!drafts.is_empty())
+            .then(|| drafts.iter().sum::<u64>() as f64 / drafts.len() as f64 / 1e6),
+        decode_ms_per_token: (dec_tokens > 0).then(|| dec_ns as f64 / dec_tokens as f64 / 1e6),
+        iterations_per_window: (!windows.is_empty())
+            .then(|| windowed as f64 / windows.len() as f64),
         output_ids: m.output.clone(),
         output_text: text,
         score: None,

@@ -840,6 +840,44 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
     }
     let want = read_lines(&fixture);
     assert_eq!(got, want, "ar's greedy tokens on toy-target changed");
+
+    // Every method the zoo supports ran, the lossless ones with ar's
+    // tokens, and the report carries the cost-aware columns.
+    let ar_ids: std::collections::HashMap<String, serde_json::Value> = samples
+        .iter()
+        .filter(|s| s["method"] == "ar")
+        .map(|s| (s["sample_id"].as_str().unwrap().to_string(), s["output_ids"].clone()))
+        .collect();
+    for method in ["sps", "pld", "jacobi", "lookahead"] {
+        let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();
+        assert_eq!(rows.len(), 45, "{method} did not run on every sample");
+        for s in rows {
+            assert_eq!(
+                s["output_ids"], ar_ids[s["sample_id"].as_str().unwrap()],
+                "{method} differs from ar on {}",
+                s["sample_id"]
+            );
+            assert!(s["decode_ms_per_token"].as_f64().is_some_and(|x| x > 0.0));
+        }
+    }
+    let sps_draft: Vec<f64> = samples
+        .iter()
+        .filter(|s| s["method"] == "sps")
+        .filter_map(|s| s["draft_ms_per_step"].as_f64())
+        .collect();
+    assert_eq!(sps_draft.len(), 45, "sps records its drafting time");
+    assert!(samples
+        .iter()
+        .filter(|s| s["method"] == "ar")
+        .all(|s| s["draft_ms_per_step"].is_null()));
+    let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(report.contains("draft ms/step") && report.contains("decode ms/token"));
+    // Jacobi reports its iterations per window: at least one per window,
+    // at most the window's 16 positions.
+    for s in samples.iter().filter(|s| s["method"] == "jacobi") {
+        let it = s["iterations_per_window"].as_f64().unwrap();
+        assert!((1.0..=16.0).contains(&it), "{it}");
+    }
 }
 
 /// Hostile completions score 0 and scoring goes on to the next sample.

@@ -177,6 +177,18 @@ fn bad_recipes_name_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("b.toml") && e.contains("momentum"), "{e}");
+    for (file, weights, want) in [
+        ("c.toml", "sorting = 2", "\"sorting\""),
+        ("d.toml", "sort = -1", "data.task_weights.sort"),
+    ] {
+        let e = train::load_recipe(&write(
+            file,
+            &format!("{base}\n[data.task_weights]\n{weights}\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(file) && e.contains(want), "{e}");
+    }
     let e = train::load_recipe("no-such-recipe")
         .unwrap_err()
         .to_string();

@@ -228,9 +228,11 @@ fn list_text(items: &[&str]) -> String {
     format!("[ {} ]", items.join(" , "))
 }
 
-fn digits_text(n: u64) -> String {
+/// `n`'s digits, least significant first, one token each: 47 is "7 4".
+fn digits_lsb_first(n: u64) -> String {
     n.to_string()
         .chars()
+        .rev()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(" ")
@@ -401,11 +403,14 @@ fn make(task: &str, rng: &mut ChaCha20Rng, lo: usize, hi: usize) -> Item {
             )
         }
         "add" => {
+            // Numbers are written least significant digit first, the order
+            // carries flow in, so that a model writing left to right can
+            // add; MSB-first sums need the carry before the digit.
             let x = rng.random_range(0..100u64);
             let y = rng.random_range(0..100u64);
-            let a = digits_text(x + y);
+            let a = digits_lsb_first(x + y);
             (
-                format!("add : {} + {} =", digits_text(x), digits_text(y)),
+                format!("add : {} + {} =", digits_lsb_first(x), digits_lsb_first(y)),
                 a.clone(),
                 json!(a),
             )

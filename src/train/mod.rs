@@ -71,6 +71,10 @@ pub struct DataSpec {
     pub seed: u64,
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Relative sampling weight per task (1 where absent): harder tasks
+    /// can get more of the steps.
+    #[serde(default)]
+    pub task_weights: BTreeMap<String, f64>,
 }
 
 fn default_eval() -> usize {
@@ -252,6 +256,23 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
         return Err(bad(
             "field `model`: hidden_size must split into an even head_dim per attention head, and heads into key-value groups".into(),
         ));
+    }
+    for (task, w) in &r.data.task_weights {
+        if toy::is_deterministic(task).is_none() {
+            return Err(bad(format!(
+                "field `data.task_weights`: unknown task \"{task}\"; expected one of {}",
+                toy::TASKS
+                    .iter()
+                    .map(|t| t.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !(w.is_finite() && *w >= 0.0) {
+            return Err(bad(format!(
+                "field `data.task_weights.{task}`: expected a weight >= 0, got {w}"
+            )));
+        }
     }
     if r.optim.steps == 0 || r.optim.batch_size == 0 || r.optim.lr <= 0.0 {
         return Err(bad(
@@ -566,13 +587,25 @@ pub fn train(
     };
     let items = toy::generate(&gen(Split::Train, r.data.train_per_task))
         .map_err(|e| TrainError::Data(e.to_string()))?;
-    let mut pairs = Vec::with_capacity(items.len());
+    // Pairs grouped by task; a batch row draws a task by weight, then an
+    // item of it.
+    let mut by_task: BTreeMap<&str, Vec<Pair>> = BTreeMap::new();
     for it in &items {
-        pairs.push(Pair {
+        by_task.entry(it.task.as_str()).or_default().push(Pair {
             prompt: encode(&tok, &it.prompt)?,
             answer: encode(&tok, &it.answer)?,
         });
     }
+    let groups: Vec<(&str, Vec<Pair>)> = by_task.into_iter().collect();
+    let weights: Vec<f64> = groups
+        .iter()
+        .map(|(t, _)| r.data.task_weights.get(*t).copied().unwrap_or(1.0))
+        .collect();
+    let task_dist =
+        rand_distr::weighted::WeightedIndex::new(&weights).map_err(|e| TrainError::Recipe {
+            path: recipe_path.to_path_buf(),
+            detail: format!("field `data.task_weights`: {e}"),
+        })?;
 
     // Model and optimizer.
     let varmap = candle_nn::VarMap::new();
@@ -684,7 +717,10 @@ pub fn train(
             r.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_add(1),
         );
         let batch: Vec<&Pair> = (0..r.optim.batch_size)
-            .map(|_| &pairs[rng.random_range(0..pairs.len())])
+            .map(|_| {
+                let g = &groups[task_dist.sample(&mut rng)].1;
+                &g[rng.random_range(0..g.len())]
+            })
             .collect();
         let (l, grads) = batch_gradients(
             obj,
@@ -872,7 +908,9 @@ fn batch_gradients(
         let i = chunks.len() - 1 - taken;
         let mut rng = ChaCha20Rng::seed_from_u64(
             cx.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (cx.step as u64).wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (cx.step as u64)
+                    .wrapping_add(1)
+                    .wrapping_mul(0xD1B5_4A32_D192_ED03)
                 ^ (i as u64).wrapping_add(1),
         );
         let r = obj
