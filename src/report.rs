@@ -300,10 +300,7 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
             opt(|r| r.mean_accepted_tokens),
         ),
         Column::new("draft_ms_per_step".into(), opt(|r| r.draft_ms_per_step)),
-        Column::new(
-            "decode_ms_per_token".into(),
-            opt(|r| r.decode_ms_per_token),
-        ),
+        Column::new("decode_ms_per_token".into(), opt(|r| r.decode_ms_per_token)),
         Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
         Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
         Column::new(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec, Need};
 use crate::measure::{Flow, StepKind, StepObservation};
-use crate::model::{Forward, KvCache, LogitsAt, Transformer};
+use crate::model::{Forward, KvCache, Transformer};
 use crate::sampling::{sample_from, SamplingParams};
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -109,17 +109,15 @@ impl Decoder for Sps {
         self.draft_cache.clear();
         let greedy = self.sampling.is_greedy();
         // `seq` is the prompt and the output; the target cache holds all of
-        // it but the last token, the drafter's cache a prefix of that.
+        // it but the last token, the drafter's cache a prefix of that. The
+        // drafter reads the prompt in the first decode step, so the first
+        // token comes as early as `ar`'s.
         let mut seq = prompt.to_vec();
         let out = self
             .target
             .forward(&mut self.target_cache, &Forward::causal(prompt, 0))?;
         let logits = out.logits.expect("last logits");
         let first = self.sampling.pick(&logits.i(0)?, ctx.rng)?;
-        self.drafter.forward(
-            &mut self.draft_cache,
-            &Forward::causal(prompt, 0).with_logits(LogitsAt::None),
-        )?;
         seq.push(first);
         let flow = ctx.probe.commit(StepObservation {
             kind: StepKind::Prefill,
@@ -127,7 +125,7 @@ impl Decoder for Sps {
             accepted: 0,
             tokens: &[first],
             target_calls: 1,
-            draft_calls: 1,
+            draft_calls: 0,
             verify_width: 1,
             window: None,
         });
