@@ -168,7 +168,9 @@ fn run_writes_manifest_and_samples_then_report_renders_them() {
 #[test]
 fn resume_completes_an_interrupted_run_without_repeating_samples() {
     let w = World::new();
-    w.run(&["--run-id", "r", "--no-report"]).assert().success();
+    w.run(&["--method", "ar", "--run-id", "r", "--no-report"])
+        .assert()
+        .success();
     let run = w.path("results/r");
     let samples = run.join("samples.jsonl");
     let full = std::fs::read_to_string(&samples).unwrap();
@@ -533,7 +535,7 @@ fn score_command_scores_saved_outputs_without_a_model() {
 
     // A run of the suite scores every sample it records.
     let mut c = w.run_suite(&dir.join("lists.toml"));
-    c.args(["--run-id", "scored", "--no-report"]);
+    c.args(["--method", "ar", "--run-id", "scored", "--no-report"]);
     c.assert().success();
     let samples = read_lines(&w.path("results/scored/samples.jsonl"));
     assert_eq!(samples.len(), 3);
@@ -569,9 +571,17 @@ fn safetensors_models_run_in_f32_bf16_and_f16() {
     let w = World::new();
     for dtype in ["f32", "bf16", "f16"] {
         let id = format!("dt-{dtype}");
-        w.run(&["--dtype", dtype, "--run-id", &id, "--no-report"])
-            .assert()
-            .success();
+        w.run(&[
+            "--method",
+            "ar",
+            "--dtype",
+            dtype,
+            "--run-id",
+            &id,
+            "--no-report",
+        ])
+        .assert()
+        .success();
         let m: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(w.path(&format!("results/{id}/manifest.json"))).unwrap(),
         )
@@ -846,14 +856,20 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
     let ar_ids: std::collections::HashMap<String, serde_json::Value> = samples
         .iter()
         .filter(|s| s["method"] == "ar")
-        .map(|s| (s["sample_id"].as_str().unwrap().to_string(), s["output_ids"].clone()))
+        .map(|s| {
+            (
+                s["sample_id"].as_str().unwrap().to_string(),
+                s["output_ids"].clone(),
+            )
+        })
         .collect();
     for method in ["sps", "pld", "jacobi", "lookahead"] {
         let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();
         assert_eq!(rows.len(), 45, "{method} did not run on every sample");
         for s in rows {
             assert_eq!(
-                s["output_ids"], ar_ids[s["sample_id"].as_str().unwrap()],
+                s["output_ids"],
+                ar_ids[s["sample_id"].as_str().unwrap()],
                 "{method} differs from ar on {}",
                 s["sample_id"]
             );
@@ -998,9 +1014,15 @@ fn spec_bench_file_runs_both_turns_and_resumes_between_them() {
     fails_with(&mut w.run_suite(&suite), &["spec-bench", "--data"]);
 
     let mut c = w.run_suite(&suite);
-    c.arg("--data")
-        .arg(&data)
-        .args(["--run-id", "sb", "--no-report", "--max-new-tokens", "6"]);
+    c.arg("--data").arg(&data).args([
+        "--method",
+        "ar",
+        "--run-id",
+        "sb",
+        "--no-report",
+        "--max-new-tokens",
+        "6",
+    ]);
     // spec-bench.toml asks for the model's template: give the tiny model one.
     std::fs::write(
         w.model().join("tokenizer_config.json"),
