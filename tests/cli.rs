@@ -339,6 +339,18 @@ fn unknown_method_and_bad_params_are_clear_errors() {
         &mut w.run(&["--set", "ar.temperature=-1"]),
         &["`ar`", "temperature"],
     );
+    for (method, set, field) in [
+        ("sps", "sps.draft_len=0", "draft_len"),
+        ("pld", "pld.max_ngram=0", "max_ngram"),
+        ("jacobi", "jacobi.window=0", "window"),
+        ("lookahead", "lookahead.ngram=1", "ngram"),
+    ] {
+        let mut c = w.run(&["--method", method, "--set", set]);
+        if method == "sps" {
+            c.arg("--draft").arg(w.model());
+        }
+        fails_with(&mut c, &[&format!("`{method}`"), field]);
+    }
 }
 
 #[test]

@@ -7,9 +7,36 @@ use candle_core::IndexOp;
 use rand_chacha::ChaCha20Rng;
 
 use super::verify::{greedy_accepted, speculative_verdict, Verdict};
-use super::MethodError;
+use super::{GenContext, MethodError};
+use crate::measure::{Flow, StepKind, StepObservation};
 use crate::model::{Forward, KvCache, LogitsAt, Transformer};
 use crate::sampling::SamplingParams;
+
+/// The prefill step every chain method starts with: clears `cache`, reads
+/// the prompt, picks the first token and commits it. Returns the token
+/// and whether to go on.
+pub fn prefill(
+    model: &Transformer,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    ctx: &mut GenContext<'_, '_>,
+) -> Result<(u32, Flow), MethodError> {
+    cache.clear();
+    let out = model.forward(cache, &Forward::causal(prompt, 0))?;
+    let first = sampling.pick(&out.logits.expect("last logits").i(0)?, ctx.rng)?;
+    let flow = ctx.probe.commit(StepObservation {
+        kind: StepKind::Prefill,
+        proposed: 0,
+        accepted: 0,
+        tokens: &[first],
+        target_calls: 1,
+        draft_calls: 0,
+        verify_width: 1,
+        window: None,
+    });
+    Ok((first, flow))
+}
 
 /// What the target said about a chain.
 #[derive(Debug, Clone)]

@@ -13,13 +13,12 @@
 
 use std::sync::Arc;
 
-use candle_core::IndexOp;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec};
 use crate::measure::{Flow, StepKind, StepObservation};
-use crate::model::{Forward, KvCache, Transformer};
+use crate::model::{KvCache, Transformer};
 use crate::sampling::SamplingParams;
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -83,23 +82,10 @@ impl Decoder for Jacobi {
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<(), MethodError> {
         let greedy = SamplingParams::default();
-        self.cache.clear();
+        let (first, mut flow) =
+            super::chain::prefill(&self.model, &mut self.cache, prompt, &greedy, ctx)?;
         let mut seq = prompt.to_vec();
-        let out = self
-            .model
-            .forward(&mut self.cache, &Forward::causal(prompt, 0))?;
-        let first = greedy.pick(&out.logits.expect("last logits").i(0)?, ctx.rng)?;
         seq.push(first);
-        let mut flow = ctx.probe.commit(StepObservation {
-            kind: StepKind::Prefill,
-            proposed: 0,
-            accepted: 0,
-            tokens: &[first],
-            target_calls: 1,
-            draft_calls: 0,
-            verify_width: 1,
-            window: None,
-        });
         let mut window_index = 0u32;
         while flow == Flow::Continue {
             // A new window: `left` positions to confirm, guesses drawn from

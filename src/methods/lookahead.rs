@@ -22,6 +22,7 @@ use super::verify::greedy_accepted;
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec};
 use crate::measure::{Flow, StepKind, StepObservation};
 use crate::model::{ExplicitMask, Forward, KvCache, LogitsAt, Mask, Transformer};
+use crate::sampling::SamplingParams;
 
 pub const SPEC: MethodSpec = MethodSpec {
     id: "lookahead",
@@ -131,21 +132,13 @@ impl Decoder for Lookahead {
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<(), MethodError> {
         let (w, levels_max) = (self.p.window, self.p.ngram - 1);
-        self.cache.clear();
-        let out = self
-            .model
-            .forward(&mut self.cache, &Forward::causal(prompt, 0))?;
-        let first = super::argmax_per_row(&out.logits.expect("last logits"))?[0];
-        let mut flow = ctx.probe.commit(StepObservation {
-            kind: StepKind::Prefill,
-            proposed: 0,
-            accepted: 0,
-            tokens: &[first],
-            target_calls: 1,
-            draft_calls: 0,
-            verify_width: 1,
-            window: None,
-        });
+        let (first, mut flow) = super::chain::prefill(
+            &self.model,
+            &mut self.cache,
+            prompt,
+            &SamplingParams::default(),
+            ctx,
+        )?;
         // Level 0 starts as tokens drawn from the prompt; higher levels
         // fill one per step.
         let mut levels: Vec<Vec<u32>> = vec![(0..w)

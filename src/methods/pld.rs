@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use candle_core::IndexOp;
 use serde::{Deserialize, Serialize};
 
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec};
 use crate::measure::{Flow, StepKind, StepObservation};
-use crate::model::{Forward, KvCache, Transformer};
+use crate::model::{KvCache, Transformer};
 use crate::sampling::SamplingParams;
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -111,25 +110,10 @@ impl Decoder for Pld {
         prompt: &[u32],
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<(), MethodError> {
-        self.cache.clear();
+        let (first, mut flow) =
+            super::chain::prefill(&self.model, &mut self.cache, prompt, &self.sampling, ctx)?;
         let mut seq = prompt.to_vec();
-        let out = self
-            .model
-            .forward(&mut self.cache, &Forward::causal(prompt, 0))?;
-        let first = self
-            .sampling
-            .pick(&out.logits.expect("last logits").i(0)?, ctx.rng)?;
         seq.push(first);
-        let mut flow = ctx.probe.commit(StepObservation {
-            kind: StepKind::Prefill,
-            proposed: 0,
-            accepted: 0,
-            tokens: &[first],
-            target_calls: 1,
-            draft_calls: 0,
-            verify_width: 1,
-            window: None,
-        });
         while flow == Flow::Continue {
             let budget = ctx.probe.remaining().saturating_sub(1);
             let drafts = lookup(

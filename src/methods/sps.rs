@@ -105,33 +105,24 @@ impl Decoder for Sps {
         prompt: &[u32],
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<(), MethodError> {
-        self.target_cache.clear();
         self.draft_cache.clear();
         let greedy = self.sampling.is_greedy();
         // `seq` is the prompt and the output; the target cache holds all of
         // it but the last token, the drafter's cache a prefix of that. The
         // drafter reads the prompt in the first decode step, so the first
         // token comes as early as `ar`'s.
-        let mut seq = prompt.to_vec();
-        let out = self
-            .target
-            .forward(&mut self.target_cache, &Forward::causal(prompt, 0))?;
-        let logits = out.logits.expect("last logits");
-        let first = self.sampling.pick(&logits.i(0)?, ctx.rng)?;
-        seq.push(first);
-        let flow = ctx.probe.commit(StepObservation {
-            kind: StepKind::Prefill,
-            proposed: 0,
-            accepted: 0,
-            tokens: &[first],
-            target_calls: 1,
-            draft_calls: 0,
-            verify_width: 1,
-            window: None,
-        });
+        let (first, flow) = super::chain::prefill(
+            &self.target,
+            &mut self.target_cache,
+            prompt,
+            &self.sampling,
+            ctx,
+        )?;
         if flow == Flow::Stop {
             return Ok(());
         }
+        let mut seq = prompt.to_vec();
+        seq.push(first);
         loop {
             // Drafts past the budget would be discarded: propose fewer.
             let k = self.draft_len.min(ctx.probe.remaining().saturating_sub(1));
