@@ -69,6 +69,10 @@ pub struct TrainArgs {
     /// Override the recipe's step count (for quick trials).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Start from this model folder instead of the recipe's `init` (for a
+    /// zoo trained into another folder).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +248,17 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
         recipe.optim.steps = s;
         recipe.optim.warmup_steps = recipe.optim.warmup_steps.min(s / 2);
     }
+    if let Some(init) = &a.init {
+        if recipe.init.is_none() {
+            bail!(
+                "--init: recipe {} starts from random weights; it takes no init",
+                path.display()
+            );
+        }
+        let abs =
+            std::path::absolute(init).with_context(|| format!("--init {}", init.display()))?;
+        recipe.init = Some(abs.display().to_string());
+    }
     let out = a
         .out
         .clone()
@@ -298,6 +313,12 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
                     pct(e.deterministic),
                     pct(e.random),
                     e.tokens_per_forward
+                ));
+            }
+            for c in &record.closed_form_checks {
+                log_line(&format!(
+                    "  {} of {} names, {} tokens/step sampled at temperature {}: {:.1}% valid (closed form {:.1}%, {} items)",
+                    c.task, c.list_len, c.tokens_per_step, c.temperature, c.valid_pct, c.closed_form_pct, c.items
                 ));
             }
         }

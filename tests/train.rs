@@ -60,7 +60,12 @@ fn forward_train_equals_the_inference_forward() {
                 .collect();
             let bias = Tensor::from_vec(bias, (1, 1, n, n), &Device::Cpu).unwrap();
             let ids = Tensor::from_vec(tokens.clone(), (1, n), &Device::Cpu).unwrap();
-            let got = m.model.forward_train(&ids, &bias).unwrap().i(0).unwrap();
+            let got = m
+                .model
+                .forward_train(&ids, &bias, None)
+                .unwrap()
+                .i(0)
+                .unwrap();
             let diff = (got - &want)
                 .unwrap()
                 .abs()
@@ -71,6 +76,42 @@ fn forward_train_equals_the_inference_forward() {
                 .unwrap();
             assert!(diff < 1e-3, "{arch:?} {mask:?}: max |Δlogit| {diff}");
         }
+        // Explicit rope positions (vectorised block diffusion repeats them).
+        let pos: Vec<u32> = (0..tokens.len() as u32).map(|i| 7 + i / 2).collect();
+        let mut cache = m.model.new_cache(16).unwrap();
+        let want = m
+            .model
+            .forward(
+                &mut cache,
+                &Forward::causal(&tokens, 0)
+                    .with_positions(&pos)
+                    .with_logits(LogitsAt::All),
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        let n = tokens.len();
+        let bias: Vec<f32> = (0..n * n)
+            .map(|i| if i % n <= i / n { 0.0 } else { -1e4 })
+            .collect();
+        let bias = Tensor::from_vec(bias, (1, 1, n, n), &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(tokens.clone(), (1, n), &Device::Cpu).unwrap();
+        let p = Tensor::from_vec(pos.clone(), (1, n), &Device::Cpu).unwrap();
+        let got = m
+            .model
+            .forward_train(&ids, &bias, Some(&p))
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let diff = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3, "{arch:?} with positions: max |Δlogit| {diff}");
     }
 }
 
@@ -198,23 +239,39 @@ fn bad_recipes_name_the_field() {
     );
 }
 
-/// The diffusion objectives train on the same loop: the loss falls, and the
+/// The diffusion objectives train on the same loop, adapting an AR
+/// miniature as Dream was adapted from Qwen2.5 (shifted logits): the loss
+/// falls, greedy accuracy at one token per step rises above chance, and the
 /// final evaluation reports scores at rising tokens per step, the last one
 /// fully parallel (a whole block, or the whole answer region, per step).
 #[test]
-fn diffusion_miniatures_train_and_evaluate_at_several_parallelisms() {
-    for (objective, block, last) in [("masked-diffusion", 4, 16), ("block-diffusion", 4, 4)] {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, mut r) = mini(dir.path());
+fn diffusion_miniatures_adapt_an_ar_model_and_evaluate_at_several_parallelisms() {
+    let dir = tempfile::tempdir().unwrap();
+    let ar_dir = dir.path().join("ar");
+    let (path, r) = mini(&ar_dir);
+    train::train(
+        &path,
+        &r,
+        &ar_dir,
+        &Device::Cpu,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    for (objective, steps, last) in [("masked-diffusion", 1200, 12), ("block-diffusion", 400, 4)] {
+        let out = dir.path().join(objective);
+        let (path, mut r) = mini(&out);
         r.objective = objective.into();
-        r.objective_params.gen_len = 16;
-        r.objective_params.block_size = block;
-        r.optim.steps = 300;
-        r.data.eval_per_task = 3;
+        r.init = Some(ar_dir.display().to_string());
+        r.objective_params.gen_len = 12;
+        r.objective_params.block_size = 4;
+        r.objective_params.shift_logits = true;
+        r.optim.steps = steps;
+        r.optim.warmup_steps = 10;
         let rec = train::train(
             &path,
             &r,
-            dir.path(),
+            &out,
             &Device::Cpu,
             &AtomicBool::new(false),
             &mut |_| {},
@@ -223,6 +280,13 @@ fn diffusion_miniatures_train_and_evaluate_at_several_parallelisms() {
         let first = rec.loss_curve.first().unwrap().loss;
         let end = rec.loss_curve.last().unwrap().loss;
         assert!(end < 0.7 * first, "{objective}: loss {first} -> {end}");
+        let acc = rec.evaluation[0].deterministic.unwrap();
+        assert!(acc > 20.0, "{objective}: {acc}% at one token per step");
+        let init = rec.init.as_ref().expect("the init is recorded");
+        assert_eq!(
+            init.sha256,
+            pdbench::store::sha256_file(&ar_dir.join("model.safetensors")).unwrap()
+        );
         let ks: Vec<usize> = rec.evaluation.iter().map(|e| e.tokens_per_step).collect();
         assert_eq!(ks.first(), Some(&1), "{objective}");
         assert_eq!(ks.last(), Some(&last), "{objective}");
@@ -236,10 +300,45 @@ fn diffusion_miniatures_train_and_evaluate_at_several_parallelisms() {
             tpf.last().unwrap() > &(1.5 * tpf[0]),
             "{objective}: {tpf:?}"
         );
+        // replace_random was not trained: no closed-form check.
+        assert!(rec.closed_form_checks.is_empty());
         let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(cfg["pdbench_objective"], objective);
+        assert_eq!(cfg["pdbench_objective_params"]["shift_logits"], true);
         assert_eq!(cfg["mask_token_id"], 3);
     }
+}
+
+/// A recipe's `init` must name a model with the recipe's tensors.
+#[test]
+fn a_bad_init_names_the_file_and_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut r) = mini(&dir.path().join("x"));
+    r.init = Some(dir.path().join("absent").display().to_string());
+    let run = |r: &train::Recipe| {
+        train::train(
+            &path,
+            r,
+            &dir.path().join("x"),
+            &Device::Cpu,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = run(&r);
+    assert!(
+        e.contains("absent") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    // A model of another width.
+    let other = dir.path().join("other");
+    write_random_model(&other, &tiny_config(Architecture::Llama), 1).unwrap();
+    r.init = Some(other.display().to_string());
+    let e = run(&r);
+    assert!(e.contains("init") && e.contains("other"), "{e}");
+    assert!(e.contains("lacks tensor") || e.contains("shape"), "{e}");
 }

@@ -579,13 +579,17 @@ impl Transformer {
     }
 
     /// A differentiable forward of a padded batch, for training. `tokens`
-    /// is `[b, t]` (u32) at positions `0..t`; `bias` is added to the
-    /// attention scores, `[b or 1, 1, t, t]` (0 where a query may attend, a
-    /// large negative number where not). Returns logits `[b, t, vocab]`.
-    /// Made of candle ops that record gradients: plain matmuls, softmax,
-    /// RMS norm and rotate-half rope written out.
-    pub fn forward_train(&self, tokens: &Tensor, bias: &Tensor) -> Result<Tensor, ModelError> {
-        use candle_core::D;
+    /// is `[b, t]` (u32) at rope positions `positions` (`[b, t]` u32), or
+    /// `0..t` when none; `bias` is added to the attention scores, `[b or 1,
+    /// 1, t, t]` (0 where a query may attend, a large negative number where
+    /// not). Returns logits `[b, t, vocab]`. Made of ops that record
+    /// gradients: plain matmuls and the fused softmax, RMS norm and rope.
+    pub fn forward_train(
+        &self,
+        tokens: &Tensor,
+        bias: &Tensor,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = tokens.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow {
@@ -598,21 +602,42 @@ impl Transformer {
                 "training supports the rotate-half rope layout of HF checkpoints".into(),
             ));
         }
-        let rms = |x: &Tensor, n: &RmsNorm| candle_nn::ops::rms_norm_slow(x, &n.weight, n.eps);
-        let half = self.cfg.head_dim / 2;
-        let cos = self.rope.cos.narrow(0, 0, t)?.reshape((1, 1, t, half))?;
-        let sin = self.rope.sin.narrow(0, 0, t)?.reshape((1, 1, t, half))?;
-        let rope = |x: &Tensor| -> candle_core::Result<Tensor> {
-            let x1 = x.narrow(D::Minus1, 0, half)?;
-            let x2 = x.narrow(D::Minus1, half, half)?;
-            Tensor::cat(
-                &[
-                    (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?,
-                    (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?,
-                ],
-                D::Minus1,
-            )
+        let rms = |x: &Tensor, n: &RmsNorm| super::fused::rms_norm(x, &n.weight, n.eps);
+        let (cos, sin) = match positions {
+            None => (
+                self.rope.cos.narrow(0, 0, t)?,
+                self.rope.sin.narrow(0, 0, t)?,
+            ),
+            Some(p) => {
+                if p.dims() != [b, t] {
+                    return Err(ModelError::BadRequest(format!(
+                        "positions {:?} for tokens {:?}",
+                        p.dims(),
+                        tokens.dims()
+                    )));
+                }
+                let flat = p.flatten_all()?;
+                let max = flat.max(0)?.to_scalar::<u32>()? as usize;
+                if max >= self.cfg.max_position_embeddings {
+                    return Err(ModelError::ContextOverflow {
+                        needed: max + 1,
+                        context: self.cfg.max_position_embeddings,
+                    });
+                }
+                let half = self.cfg.head_dim / 2;
+                (
+                    self.rope
+                        .cos
+                        .index_select(&flat, 0)?
+                        .reshape((b, t, half))?,
+                    self.rope
+                        .sin
+                        .index_select(&flat, 0)?
+                        .reshape((b, t, half))?,
+                )
+            }
         };
+        let rope = |x: &Tensor| super::fused::rope(x, &cos, &sin);
         let ids = tokens.flatten_all()?;
         let mut x = self
             .embed
@@ -629,14 +654,12 @@ impl Transformer {
             let q = rope(&heads(&a.q, nh)?)?;
             let k = repeat_kv(&rope(&heads(&a.k, nkv)?)?.contiguous()?, nh / nkv)?;
             let v = repeat_kv(&heads(&a.v, nkv)?.contiguous()?, nh / nkv)?;
-            let att =
-                (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+            let att = super::fused::masked_softmax(&att, bias)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
             let x1 = (x + a.o.forward_train(&y)?)?;
             let h2 = rms(&x1, &blk.post_norm)?;
-            let g = blk.mlp.gate.forward_train(&h2)?;
-            let g = (&g * candle_nn::ops::sigmoid(&g)?)?;
+            let g = blk.mlp.gate.forward_train(&h2)?.silu()?;
             let m = blk
                 .mlp
                 .down

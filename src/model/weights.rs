@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::ModelError;
 
@@ -367,7 +367,14 @@ impl Linear {
     /// on dense weights (the inference paths above do not record gradients).
     pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
-            QMatMul::Tensor(w) => x.broadcast_matmul(&w.t()?)?,
+            // One 2-D matmul over all rows: a broadcast matmul would run one
+            // per batch row and sum the weight's gradient afterwards.
+            QMatMul::Tensor(w) => {
+                let (k, mut dims) = (x.dim(D::Minus1)?, x.dims().to_vec());
+                let y = x.reshape(((), k))?.matmul(&w.t()?)?;
+                *dims.last_mut().expect("a non-scalar input") = y.dim(1)?;
+                y.reshape(dims)?
+            }
             _ => candle_core::bail!("training needs dense weights, not quantized ones"),
         };
         match &self.bias {

@@ -136,6 +136,12 @@ pub struct Recipe {
     /// (the repository root for `recipes/`).
     pub output: String,
     pub seed: u64,
+    /// Start from this model's weights (a hub-layout folder with
+    /// model.safetensors, relative like `output`) instead of random ones:
+    /// how Dream-7B was adapted from Qwen2.5-7B. Its tensors must have the
+    /// recipe's names and shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     pub model: ArchSpec,
     pub data: DataSpec,
     pub optim: OptimSpec,
@@ -290,15 +296,24 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
 /// The output folder of a recipe: relative paths are taken from the
 /// repository root (the parent of `recipes/`).
 pub fn output_dir(recipe_path: &Path, r: &Recipe) -> PathBuf {
-    let out = Path::new(&r.output);
-    if out.is_absolute() {
-        return out.to_path_buf();
+    from_root(recipe_path, &r.output)
+}
+
+/// The model a recipe starts from, if any (relative as `output`).
+pub fn init_dir(recipe_path: &Path, r: &Recipe) -> Option<PathBuf> {
+    r.init.as_deref().map(|i| from_root(recipe_path, i))
+}
+
+fn from_root(recipe_path: &Path, rel: &str) -> PathBuf {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        return p.to_path_buf();
     }
     let root = recipe_path
         .parent()
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
-    root.join(out)
+    root.join(p)
 }
 
 pub fn model_config(r: &Recipe) -> ModelConfig {
@@ -427,6 +442,33 @@ pub struct EvalResult {
     pub tokens_per_forward: f64,
 }
 
+/// The model a training started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitRecord {
+    pub path: String,
+    /// sha256 of its model.safetensors.
+    pub sha256: String,
+}
+
+/// Fully parallel sampling against a closed form: ParallelBench's case
+/// study of random replacement in a list of n names. Sampling every
+/// position at once from its marginal keeps the original name with
+/// probability (n−1)/n and writes the new one with 1/n, so an answer is
+/// valid (exactly one name replaced) with probability n·(1/n)·((n−1)/n)^(n−1):
+/// 4/9 = 44.4% for n = 3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClosedFormCheck {
+    pub task: String,
+    pub list_len: usize,
+    pub tokens_per_step: usize,
+    pub temperature: f64,
+    pub items: usize,
+    /// Valid answers, %.
+    pub valid_pct: f64,
+    /// What independent per-position sampling from exact marginals gives, %.
+    pub closed_form_pct: f64,
+}
+
 /// training.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRecord {
@@ -440,7 +482,14 @@ pub struct TrainingRecord {
     /// Training wall time, summed over resumed sessions.
     pub wall_s: f64,
     pub threads: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitRecord>,
     pub evaluation: Vec<EvalResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed_form_checks: Vec<ClosedFormCheck>,
+    /// Wall time of the final evaluation.
+    #[serde(default)]
+    pub eval_wall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -618,6 +667,10 @@ pub fn train(
             named.push((name, var));
         }
     }
+    let init = match init_dir(recipe_path, r) {
+        None => None,
+        Some(dir) => Some(load_init(&dir, &named, device)?),
+    };
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = Transformer::from_var_builder(vb, &cfg, &out.display().to_string())?;
     let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
@@ -802,6 +855,7 @@ pub fn train(
     )?;
     let test = toy::generate(&gen(Split::Test, r.data.eval_per_task))
         .map_err(|e| TrainError::Data(e.to_string()))?;
+    let eval_started = Instant::now();
     let mut evaluation = Vec::new();
     for k in obj.eval_parallelism(&r.objective_params) {
         on(TrainEvent::Evaluating { tokens_per_step: k });
@@ -814,6 +868,13 @@ pub fn train(
             k,
         )?);
     }
+    let mut closed_form_checks = Vec::new();
+    let replace_trained =
+        r.data.tasks.is_empty() || r.data.tasks.iter().any(|t| t == "replace_random");
+    if let (Some(k), true) = (obj.full_parallelism(&r.objective_params), replace_trained) {
+        closed_form_checks.push(replace_check(obj, &loaded.model, &tok, r, k)?);
+    }
+    let eval_wall_s = eval_started.elapsed().as_secs_f64();
     let record = TrainingRecord {
         recipe: r.clone(),
         recipe_file: recipe_path.display().to_string(),
@@ -824,7 +885,10 @@ pub fn train(
         loss_curve,
         wall_s,
         threads: workers,
+        init,
         evaluation,
+        closed_form_checks,
+        eval_wall_s,
     };
     let rp = out.join("training.json");
     crate::results::write_atomic(
@@ -976,7 +1040,14 @@ pub fn evaluate(
     let (mut gen_tokens, mut forwards) = (0usize, 0usize);
     for it in test {
         let prompt = encode(tok, &it.prompt)?;
-        let (answer, calls) = obj.decode(model, &prompt, sp, p, 48, tokens_per_step)?;
+        let (answer, calls) = obj.decode(
+            model,
+            &prompt,
+            sp,
+            p,
+            48,
+            &mut objective::EvalDecoding::greedy(tokens_per_step),
+        )?;
         gen_tokens += answer.len() + 1;
         forwards += calls;
         let text = tok
@@ -1006,5 +1077,91 @@ pub fn evaluate(
         random: mean_of(false),
         per_task,
         tokens_per_forward: gen_tokens as f64 / forwards.max(1) as f64,
+    })
+}
+
+/// Reads a recipe's starting weights into `named`, checking every tensor's
+/// presence and shape.
+fn load_init(
+    dir: &Path,
+    named: &[(String, Var)],
+    device: &Device,
+) -> Result<InitRecord, TrainError> {
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).map_err(io(&file))?;
+    let bad = |detail: String| TrainError::Recipe {
+        path: file.clone(),
+        detail: format!("field `init`: {detail}"),
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    for (name, var) in named {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| bad(format!("lacks tensor {name}, which the recipe's model has")))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!(
+                "tensor {name} has shape {:?}, the recipe's model needs {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    Ok(InitRecord {
+        path: dir.display().to_string(),
+        sha256: crate::store::sha256_bytes(&bytes),
+    })
+}
+
+/// [`ClosedFormCheck`] on 3-name random replacement: test items sampled at
+/// temperature 1 with the whole answer region decoded in one forward.
+fn replace_check(
+    obj: &dyn objective::Objective,
+    model: &Transformer,
+    tok: &tokenizers::Tokenizer,
+    r: &Recipe,
+    tokens_per_step: usize,
+) -> Result<ClosedFormCheck, TrainError> {
+    const N: usize = 3;
+    const ITEMS: usize = 300;
+    let items = toy::generate(&ToyParams {
+        split: Split::Test,
+        per_task: ITEMS,
+        seed: r.data.seed,
+        tasks: vec!["replace_random".into()],
+        list_len: [N, N],
+        distinct: true,
+    })
+    .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut rng = ChaCha20Rng::seed_from_u64(r.seed ^ 0x44_44);
+    let mut valid = 0.0;
+    for it in &items {
+        let prompt = encode(tok, &it.prompt)?;
+        let (answer, _) = obj.decode(
+            model,
+            &prompt,
+            specials(),
+            &r.objective_params,
+            48,
+            &mut objective::EvalDecoding {
+                tokens_per_step,
+                sample: Some(&mut rng),
+            },
+        )?;
+        let text = tok
+            .decode(&answer, true)
+            .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?;
+        valid += toy::score(&text, &it.reference).unwrap_or(0.0);
+    }
+    let n = N as f64;
+    Ok(ClosedFormCheck {
+        task: "replace_random".into(),
+        list_len: N,
+        tokens_per_step,
+        temperature: 1.0,
+        items: items.len(),
+        valid_pct: 100.0 * valid / items.len() as f64,
+        closed_form_pct: 100.0 * n * (1.0 / n) * ((n - 1.0) / n).powi(N as i32 - 1),
     })
 }

@@ -37,6 +37,11 @@ pub struct ObjectiveParams {
     /// Block size of block diffusion.
     #[serde(default = "default_block")]
     pub block_size: usize,
+    /// Diffusion models: position i's output predicts the token at i + 1
+    /// (Dream's convention, natural for a model adapted from an AR one)
+    /// instead of the token at i (LLaDA's).
+    #[serde(default)]
+    pub shift_logits: bool,
 }
 
 fn default_gen_len() -> usize {
@@ -51,6 +56,7 @@ impl Default for ObjectiveParams {
         Self {
             gen_len: default_gen_len(),
             block_size: default_block(),
+            shift_logits: false,
         }
     }
 }
@@ -74,9 +80,9 @@ pub trait Objective: Sync {
         rng: &mut ChaCha20Rng,
     ) -> candle_core::Result<LossTerms>;
 
-    /// Greedy decoding of one prompt for evaluation, `tokens_per_step`
-    /// tokens committed per forward where the objective decodes in
-    /// parallel. Returns the answer ids (no EOS) and the forwards used.
+    /// Decoding of one prompt for evaluation, `d.tokens_per_step` tokens
+    /// committed per forward where the objective decodes in parallel.
+    /// Returns the answer ids (no EOS) and the forwards used.
     fn decode(
         &self,
         model: &Transformer,
@@ -84,11 +90,54 @@ pub trait Objective: Sync {
         sp: Specials,
         p: &ObjectiveParams,
         max_new: usize,
-        tokens_per_step: usize,
+        d: &mut EvalDecoding<'_>,
     ) -> Result<(Vec<u32>, usize), crate::model::ModelError>;
 
     /// Tokens per step at which the final evaluation reports scores.
     fn eval_parallelism(&self, p: &ObjectiveParams) -> Vec<usize>;
+
+    /// Tokens per step at which the whole answer region is decoded in one
+    /// forward, where the objective can (full-attention diffusion).
+    fn full_parallelism(&self, _: &ObjectiveParams) -> Option<usize> {
+        None
+    }
+}
+
+/// How the evaluation decodes: tokens per step, and greedy or sampled
+/// (temperature 1, from `sample`'s stream).
+pub struct EvalDecoding<'a> {
+    pub tokens_per_step: usize,
+    pub sample: Option<&'a mut ChaCha20Rng>,
+}
+
+impl EvalDecoding<'_> {
+    pub fn greedy(tokens_per_step: usize) -> Self {
+        EvalDecoding {
+            tokens_per_step,
+            sample: None,
+        }
+    }
+
+    /// The token picked from a row of probabilities, and its probability.
+    fn pick(&mut self, row: &[f32]) -> (u32, f32) {
+        let tok = match self.sample.as_deref_mut() {
+            None => crate::model::backbone::argmax(row),
+            Some(rng) => {
+                let u: f32 = rng.random_range(0.0..1.0);
+                let mut acc = 0.0;
+                let mut pick = row.len() - 1;
+                for (i, &p) in row.iter().enumerate() {
+                    acc += p;
+                    if u < acc {
+                        pick = i;
+                        break;
+                    }
+                }
+                pick as u32
+            }
+        };
+        (tok, row[tok as usize])
+    }
 }
 
 pub struct ObjectiveEntry {
@@ -159,7 +208,7 @@ fn bias(masks: &[Mask], lens: &[usize], t: usize, dev: &Device) -> candle_core::
     for (m, &len) in masks.iter().zip(lens) {
         for q in 0..t {
             for k in 0..t {
-                let ok = k < len && m.allows(0, q, k);
+                let ok = k < len && q < len && m.allows(0, q, k);
                 // A padded query with no visible key would be NaN: let it see
                 // position 0; its loss weight is zero.
                 let ok = ok || (q >= len && k == 0);
@@ -196,7 +245,7 @@ impl Objective for Ar {
         let masks = vec![Mask::Causal; batch.len()];
         let b = bias(&masks, &lens, t, dev)?;
         let logits = model
-            .forward_train(&ids, &b)
+            .forward_train(&ids, &b, None)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut targets = Vec::with_capacity(batch.len() * t);
         let mut weights = Vec::with_capacity(batch.len() * t);
@@ -224,7 +273,7 @@ impl Objective for Ar {
         sp: Specials,
         _: &ObjectiveParams,
         max_new: usize,
-        _: usize,
+        _: &mut EvalDecoding<'_>,
     ) -> Result<(Vec<u32>, usize), crate::model::ModelError> {
         let mut cache = model.new_cache(prompt.len() + max_new)?;
         let out = model.forward(&mut cache, &Forward::causal(prompt, 0))?;
@@ -244,6 +293,42 @@ impl Objective for Ar {
     fn eval_parallelism(&self, _: &ObjectiveParams) -> Vec<usize> {
         vec![1]
     }
+}
+
+/// The attention mask of vectorised block-diffusion training over
+/// `[prompt (n0), noisy answer (g), clean answer (g)]`: the prompt is one
+/// bidirectional block; a noisy block sees the prompt, the clean blocks
+/// before it and itself; a clean block sees the prompt and the clean
+/// blocks up to itself.
+fn vectorised_block_mask(n0: usize, g: usize, bs: usize) -> Mask {
+    let n = n0 + 2 * g;
+    // (is clean, block) of a position past the prompt.
+    let at = |i: usize| {
+        if i < n0 + g {
+            (false, (i - n0) / bs)
+        } else {
+            (true, (i - n0 - g) / bs)
+        }
+    };
+    let mut m = crate::model::mask::ExplicitMask::new(n, n);
+    for q in 0..n {
+        for k in 0..n {
+            let ok = if k < n0 {
+                true
+            } else if q < n0 {
+                false
+            } else {
+                match (at(q), at(k)) {
+                    ((false, bq), (false, bk)) => bq == bk,
+                    ((false, bq), (true, bk)) => bk < bq,
+                    ((true, bq), (true, bk)) => bk <= bq,
+                    ((true, _), (false, _)) => false,
+                }
+            };
+            m.set(q, k, ok);
+        }
+    }
+    Mask::Explicit(m)
 }
 
 pub struct MaskedDiffusion {
@@ -273,13 +358,15 @@ impl Objective for MaskedDiffusion {
         p: &ObjectiveParams,
         rng: &mut ChaCha20Rng,
     ) -> candle_core::Result<LossTerms> {
-        let dev = model.device();
         let g = p.gen_len;
-        let mut noisy = Vec::new();
-        let mut clean = Vec::new();
-        let mut weights_per = Vec::new();
-        let mut masks = Vec::new();
-        let mut lens = Vec::new();
+        let shift = usize::from(p.shift_logits);
+        let bs = if self.block { p.block_size } else { g };
+        let blocks = g.div_ceil(bs);
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut positions = Vec::with_capacity(batch.len());
+        let mut masks = Vec::with_capacity(batch.len());
+        let mut lens = Vec::with_capacity(batch.len());
+        let mut targets_per = Vec::with_capacity(batch.len());
         for pair in batch {
             if pair.answer.len() + 1 > g {
                 candle_core::bail!(
@@ -287,54 +374,81 @@ impl Objective for MaskedDiffusion {
                     pair.answer.len()
                 );
             }
-            let mut seq = pair.prompt.clone();
-            seq.extend_from_slice(&pair.answer);
-            seq.resize(pair.prompt.len() + g, sp.eos);
-            let t: f64 = rng.random_range(1e-3..1.0);
-            // Which answer positions take part: all, or one block.
-            let (lo, hi) = if self.block {
-                let blocks = g.div_ceil(p.block_size);
-                let k = rng.random_range(0..blocks);
-                (k * p.block_size, ((k + 1) * p.block_size).min(g))
-            } else {
-                (0, g)
-            };
-            let mut x = seq.clone();
-            let mut w = vec![0f32; seq.len()];
-            let mut any = false;
-            for j in lo..hi {
-                if rng.random_bool(t) {
-                    x[pair.prompt.len() + j] = sp.mask;
-                    w[pair.prompt.len() + j] = (1.0 / t) as f32;
-                    any = true;
+            let n0 = pair.prompt.len();
+            if shift == 1 && n0 == 0 {
+                candle_core::bail!("shifted logits need a prompt before the answer");
+            }
+            let mut clean = pair.answer.clone();
+            clean.resize(g, sp.eos);
+            // Noise: one t per block (the whole region is one block
+            // without block diffusion), each token masked with
+            // probability t, its loss weighted 1/t.
+            let mut noisy = clean.clone();
+            let mut weight = vec![0f32; g];
+            for b in 0..blocks {
+                let t: f64 = rng.random_range(1e-3..1.0);
+                for j in b * bs..((b + 1) * bs).min(g) {
+                    if rng.random_bool(t) {
+                        noisy[j] = sp.mask;
+                        weight[j] = (1.0 / t) as f32;
+                    }
                 }
             }
-            if !any {
-                let j = rng.random_range(lo..hi);
-                x[pair.prompt.len() + j] = sp.mask;
-                w[pair.prompt.len() + j] = (1.0 / t) as f32;
+            if !weight.iter().any(|&w| w > 0.0) {
+                let j = rng.random_range(0..g);
+                noisy[j] = sp.mask;
+                weight[j] = 1.0;
             }
-            masks.push(self.mask_for(pair.prompt.len(), p));
-            lens.push(seq.len());
-            noisy.push(x);
-            clean.push(seq);
-            weights_per.push(w);
+            let mut row = pair.prompt.clone();
+            row.extend_from_slice(&noisy);
+            let mut pos: Vec<u32> = (0..(n0 + g) as u32).collect();
+            // The logits row that predicts answer position j.
+            let mut predictor: Vec<usize> = (0..g).map(|j| n0 + j - shift).collect();
+            let mask = if self.block {
+                // BD3-LM's vectorised form: every block is noised at once,
+                // and a clean copy of the answer (at the same positions)
+                // follows, so that noisy block k sees clean blocks < k as
+                // it does when decoding.
+                row.extend_from_slice(&clean);
+                pos.extend((n0..n0 + g).map(|q| q as u32));
+                if shift == 1 {
+                    // A block's first token is predicted by the clean last
+                    // token of the block before.
+                    for b in 1..blocks {
+                        predictor[b * bs] = n0 + g + b * bs - 1;
+                    }
+                }
+                vectorised_block_mask(n0, g, bs)
+            } else {
+                Mask::Bidirectional
+            };
+            let mut targets = vec![(sp.pad, 0f32); row.len()];
+            for j in 0..g {
+                targets[predictor[j]] = (clean[j], weight[j]);
+            }
+            lens.push(row.len());
+            rows.push(row);
+            positions.push(pos);
+            masks.push(mask);
+            targets_per.push(targets);
         }
-        let (ids, t) = pad_rows(&noisy, sp.pad, dev)?;
+        let dev = model.device();
+        let (ids, t) = pad_rows(&rows, sp.pad, dev)?;
+        let (pos, _) = pad_rows(&positions, 0, dev)?;
         let b = bias(&masks, &lens, t, dev)?;
         let logits = model
-            .forward_train(&ids, &b)
+            .forward_train(&ids, &b, Some(&pos))
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut targets = Vec::with_capacity(batch.len() * t);
         let mut weights = Vec::with_capacity(batch.len() * t);
-        for (seq, w) in clean.iter().zip(&weights_per) {
+        for row in &targets_per {
             for j in 0..t {
-                targets.push(seq.get(j).copied().unwrap_or(sp.pad));
-                weights.push(w.get(j).copied().unwrap_or(0.0));
+                let (tok, w) = row.get(j).copied().unwrap_or((sp.pad, 0.0));
+                targets.push(tok);
+                weights.push(w);
             }
         }
-        let span = if self.block { p.block_size } else { g };
-        weighted_ce(&logits, &targets, &weights, (batch.len() * span) as f64)
+        weighted_ce(&logits, &targets, &weights, (batch.len() * g) as f64)
     }
 
     fn decode(
@@ -344,9 +458,15 @@ impl Objective for MaskedDiffusion {
         sp: Specials,
         p: &ObjectiveParams,
         max_new: usize,
-        tokens_per_step: usize,
+        d: &mut EvalDecoding<'_>,
     ) -> Result<(Vec<u32>, usize), crate::model::ModelError> {
         let g = p.gen_len.min(max_new.max(1));
+        let shift = usize::from(p.shift_logits);
+        if shift == 1 && prompt.is_empty() {
+            return Err(crate::model::ModelError::BadRequest(
+                "a model with shifted logits needs a prompt to predict the first token from".into(),
+            ));
+        }
         let mut seq = prompt.to_vec();
         seq.extend(std::iter::repeat_n(sp.mask, g));
         let n0 = prompt.len();
@@ -362,7 +482,7 @@ impl Objective for MaskedDiffusion {
                 let mut cache = model.new_cache(visible)?;
                 let req = Forward::causal(&seq[..visible], 0)
                     .with_mask(self.mask_for(n0, p))
-                    .with_logits(LogitsAt::Rows((n0 + lo..n0 + hi).collect()));
+                    .with_logits(LogitsAt::Rows((n0 + lo - shift..n0 + hi - shift).collect()));
                 let logits = model.forward(&mut cache, &req)?.logits.expect("rows");
                 calls += 1;
                 let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_dtype(DType::F32)?;
@@ -372,11 +492,11 @@ impl Objective for MaskedDiffusion {
                     if seq[n0 + lo + i] != sp.mask {
                         continue;
                     }
-                    let tok = crate::model::backbone::argmax(row);
-                    cands.push((row[tok as usize], lo + i, tok));
+                    let (tok, prob) = d.pick(row);
+                    cands.push((prob, lo + i, tok));
                 }
                 cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                for &(_, j, tok) in cands.iter().take(tokens_per_step.max(1)) {
+                for &(_, j, tok) in cands.iter().take(d.tokens_per_step.max(1)) {
                     seq[n0 + j] = tok;
                 }
             }
@@ -396,5 +516,51 @@ impl Objective for MaskedDiffusion {
         v.retain(|&k| k < span);
         v.push(span);
         v
+    }
+
+    fn full_parallelism(&self, p: &ObjectiveParams) -> Option<usize> {
+        (!self.block).then_some(p.gen_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn sampled_picks_follow_the_probabilities() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut d = EvalDecoding {
+            tokens_per_step: 1,
+            sample: Some(&mut rng),
+        };
+        let row = [0.1f32, 0.6, 0.3];
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            let (t, p) = d.pick(&row);
+            assert_eq!(p, row[t as usize]);
+            counts[t as usize] += 1;
+        }
+        for (c, p) in counts.iter().zip(row) {
+            let f = *c as f32 / 20_000.0;
+            assert!((f - p).abs() < 0.015, "{counts:?}");
+        }
+        assert_eq!(EvalDecoding::greedy(1).pick(&row), (1, 0.6));
+    }
+
+    /// Prompt of 2, answer of 4 in blocks of 2: noisy block k sees the
+    /// prompt, clean blocks < k and itself; clean blocks are block-causal.
+    #[test]
+    fn the_vectorised_block_mask_shows_each_noisy_block_the_clean_past() {
+        let Mask::Explicit(m) = vectorised_block_mask(2, 4, 2) else {
+            panic!("an explicit mask")
+        };
+        let row = |q: usize| -> Vec<usize> { (0..10).filter(|&k| m.get(q, k)).collect() };
+        assert_eq!(row(0), vec![0, 1]); // prompt
+        assert_eq!(row(2), vec![0, 1, 2, 3]); // noisy block 0
+        assert_eq!(row(4), vec![0, 1, 4, 5, 6, 7]); // noisy block 1: clean block 0
+        assert_eq!(row(6), vec![0, 1, 6, 7]); // clean block 0
+        assert_eq!(row(9), vec![0, 1, 6, 7, 8, 9]); // clean block 1
     }
 }

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Summary of a trained toy zoo from its training records (training.json).
+
+usage: zoo_summary.py ROOT [--wall-s S] [--sps-tau T] [--against OTHER_ROOT]
+
+Prints Markdown: per model, the parameters, steps, training and evaluation
+wall time, folder size, and the test-split scores at each tokens/step, plus
+the closed-form check of the diffusion LM. With --against, also compares
+each model's scores with the same model in OTHER_ROOT and exits 1 when a
+deterministic or random-task score at one token per step differs by more
+than 2 points (the issue's reproduction rule).
+"""
+import argparse
+import json
+import os
+import sys
+
+MODELS = ["toy-target", "toy-draft", "toy-dllm", "toy-bdllm"]
+
+
+def load(root, name):
+    with open(os.path.join(root, name, "training.json")) as f:
+        return json.load(f)
+
+
+def size_mb(path):
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        if "checkpoint" in dirpath:
+            continue
+        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total / 1e6
+
+
+def pct(x):
+    return "–" if x is None else f"{x:.1f}%"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root")
+    ap.add_argument("--wall-s", type=float)
+    ap.add_argument("--sps-tau", type=float)
+    ap.add_argument("--against")
+    a = ap.parse_args()
+
+    recs = {m: load(a.root, m) for m in MODELS}
+    print("| model | objective | parameters | steps | training | evaluation | size |")
+    print("|---|---|---|---|---|---|---|")
+    for m, r in recs.items():
+        print(
+            f"| `{m}` | {r['recipe']['objective']} | {r['parameters'] / 1e6:.2f} M | {r['steps_done']} "
+            f"| {r['wall_s'] / 60:.1f} min | {r.get('eval_wall_s', 0) / 60:.1f} min "
+            f"| {size_mb(os.path.join(a.root, m)):.1f} MB |"
+        )
+    total_mb = sum(size_mb(os.path.join(a.root, m)) for m in MODELS)
+    print()
+    if a.wall_s is not None:
+        print(f"Whole zoo: {a.wall_s / 60:.1f} min wall time (training and evaluation), {total_mb:.1f} MB.")
+    else:
+        print(f"Whole zoo: {total_mb:.1f} MB.")
+    if a.sps_tau is not None:
+        print(f"`toy-draft` as `sps`'s drafter at draft length 4 on the toy suite: τ = {a.sps_tau:.2f} tokens per target forward.")
+    print()
+    print("Test split (20 items per task), deterministic tasks exact / random tasks valid, by tokens per step:")
+    print()
+    print("| model | tokens/step | deterministic | random | tokens per forward |")
+    print("|---|---|---|---|---|")
+    for m, r in recs.items():
+        for e in r["evaluation"]:
+            print(
+                f"| `{m}` | {e['tokens_per_step']} | {pct(e['deterministic'])} | {pct(e['random'])} "
+                f"| {e['tokens_per_forward']:.2f} |"
+            )
+    tasks = sorted(recs["toy-dllm"]["evaluation"][0]["per_task"])
+    print()
+    print("`toy-dllm` per task (greedy, confidence order), by tokens per step:")
+    print()
+    ks = [e["tokens_per_step"] for e in recs["toy-dllm"]["evaluation"]]
+    print("| task | " + " | ".join(str(k) for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    for t in tasks:
+        vals = [e["per_task"].get(t) for e in recs["toy-dllm"]["evaluation"]]
+        print(f"| {t} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in vals) + " |")
+    for m, r in recs.items():
+        for c in r.get("closed_form_checks", []):
+            print()
+            print(
+                f"`{m}`, {c['task']} of {c['list_len']} names, all {c['tokens_per_step']} positions in one step, "
+                f"sampled at temperature {c['temperature']:g}: {c['valid_pct']:.1f}% valid over {c['items']} items "
+                f"(closed form {c['closed_form_pct']:.1f}%)."
+            )
+
+    if a.against:
+        bad = []
+        print()
+        print(f"Against {a.against} (one token per step):")
+        print()
+        print("| model | deterministic | random | Δ |")
+        print("|---|---|---|---|")
+        for m, r in recs.items():
+            o = load(a.against, m)
+            e, f = r["evaluation"][0], o["evaluation"][0]
+            deltas = [
+                abs(x - y)
+                for x, y in [(e["deterministic"], f["deterministic"]), (e["random"], f["random"])]
+                if x is not None and y is not None
+            ]
+            worst = max(deltas) if deltas else 0.0
+            print(
+                f"| `{m}` | {pct(e['deterministic'])} vs {pct(f['deterministic'])} "
+                f"| {pct(e['random'])} vs {pct(f['random'])} | {worst:.1f} |"
+            )
+            if worst > 2.0:
+                bad.append(m)
+        if bad:
+            print(f"\nNot reproduced within 2 points: {', '.join(bad)}")
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
