@@ -90,13 +90,13 @@ pub struct ForwardOutput {
 }
 
 #[derive(Debug, Clone)]
-struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
     eps: f32,
 }
 
 impl RmsNorm {
-    fn load(
+    pub(crate) fn load(
         w: &Weights,
         name: &str,
         size: usize,
@@ -115,14 +115,18 @@ impl RmsNorm {
 }
 
 #[derive(Debug, Clone)]
-struct Rope {
+pub(crate) struct Rope {
     cos: Tensor,
     sin: Tensor,
     interleaved: bool,
 }
 
 impl Rope {
-    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+    pub(crate) fn new(
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let inv = rope_inv_freq(cfg);
         let half = inv.len();
         let n = cfg.max_position_embeddings;
@@ -143,7 +147,7 @@ impl Rope {
     }
 
     /// cos/sin rows for a chunk.
-    fn select(
+    pub(crate) fn select(
         &self,
         start: usize,
         n: usize,
@@ -153,6 +157,50 @@ impl Rope {
             None => Ok((self.cos.narrow(0, start, n)?, self.sin.narrow(0, start, n)?)),
             Some(p) => Ok((self.cos.index_select(p, 0)?, self.sin.index_select(p, 0)?)),
         }
+    }
+
+    /// cos/sin for a training batch of `b` rows of `t` tokens: `[t, half]`
+    /// at positions `0..t`, or `[b, t, half]` at `positions` (`[b, t]`).
+    pub(crate) fn train_tables(
+        &self,
+        cfg: &ModelConfig,
+        b: usize,
+        t: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        if self.interleaved {
+            return Err(ModelError::BadRequest(
+                "training supports the rotate-half rope layout of HF checkpoints".into(),
+            ));
+        }
+        let Some(p) = positions else {
+            if t > cfg.max_position_embeddings {
+                return Err(ModelError::ContextOverflow {
+                    needed: t,
+                    context: cfg.max_position_embeddings,
+                });
+            }
+            return Ok((self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?));
+        };
+        if p.dims() != [b, t] {
+            return Err(ModelError::BadRequest(format!(
+                "positions {:?} for a batch of {b} rows of {t}",
+                p.dims()
+            )));
+        }
+        let flat = p.flatten_all()?;
+        let max = flat.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: max + 1,
+                context: cfg.max_position_embeddings,
+            });
+        }
+        let half = self.cos.dim(1)?;
+        Ok((
+            self.cos.index_select(&flat, 0)?.reshape((b, t, half))?,
+            self.sin.index_select(&flat, 0)?.reshape((b, t, half))?,
+        ))
     }
 
     fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
@@ -308,25 +356,37 @@ impl Mlp {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     attn: Attention,
     mlp: Mlp,
-    input_norm: RmsNorm,
+    /// None in the first layer of an EAGLE head, which attends to the fc
+    /// output directly.
+    input_norm: Option<RmsNorm>,
     post_norm: RmsNorm,
 }
 
 impl Block {
-    fn load(w: &Weights, cfg: &ModelConfig, dtype: DType) -> Result<Self, ModelError> {
+    pub(crate) fn load(w: &Weights, cfg: &ModelConfig, dtype: DType) -> Result<Self, ModelError> {
+        let mut b = Self::load_without_input_norm(w, cfg, dtype)?;
+        b.input_norm = Some(RmsNorm::load(
+            w,
+            "input_layernorm",
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            dtype,
+        )?);
+        Ok(b)
+    }
+
+    pub(crate) fn load_without_input_norm(
+        w: &Weights,
+        cfg: &ModelConfig,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         Ok(Self {
             attn: Attention::load(&w.pp("self_attn"), cfg, dtype)?,
             mlp: Mlp::load(&w.pp("mlp"), cfg, dtype)?,
-            input_norm: RmsNorm::load(
-                w,
-                "input_layernorm",
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-                dtype,
-            )?,
+            input_norm: None,
             post_norm: RmsNorm::load(
                 w,
                 "post_attention_layernorm",
@@ -335,6 +395,69 @@ impl Block {
                 dtype,
             )?,
         })
+    }
+
+    /// One block over a chunk `x` `[1, n, hidden]` at cache position
+    /// `start`, writing its keys and values into `cache`'s `layer`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        start: usize,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        keys: &[Keys],
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let h = match &self.input_norm {
+            Some(n) => n.forward(x)?,
+            None => x.clone(),
+        };
+        let a = self
+            .attn
+            .forward(&h, cache, layer, start, rope, cos, sin, keys, bias)?;
+        let x1 = (x + a)?;
+        let m = self.mlp.forward(&self.post_norm.forward(&x1)?)?;
+        Ok((x1 + m)?)
+    }
+
+    /// The differentiable form of [`Block::forward`] over a padded batch
+    /// `[b, t, hidden]`; `rope` rotates `[b, heads, t, head_dim]`.
+    pub(crate) fn forward_train(
+        &self,
+        x: &Tensor,
+        rope: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+        bias: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t, _) = x.dims3()?;
+        let rms = |x: &Tensor, n: &RmsNorm| super::fused::rms_norm(x, &n.weight, n.eps);
+        let a = &self.attn;
+        let (nh, nkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+        let h = match &self.input_norm {
+            Some(n) => rms(x, n)?,
+            None => x.clone(),
+        };
+        let heads = |l: &Linear, n: usize| -> candle_core::Result<Tensor> {
+            l.forward_train(&h)?.reshape((b, t, n, d))?.transpose(1, 2)
+        };
+        let q = rope(&heads(&a.q, nh)?)?;
+        let k = repeat_kv(&rope(&heads(&a.k, nkv)?)?.contiguous()?, nh / nkv)?;
+        let v = repeat_kv(&heads(&a.v, nkv)?.contiguous()?, nh / nkv)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let att = super::fused::masked_softmax(&att, bias)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        let x1 = (x + a.o.forward_train(&y)?)?;
+        let h2 = rms(&x1, &self.post_norm)?;
+        let g = self.mlp.gate.forward_train(&h2)?.silu()?;
+        let m = self
+            .mlp
+            .down
+            .forward_train(&(g * self.mlp.up.forward_train(&h2)?)?)?;
+        Ok((x1 + m)?)
     }
 }
 
@@ -528,9 +651,8 @@ impl Transformer {
         };
         record(&mut hidden, HiddenTap::Embeddings, &x)?;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = blk.input_norm.forward(&x)?;
-            let a = blk.attn.forward(
-                &h,
+            x = blk.forward(
+                &x,
                 cache,
                 i,
                 req.start,
@@ -540,9 +662,6 @@ impl Transformer {
                 &keys,
                 bias.as_ref(),
             )?;
-            let x1 = (x + a)?;
-            let m = blk.mlp.forward(&blk.post_norm.forward(&x1)?)?;
-            x = (x1 + m)?;
             record(&mut hidden, HiddenTap::Block(i), &x)?;
         }
         cache.set_len(total);
@@ -590,84 +709,44 @@ impl Transformer {
         bias: &Tensor,
         positions: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
+        self.project_train(&self.features_train(tokens, bias, positions)?)
+    }
+
+    /// [`Transformer::forward_train`] up to the final norm: `[b, t, hidden]`,
+    /// what the LM head reads (EAGLE's features).
+    pub fn features_train(
+        &self,
+        tokens: &Tensor,
+        bias: &Tensor,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = tokens.dims2()?;
-        if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::ContextOverflow {
-                needed: t,
-                context: self.cfg.max_position_embeddings,
-            });
-        }
-        if self.rope.interleaved {
-            return Err(ModelError::BadRequest(
-                "training supports the rotate-half rope layout of HF checkpoints".into(),
-            ));
-        }
-        let rms = |x: &Tensor, n: &RmsNorm| super::fused::rms_norm(x, &n.weight, n.eps);
-        let (cos, sin) = match positions {
-            None => (
-                self.rope.cos.narrow(0, 0, t)?,
-                self.rope.sin.narrow(0, 0, t)?,
-            ),
-            Some(p) => {
-                if p.dims() != [b, t] {
-                    return Err(ModelError::BadRequest(format!(
-                        "positions {:?} for tokens {:?}",
-                        p.dims(),
-                        tokens.dims()
-                    )));
-                }
-                let flat = p.flatten_all()?;
-                let max = flat.max(0)?.to_scalar::<u32>()? as usize;
-                if max >= self.cfg.max_position_embeddings {
-                    return Err(ModelError::ContextOverflow {
-                        needed: max + 1,
-                        context: self.cfg.max_position_embeddings,
-                    });
-                }
-                let half = self.cfg.head_dim / 2;
-                (
-                    self.rope
-                        .cos
-                        .index_select(&flat, 0)?
-                        .reshape((b, t, half))?,
-                    self.rope
-                        .sin
-                        .index_select(&flat, 0)?
-                        .reshape((b, t, half))?,
-                )
-            }
-        };
+        let (cos, sin) = self.rope.train_tables(&self.cfg, b, t, positions)?;
         let rope = |x: &Tensor| super::fused::rope(x, &cos, &sin);
         let ids = tokens.flatten_all()?;
         let mut x = self
             .embed
             .forward(&ids, self.dtype)?
             .reshape((b, t, self.cfg.hidden_size))?;
-        let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
         for blk in &self.blocks {
-            let a = &blk.attn;
-            let (nh, nkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
-            let h = rms(&x, &blk.input_norm)?;
-            let heads = |l: &Linear, n: usize| -> candle_core::Result<Tensor> {
-                l.forward_train(&h)?.reshape((b, t, n, d))?.transpose(1, 2)
-            };
-            let q = rope(&heads(&a.q, nh)?)?;
-            let k = repeat_kv(&rope(&heads(&a.k, nkv)?)?.contiguous()?, nh / nkv)?;
-            let v = repeat_kv(&heads(&a.v, nkv)?.contiguous()?, nh / nkv)?;
-            let att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-            let att = super::fused::masked_softmax(&att, bias)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
-            let x1 = (x + a.o.forward_train(&y)?)?;
-            let h2 = rms(&x1, &blk.post_norm)?;
-            let g = blk.mlp.gate.forward_train(&h2)?.silu()?;
-            let m = blk
-                .mlp
-                .down
-                .forward_train(&(g * blk.mlp.up.forward_train(&h2)?)?)?;
-            x = (x1 + m)?;
+            x = blk.forward_train(&x, &rope, bias)?;
         }
-        let x = rms(&x, &self.norm)?;
-        Ok(self.lm_head.forward_train(&x)?)
+        Ok(super::fused::rms_norm(
+            &x,
+            &self.norm.weight,
+            self.norm.eps,
+        )?)
+    }
+
+    /// The LM head over final-norm features `[.., hidden]`, differentiable.
+    pub fn project_train(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.lm_head.forward_train(features)?)
+    }
+
+    /// The LM head over final-norm features `[n, hidden]` (an EAGLE head's
+    /// output): f32 logits `[n, vocab]`.
+    pub fn project(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.lm_head.forward(features)?.to_dtype(DType::F32)?)
     }
 
     /// Applies the final norm and LM head to hidden states `[n, hidden]`

@@ -9,6 +9,7 @@
 //! interrupted training resumes on the same path.
 
 pub mod adamw;
+pub mod fast;
 pub mod objective;
 
 use std::collections::{BTreeMap, HashMap};
@@ -674,6 +675,7 @@ pub fn train(
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = Transformer::from_var_builder(vb, &cfg, &out.display().to_string())?;
     let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+    let fast_path = FastPath::new(&cfg, &named, device);
     let mut opt = adamw::AdamW::new(
         named.clone(),
         adamw::AdamWParams {
@@ -787,6 +789,7 @@ pub fn train(
                 workers,
                 seed: r.seed,
                 step,
+                fast: fast_path.as_ref(),
             },
         )?;
         let norm = opt.grad_norm(&grads)?;
@@ -942,9 +945,113 @@ struct StepContext<'a> {
     workers: usize,
     seed: u64,
     step: usize,
+    /// The hand-written CPU pass, where it applies.
+    fast: Option<&'a FastPath>,
 }
 
-type MicroResult = candle_core::Result<(f64, f64, candle_core::backprop::GradStore)>;
+/// Gradients by parameter name.
+pub type NamedGrads = HashMap<String, Tensor>;
+
+/// The hand-written CPU forward/backward ([`fast`]) for a llama-family
+/// model whose every parameter it knows: the shapes, the rope tables and
+/// the parameter names in its order.
+struct FastPath {
+    dims: fast::Dims,
+    names: Vec<String>,
+    /// cos/sin per position, `max_positions × head_dim/2`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl FastPath {
+    /// `None` where the pass does not apply (a device, another dtype or
+    /// parameters it does not know), so that autograd computes the step.
+    fn new(cfg: &ModelConfig, named: &[(String, Var)], device: &Device) -> Option<Self> {
+        if !device.is_cpu() || cfg.rope_interleaved || cfg.rope_scaling.is_some() {
+            return None;
+        }
+        let dims = fast::Dims::of(cfg);
+        let names = dims.names();
+        if named
+            .iter()
+            .any(|(n, v)| !names.contains(n) || v.dtype() != DType::F32)
+        {
+            return None;
+        }
+        let inv = crate::model::config::rope_inv_freq(cfg);
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..cfg.max_position_embeddings {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Some(Self {
+            dims,
+            names,
+            cos,
+            sin,
+        })
+    }
+
+    /// The current weights, in the pass's order.
+    fn params(&self, named: &[(String, Var)]) -> candle_core::Result<fast::Params> {
+        let by_name: HashMap<&str, &Var> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let mut out = Vec::with_capacity(self.names.len());
+        for n in &self.names {
+            out.push(match by_name.get(n.as_str()) {
+                Some(v) => v.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+                None => Vec::new(),
+            });
+        }
+        Ok(fast::Params(out))
+    }
+
+    /// Loss sum and gradients of one token batch.
+    fn loss_and_grads(
+        &self,
+        w: &fast::Params,
+        tb: &objective::TokenBatch,
+        pad: u32,
+    ) -> candle_core::Result<(f64, fast::Params)> {
+        let p = tb.padded(pad);
+        let half = self.dims.head_dim / 2;
+        let max = self.cos.len() / half.max(1);
+        if let Some(&bad) = p.positions.iter().find(|&&q| q as usize >= max) {
+            candle_core::bail!("position {bad} is past the model's {max} positions");
+        }
+        let table = |t: &[f32]| -> Vec<f32> {
+            p.positions
+                .iter()
+                .flat_map(|&q| t[q as usize * half..][..half].iter().copied())
+                .collect()
+        };
+        let (cos, sin) = (table(&self.cos), table(&self.sin));
+        Ok(fast::loss_and_grads(
+            &self.dims,
+            w,
+            &fast::Batch {
+                rows: p.rows,
+                len: p.len,
+                ids: &p.ids,
+                bias: &p.bias,
+                cos: &cos,
+                sin: &sin,
+                targets: &p.targets,
+                weights: &p.weights,
+            },
+        ))
+    }
+}
+
+/// One micro-batch's loss sum, normaliser and gradients.
+enum MicroGrads {
+    Autograd(candle_core::backprop::GradStore),
+    Fast(fast::Params),
+}
+
+type MicroResult = candle_core::Result<(f64, f64, MicroGrads)>;
 
 /// The batch's loss and its gradients. The batch is sorted by length and
 /// cut into micro-batches (less padding), which `workers` threads take
@@ -957,10 +1064,14 @@ fn batch_gradients(
     named: &[(String, Var)],
     batch: &[&Pair],
     cx: StepContext<'_>,
-) -> candle_core::Result<(f64, candle_core::backprop::GradStore)> {
+) -> candle_core::Result<(f64, NamedGrads)> {
     let mut sorted: Vec<&Pair> = batch.to_vec();
     sorted.sort_by_key(|p| p.prompt.len() + p.answer.len());
     let chunks: Vec<&[&Pair]> = sorted.chunks(cx.micro_batch.max(1)).collect();
+    let weights = match cx.fast {
+        Some(f) => Some(f.params(named)?),
+        None => None,
+    };
     let results: Vec<std::sync::Mutex<Option<MicroResult>>> =
         chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -978,10 +1089,21 @@ fn batch_gradients(
                 ^ (i as u64).wrapping_add(1),
         );
         let r = obj
-            .loss(model, chunks[i], cx.sp, cx.params, &mut rng)
-            .and_then(|t| {
-                let grads = t.sum.backward()?;
-                Ok((t.sum.to_scalar::<f32>()? as f64, t.norm, grads))
+            .token_batch(chunks[i], cx.sp, cx.params, &mut rng)
+            .and_then(|tb| match (cx.fast, &weights) {
+                (Some(f), Some(w)) => {
+                    let (sum, g) = f.loss_and_grads(w, &tb, cx.sp.pad)?;
+                    Ok((sum, tb.norm, MicroGrads::Fast(g)))
+                }
+                _ => {
+                    let t = objective::autograd_loss(model, &tb, cx.sp.pad)?;
+                    let grads = t.sum.backward()?;
+                    Ok((
+                        t.sum.to_scalar::<f32>()? as f64,
+                        t.norm,
+                        MicroGrads::Autograd(grads),
+                    ))
+                }
             });
         *results[i].lock().expect("micro-batch slot") = Some(r);
     };
@@ -1005,24 +1127,56 @@ fn batch_gradients(
     }
     let total_norm: f64 = done.iter().map(|d| d.1).sum::<f64>().max(1e-12);
     let loss = done.iter().map(|d| d.0).sum::<f64>() / total_norm;
-    let mut parts = done.into_iter().map(|d| d.2);
-    let mut grads = parts.next().expect("a non-empty batch");
-    let rest: Vec<_> = parts.collect();
-    for (_, var) in named {
-        let mut g = grads.remove(var.as_tensor());
-        for other in &rest {
-            if let Some(o) = other.get(var.as_tensor()) {
-                g = Some(match g {
-                    Some(g) => (g + o)?,
-                    None => o.clone(),
-                });
+    let mut out = NamedGrads::new();
+    match cx.fast {
+        Some(f) => {
+            let mut sum: Option<fast::Params> = None;
+            for (_, _, g) in done {
+                let MicroGrads::Fast(g) = g else {
+                    unreachable!("one path per step")
+                };
+                match &mut sum {
+                    None => sum = Some(g),
+                    Some(s) => s.add_assign(&g),
+                }
+            }
+            let sum = sum.expect("a non-empty batch");
+            let by_name: HashMap<&str, &Var> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            for (name, g) in f.names.iter().zip(sum.0) {
+                if let Some(v) = by_name.get(name.as_str()) {
+                    let g: Vec<f32> = g
+                        .into_iter()
+                        .map(|x| (x as f64 / total_norm) as f32)
+                        .collect();
+                    out.insert(name.clone(), Tensor::from_vec(g, v.shape(), v.device())?);
+                }
             }
         }
-        if let Some(g) = g {
-            grads.insert(var.as_tensor(), (g / total_norm)?);
+        None => {
+            let mut stores: Vec<_> = done
+                .into_iter()
+                .map(|d| match d.2 {
+                    MicroGrads::Autograd(g) => g,
+                    MicroGrads::Fast(_) => unreachable!("one path per step"),
+                })
+                .collect();
+            for (name, var) in named {
+                let mut g: Option<Tensor> = None;
+                for st in stores.iter_mut() {
+                    if let Some(o) = st.remove(var.as_tensor()) {
+                        g = Some(match g {
+                            Some(g) => (g + o)?,
+                            None => o,
+                        });
+                    }
+                }
+                if let Some(g) = g {
+                    out.insert(name.clone(), (g / total_norm)?);
+                }
+            }
         }
     }
-    Ok((loss, grads))
+    Ok((loss, out))
 }
 
 /// Greedy decoding of the test items at `tokens_per_step`, scored by the
@@ -1164,4 +1318,130 @@ fn replace_check(
         valid_pct: 100.0 * valid / items.len() as f64,
         closed_form_pct: 100.0 * n * (1.0 / n) * ((n - 1.0) / n).powi(N as i32 - 1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExplicitMask;
+    use crate::model::Mask;
+    use objective::TokenBatch;
+
+    fn tiny(arch: Architecture, tied: bool) -> ModelConfig {
+        ModelConfig {
+            architecture: arch,
+            vocab_size: 23,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            rope_interleaved: false,
+            qkv_bias: arch == Architecture::Qwen2,
+            tie_word_embeddings: tied,
+        }
+    }
+
+    /// The hand-written pass computes candle autograd's loss and gradients,
+    /// with grouped-query attention, qkv biases, an untied head, padding,
+    /// causal, bidirectional and explicit masks and explicit positions.
+    #[test]
+    fn the_fast_pass_matches_autograd() {
+        for (arch, tied) in [(Architecture::Llama, true), (Architecture::Qwen2, false)] {
+            let cfg = tiny(arch, tied);
+            let mut rng = ChaCha20Rng::seed_from_u64(3);
+            let varmap = candle_nn::VarMap::new();
+            let mut named = Vec::new();
+            {
+                let mut data = varmap.data().lock().unwrap();
+                for (name, (shape, v)) in init_weights(&cfg, 1) {
+                    // Random values everywhere, biases and gains included.
+                    let v: Vec<f32> = v.iter().map(|_| rng.random_range(-0.5..0.5)).collect();
+                    let var = Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+                        .unwrap();
+                    data.insert(name.clone(), var.clone());
+                    named.push((name, var));
+                }
+            }
+            if !tied {
+                assert!(named.iter().any(|(n, _)| n == "lm_head.weight"));
+            }
+            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let model = Transformer::from_var_builder(vb, &cfg, "test").unwrap();
+            let mut explicit = ExplicitMask::new(7, 7);
+            for q in 0..7 {
+                for k in 0..7 {
+                    explicit.set(q, k, k <= q || (k + q) % 3 == 0);
+                }
+            }
+            let rows: Vec<Vec<u32>> = vec![
+                (0..9).map(|i| (i * 5 + 1) % 23).collect(),
+                (0..5).map(|i| (i * 7 + 2) % 23).collect(),
+                (0..7).map(|i| (i * 3 + 4) % 23).collect(),
+            ];
+            let targets: Vec<Vec<(u32, f32)>> = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .map(|(j, &t)| {
+                            (
+                                (t * 2 + 1) % 23,
+                                if j % 3 == 1 { 0.0 } else { 0.5 + j as f32 },
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            let tb = TokenBatch {
+                positions: Some(vec![
+                    (0..9).collect(),
+                    vec![3, 4, 5, 6, 7],
+                    vec![0, 1, 2, 3, 1, 2, 3],
+                ]),
+                masks: vec![Mask::Causal, Mask::Bidirectional, Mask::Explicit(explicit)],
+                rows,
+                targets,
+                norm: 1.0,
+            };
+            let want = objective::autograd_loss(&model, &tb, 0).unwrap();
+            let grads = want.sum.backward().unwrap();
+            let fp = FastPath::new(&cfg, &named, &Device::Cpu).expect("the pass applies");
+            let w = fp.params(&named).unwrap();
+            let (sum, got) = fp.loss_and_grads(&w, &tb, 0).unwrap();
+            let want_sum = want.sum.to_scalar::<f32>().unwrap() as f64;
+            assert!(
+                (sum - want_sum).abs() < 1e-4 * want_sum.abs().max(1.0),
+                "{sum} vs {want_sum}"
+            );
+            let by_name: HashMap<&str, &Var> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            for (name, g) in fp.names.iter().zip(&got.0) {
+                let Some(v) = by_name.get(name.as_str()) else {
+                    assert!(g.is_empty(), "{name}");
+                    continue;
+                };
+                let want = grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let scale = want.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+                let diff = want
+                    .iter()
+                    .zip(g)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff < 1e-4 * scale,
+                    "{arch:?} {name}: max |Δ| {diff} (scale {scale})"
+                );
+            }
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! training, ...) is a new struct implementing [`Objective`] and a line in
 //! the table.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
+use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
@@ -69,16 +70,109 @@ pub struct LossTerms {
     pub norm: f64,
 }
 
+/// What a token-level objective asks of the model: token rows (each with
+/// its attention mask and, optionally, rope positions), and per position
+/// a target id and loss weight. The loss is `Σ weight·(−log p(target))`
+/// over `norm`.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub rows: Vec<Vec<u32>>,
+    pub masks: Vec<Mask>,
+    /// Rope positions per row; `None` means `0..len` for every row.
+    pub positions: Option<Vec<Vec<u32>>>,
+    /// Per row and position: (target id, weight); weight 0 means none.
+    pub targets: Vec<Vec<(u32, f32)>>,
+    pub norm: f64,
+}
+
+/// A [`TokenBatch`] padded to one length, as flat row-major arrays.
+pub struct Padded {
+    pub rows: usize,
+    pub len: usize,
+    pub ids: Vec<u32>,
+    /// `rows × len × len`: 0 where a query sees a key, [`NEG`] where not.
+    pub bias: Vec<f32>,
+    pub positions: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+impl TokenBatch {
+    pub fn padded(&self, pad: u32) -> Padded {
+        let rows = self.rows.len();
+        let len = self.rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(rows * len);
+        let mut positions = Vec::with_capacity(rows * len);
+        let mut targets = Vec::with_capacity(rows * len);
+        let mut weights = Vec::with_capacity(rows * len);
+        let mut bias = Vec::with_capacity(rows * len * len);
+        for (r, row) in self.rows.iter().enumerate() {
+            let n = row.len();
+            ids.extend_from_slice(row);
+            ids.extend(std::iter::repeat_n(pad, len - n));
+            match &self.positions {
+                Some(p) => positions.extend_from_slice(&p[r]),
+                None => positions.extend(0..n as u32),
+            }
+            positions.extend(std::iter::repeat_n(0, len - n));
+            for j in 0..len {
+                let (t, w) = self.targets[r].get(j).copied().unwrap_or((pad, 0.0));
+                targets.push(t);
+                weights.push(w);
+            }
+            for q in 0..len {
+                for k in 0..len {
+                    let ok = k < n && q < n && self.masks[r].allows(0, q, k);
+                    // A padded query with no visible key would be NaN: let
+                    // it see position 0; its loss weight is zero.
+                    let ok = ok || (q >= n && k == 0);
+                    bias.push(if ok { 0.0 } else { NEG });
+                }
+            }
+        }
+        Padded {
+            rows,
+            len,
+            ids,
+            bias,
+            positions,
+            targets,
+            weights,
+        }
+    }
+}
+
+/// The loss terms of a token batch through candle's autograd (any device).
+pub fn autograd_loss(
+    model: &Transformer,
+    tb: &TokenBatch,
+    pad: u32,
+) -> candle_core::Result<LossTerms> {
+    let dev = model.device();
+    let p = tb.padded(pad);
+    let ids = Tensor::from_vec(p.ids, (p.rows, p.len), dev)?;
+    let bias = Tensor::from_vec(p.bias, (p.rows, 1, p.len, p.len), dev)?;
+    let pos = match tb.positions {
+        Some(_) => Some(Tensor::from_vec(p.positions, (p.rows, p.len), dev)?),
+        None => None,
+    };
+    let logits = model
+        .forward_train(&ids, &bias, pos.as_ref())
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    weighted_ce(&logits, &p.targets, &p.weights, tb.norm)
+}
+
 pub trait Objective: Sync {
-    /// The loss terms of a (micro-)batch; `rng` draws its noise.
-    fn loss(
+    /// A (micro-)batch as token rows with per-position targets and loss
+    /// weights; `rng` draws its noise. The trainer computes the loss from
+    /// it (see [`TokenBatch`]).
+    fn token_batch(
         &self,
-        model: &Transformer,
         batch: &[&Pair],
         sp: Specials,
         p: &ObjectiveParams,
         rng: &mut ChaCha20Rng,
-    ) -> candle_core::Result<LossTerms>;
+    ) -> candle_core::Result<TokenBatch>;
 
     /// Decoding of one prompt for evaluation, `d.tokens_per_step` tokens
     /// committed per forward where the objective decodes in parallel.
@@ -168,7 +262,8 @@ pub fn find(name: &str) -> Option<&'static ObjectiveEntry> {
     OBJECTIVES.iter().find(|o| o.name == name)
 }
 
-const NEG: f32 = -1e4;
+/// The attention bias of a hidden key.
+pub(crate) const NEG: f32 = -1e4;
 
 /// Weighted token cross-entropy: `sum(w * nll)` over `norm`.
 fn weighted_ce(
@@ -191,79 +286,43 @@ fn weighted_ce(
     })
 }
 
-/// Pads rows to one length; returns ids `[b, t]`.
-fn pad_rows(rows: &[Vec<u32>], pad: u32, dev: &Device) -> candle_core::Result<(Tensor, usize)> {
-    let t = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let mut flat = Vec::with_capacity(rows.len() * t);
-    for r in rows {
-        flat.extend_from_slice(r);
-        flat.extend(std::iter::repeat_n(pad, t - r.len()));
-    }
-    Ok((Tensor::from_vec(flat, (rows.len(), t), dev)?, t))
-}
-
-/// `[b, 1, t, t]` attention bias: `mask` per row, pad keys hidden.
-fn bias(masks: &[Mask], lens: &[usize], t: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    let mut v = Vec::with_capacity(masks.len() * t * t);
-    for (m, &len) in masks.iter().zip(lens) {
-        for q in 0..t {
-            for k in 0..t {
-                let ok = k < len && q < len && m.allows(0, q, k);
-                // A padded query with no visible key would be NaN: let it see
-                // position 0; its loss weight is zero.
-                let ok = ok || (q >= len && k == 0);
-                v.push(if ok { 0.0 } else { NEG });
-            }
-        }
-    }
-    Tensor::from_vec(v, (masks.len(), 1, t, t), dev)
-}
-
 pub struct Ar;
 
 impl Objective for Ar {
-    fn loss(
+    fn token_batch(
         &self,
-        model: &Transformer,
         batch: &[&Pair],
         sp: Specials,
         _: &ObjectiveParams,
         _: &mut ChaCha20Rng,
-    ) -> candle_core::Result<LossTerms> {
-        let dev = model.device();
-        let mut inputs = Vec::new();
-        let mut lens = Vec::new();
-        for p in batch {
-            let mut seq = p.prompt.clone();
-            seq.extend_from_slice(&p.answer);
-            seq.push(sp.eos);
-            seq.pop(); // inputs stop before the last target
-            lens.push(seq.len());
-            inputs.push(seq);
-        }
-        let (ids, t) = pad_rows(&inputs, sp.pad, dev)?;
-        let masks = vec![Mask::Causal; batch.len()];
-        let b = bias(&masks, &lens, t, dev)?;
-        let logits = model
-            .forward_train(&ids, &b, None)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let mut targets = Vec::with_capacity(batch.len() * t);
-        let mut weights = Vec::with_capacity(batch.len() * t);
+    ) -> candle_core::Result<TokenBatch> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut targets = Vec::with_capacity(batch.len());
         let mut count = 0usize;
         for p in batch {
             let mut seq = p.prompt.clone();
             seq.extend_from_slice(&p.answer);
             seq.push(sp.eos);
-            for j in 0..t {
-                // Position j predicts seq[j + 1]; only answer tokens count.
-                let target = seq.get(j + 1).copied();
-                let on = j + 1 >= p.prompt.len() && target.is_some();
-                targets.push(target.unwrap_or(sp.pad));
-                weights.push(if on { 1.0 } else { 0.0 });
-                count += usize::from(on);
-            }
+            // Position j predicts seq[j + 1]; only answer tokens (and EOS)
+            // count.
+            let t: Vec<(u32, f32)> = (0..seq.len() - 1)
+                .map(|j| {
+                    let on = j + 1 >= p.prompt.len();
+                    count += usize::from(on);
+                    (seq[j + 1], if on { 1.0 } else { 0.0 })
+                })
+                .collect();
+            seq.pop();
+            rows.push(seq);
+            targets.push(t);
         }
-        weighted_ce(&logits, &targets, &weights, count.max(1) as f64)
+        Ok(TokenBatch {
+            masks: vec![Mask::Causal; rows.len()],
+            rows,
+            positions: None,
+            targets,
+            norm: count.max(1) as f64,
+        })
     }
 
     fn decode(
@@ -350,14 +409,13 @@ impl MaskedDiffusion {
 }
 
 impl Objective for MaskedDiffusion {
-    fn loss(
+    fn token_batch(
         &self,
-        model: &Transformer,
         batch: &[&Pair],
         sp: Specials,
         p: &ObjectiveParams,
         rng: &mut ChaCha20Rng,
-    ) -> candle_core::Result<LossTerms> {
+    ) -> candle_core::Result<TokenBatch> {
         let g = p.gen_len;
         let shift = usize::from(p.shift_logits);
         let bs = if self.block { p.block_size } else { g };
@@ -365,9 +423,22 @@ impl Objective for MaskedDiffusion {
         let mut rows = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         let mut masks = Vec::with_capacity(batch.len());
-        let mut lens = Vec::with_capacity(batch.len());
         let mut targets_per = Vec::with_capacity(batch.len());
-        for pair in batch {
+        // Noise levels are stratified over the rows (MDLM's low-discrepancy
+        // sampler): row i of n draws t from the i-th of n equal slices of
+        // (0, 1), which keeps the 1/t-weighted loss of a batch from
+        // swinging with a few rows of tiny t.
+        // Which slice each row takes is shuffled, so that noise does not
+        // follow the micro-batch's length order.
+        let strata: Vec<(f64, Vec<usize>)> = (0..blocks)
+            .map(|_| {
+                let mut order: Vec<usize> = (0..batch.len()).collect();
+                order.shuffle(rng);
+                (rng.random_range(0.0..1.0), order)
+            })
+            .collect();
+        let n_rows = batch.len() as f64;
+        for (i, pair) in batch.iter().enumerate() {
             if pair.answer.len() + 1 > g {
                 candle_core::bail!(
                     "an answer of {} tokens does not fit gen_len {g} (answer plus EOS)",
@@ -385,8 +456,8 @@ impl Objective for MaskedDiffusion {
             // probability t, its loss weighted 1/t.
             let mut noisy = clean.clone();
             let mut weight = vec![0f32; g];
-            for b in 0..blocks {
-                let t: f64 = rng.random_range(1e-3..1.0);
+            for (b, (u, order)) in strata.iter().enumerate() {
+                let t = 1e-3 + (1.0 - 1e-3) * ((order[i] as f64 + u) / n_rows);
                 for j in b * bs..((b + 1) * bs).min(g) {
                     if rng.random_bool(t) {
                         noisy[j] = sp.mask;
@@ -426,29 +497,20 @@ impl Objective for MaskedDiffusion {
             for j in 0..g {
                 targets[predictor[j]] = (clean[j], weight[j]);
             }
-            lens.push(row.len());
             rows.push(row);
             positions.push(pos);
             masks.push(mask);
             targets_per.push(targets);
         }
-        let dev = model.device();
-        let (ids, t) = pad_rows(&rows, sp.pad, dev)?;
-        let (pos, _) = pad_rows(&positions, 0, dev)?;
-        let b = bias(&masks, &lens, t, dev)?;
-        let logits = model
-            .forward_train(&ids, &b, Some(&pos))
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let mut targets = Vec::with_capacity(batch.len() * t);
-        let mut weights = Vec::with_capacity(batch.len() * t);
-        for row in &targets_per {
-            for j in 0..t {
-                let (tok, w) = row.get(j).copied().unwrap_or((sp.pad, 0.0));
-                targets.push(tok);
-                weights.push(w);
-            }
-        }
-        weighted_ce(&logits, &targets, &weights, (batch.len() * g) as f64)
+        Ok(TokenBatch {
+            rows,
+            masks,
+            // Rope positions differ from 0..len only in the vectorised
+            // block form.
+            positions: self.block.then_some(positions),
+            targets: targets_per,
+            norm: (batch.len() * g) as f64,
+        })
     }
 
     fn decode(
