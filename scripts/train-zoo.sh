@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Trains the whole toy zoo from scratch in dependency order (toy-target,
-# toy-draft, then the diffusion models adapted from toy-target), measures
-# toy-draft as sps's drafter at draft length 4, and prints the summary of
-# reports/zoo: wall time per model and in all, size, and the test-split
-# scores of every training record.
+# toy-draft, the diffusion models adapted from toy-target, toy-target's
+# EAGLE head and its consistency-trained CLLM), measures toy-draft as sps's
+# drafter at draft length 4, and prints the summary of reports/zoo: wall
+# time per model and in all, size, and the test-split scores of every
+# training record.
 #
 # usage: scripts/train-zoo.sh [OUT_ROOT]   (default models/toy, in place)
 # env:   AGAINST=DIR  also check each model against the zoo in DIR
 #                     (same test scores within 2 points)
+#        ZOO_MODELS="toy-eagle toy-cllm"  train only these (the others
+#                     must be in OUT_ROOT already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-models/toy}
@@ -15,10 +18,16 @@ cargo build --release --locked -q
 bin=${CARGO_TARGET_DIR:-target}/release/pdbench
 mkdir -p "$root"
 start=$(date +%s.%N)
-for name in toy-target toy-draft toy-dllm toy-bdllm; do
+for name in ${ZOO_MODELS:-toy-target toy-draft toy-dllm toy-bdllm toy-eagle toy-cllm}; do
   args=(train --recipe "$name" --out "$root/$name")
-  if [ "$root" != models/toy ] && grep -q '^init *=' "recipes/$name.toml"; then
-    args+=(--init "$root/toy-target")
+  if [ "$root" != models/toy ]; then
+    # Models adapted from (or drafting for) toy-target use this zoo's.
+    if grep -q '^init *=' "recipes/$name.toml"; then
+      args+=(--init "$root/toy-target")
+    fi
+    if grep -q '^target *=' "recipes/$name.toml"; then
+      args+=(--target "$root/toy-target")
+    fi
   fi
   "$bin" "${args[@]}"
 done

@@ -5,7 +5,8 @@ usage: zoo_summary.py ROOT [--wall-s S] [--sps-tau T] [--against OTHER_ROOT]
 
 Prints Markdown: per model, the parameters, steps, training and evaluation
 wall time, folder size, and the test-split scores at each tokens/step, plus
-the closed-form check of the diffusion LM. With --against, also compares
+the closed-form check of the diffusion LM, and each draft head's top-1
+agreement with its target. With --against, also compares
 each model's scores with the same model in OTHER_ROOT and exits 1 when a
 deterministic or random-task score at one token per step differs by more
 than 2 points (the issue's reproduction rule).
@@ -16,6 +17,9 @@ import os
 import sys
 
 MODELS = ["toy-target", "toy-draft", "toy-dllm", "toy-bdllm"]
+# Draft heads, scored by their agreement with the target; summarised when
+# present.
+HEADS = ["toy-eagle"]
 
 
 def load(root, name):
@@ -45,15 +49,20 @@ def main():
     a = ap.parse_args()
 
     recs = {m: load(a.root, m) for m in MODELS}
+    # Later additions, summarised when present.
+    for m in ["toy-cllm"]:
+        if os.path.isfile(os.path.join(a.root, m, "training.json")):
+            recs[m] = load(a.root, m)
+    heads = {h: load(a.root, h) for h in HEADS if os.path.isfile(os.path.join(a.root, h, "training.json"))}
     print("| model | objective | parameters | steps | training | evaluation | size |")
     print("|---|---|---|---|---|---|---|")
-    for m, r in recs.items():
+    for m, r in {**recs, **heads}.items():
         print(
             f"| `{m}` | {r['recipe']['objective']} | {r['parameters'] / 1e6:.2f} M | {r['steps_done']} "
             f"| {r['wall_s'] / 60:.1f} min | {r.get('eval_wall_s', 0) / 60:.1f} min "
             f"| {size_mb(os.path.join(a.root, m)):.1f} MB |"
         )
-    total_mb = sum(size_mb(os.path.join(a.root, m)) for m in MODELS)
+    total_mb = sum(size_mb(os.path.join(a.root, m)) for m in [*recs, *heads])
     print()
     if a.wall_s is not None:
         print(f"Whole zoo: {a.wall_s / 60:.1f} min wall time (training and evaluation), {total_mb:.1f} MB.")
@@ -61,6 +70,20 @@ def main():
         print(f"Whole zoo: {total_mb:.1f} MB.")
     if a.sps_tau is not None:
         print(f"`toy-draft` as `sps`'s drafter at draft length 4 on the toy suite: τ = {a.sps_tau:.2f} tokens per target forward.")
+    for m, r in recs.items():
+        j = r.get("jacobi_evaluation")
+        if j:
+            print(
+                f"`{m}`: Jacobi decoding (window {j['window']}) on the test split makes "
+                f"{j['tokens_per_forward']:.2f} tokens per forward, against {j['init_tokens_per_forward']:.2f} "
+                f"for the model it was adapted from."
+            )
+    for h, r in heads.items():
+        e = r["head_evaluation"]
+        print(
+            f"`{h}`: its top-1 draft agrees with the target's greedy token at {e['top1_agreement_pct']:.1f}% "
+            f"of {e['positions']} test-split answer positions (teacher-forced)."
+        )
     print()
     print("Test split (20 items per task), deterministic tasks exact / random tasks valid, by tokens per step:")
     print()
@@ -113,6 +136,12 @@ def main():
             )
             if worst > 2.0:
                 bad.append(m)
+        for h, r in heads.items():
+            o = load(a.against, h)
+            x, y = r["head_evaluation"]["top1_agreement_pct"], o["head_evaluation"]["top1_agreement_pct"]
+            print(f"| `{h}` | top-1 agreement {x:.1f}% vs {y:.1f}% | | {abs(x - y):.1f} |")
+            if abs(x - y) > 2.0:
+                bad.append(h)
         if bad:
             print(f"\nNot reproduced within 2 points: {', '.join(bad)}")
             sys.exit(1)

@@ -11,6 +11,7 @@ use crate::env::{self, DeviceSpec};
 use crate::fetch;
 use crate::measure::{MonotonicClock, StopRule};
 use crate::methods::{self, MethodInstance, Need};
+use crate::model::eagle::LoadedHead;
 use crate::model::{self, FetchPolicy, LoadOptions, LoadedModel};
 use crate::results::{self, Manifest, RunDir, RunModels, RunStatus};
 use crate::runner::{self, Event, Outcome, RunPlan};
@@ -73,6 +74,10 @@ pub struct TrainArgs {
     /// zoo trained into another folder).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Train a head recipe's head for this model folder instead of the
+    /// recipe's `target`.
+    #[arg(long)]
+    pub target: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +112,14 @@ pub struct RunArgs {
     /// Drafter model for methods that need one.
     #[arg(long, conflicts_with = "resume")]
     pub draft: Option<String>,
+    /// EAGLE draft head for `eagle`: a folder in the EAGLE layout
+    /// (config.json, model.safetensors or pytorch_model.bin) or a zoo name.
+    #[arg(long, conflicts_with = "resume")]
+    pub draft_head: Option<String>,
+    /// Consistency-trained model for `cllm` (same tokenizer as --model),
+    /// which decodes in the target's place.
+    #[arg(long, conflicts_with = "resume")]
+    pub cllm: Option<String>,
     /// Method to run (repeatable). See `pdbench list methods`. Default:
     /// every registered method whose models are at hand.
     #[arg(long = "method", conflicts_with = "resume")]
@@ -259,6 +272,16 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             std::path::absolute(init).with_context(|| format!("--init {}", init.display()))?;
         recipe.init = Some(abs.display().to_string());
     }
+    if let Some(t) = &a.target {
+        if recipe.target.is_none() {
+            bail!(
+                "--target: recipe {} trains a model, not a head; it takes no target",
+                path.display()
+            );
+        }
+        let abs = std::path::absolute(t).with_context(|| format!("--target {}", t.display()))?;
+        recipe.target = Some(abs.display().to_string());
+    }
     let out = a
         .out
         .clone()
@@ -300,6 +323,9 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
                 eprintln!();
             }
         }
+        TrainEvent::Collecting => {
+            log_line("collecting Jacobi trajectories of the init model on the training prompts")
+        }
         TrainEvent::Evaluating { tokens_per_step } => log_line(&format!(
             "evaluating on the test split at {tokens_per_step} token(s) per step"
         )),
@@ -313,6 +339,18 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
                     pct(e.deterministic),
                     pct(e.random),
                     e.tokens_per_forward
+                ));
+            }
+            if let Some(j) = &record.jacobi_evaluation {
+                log_line(&format!(
+                    "  Jacobi (window {}): {:.2} tokens per forward (init model: {:.2})",
+                    j.window, j.tokens_per_forward, j.init_tokens_per_forward
+                ));
+            }
+            if let Some(h) = &record.head_evaluation {
+                log_line(&format!(
+                    "  head top-1 agreement with the target: {:.1}% of {} positions",
+                    h.top1_agreement_pct, h.positions
                 ));
             }
             for c in &record.closed_form_checks {
@@ -482,6 +520,8 @@ struct RunSetup {
     suite: suite::ResolvedSuite,
     target: LoadedModel,
     draft: Option<LoadedModel>,
+    head: Option<LoadedHead>,
+    cllm: Option<LoadedModel>,
     methods: Vec<MethodInstance>,
     device: DeviceSpec,
     dtype: Option<String>,
@@ -529,11 +569,78 @@ fn load_models(
     Ok((target, draft))
 }
 
-fn check_needs(methods: &[MethodInstance], draft: Option<&LoadedModel>) -> Result<()> {
+/// Loads `--draft-head` (a folder or a zoo name) for `target`.
+fn load_head(spec: &str, target: &LoadedModel, opts: &LoadOptions) -> Result<LoadedHead> {
+    let dir = model::source::zoo_model(spec).unwrap_or_else(|| PathBuf::from(spec));
+    if !dir.is_dir() {
+        bail!(
+            "--draft-head {spec}: not a folder or a zoo head (expected a folder with config.json and model.safetensors or pytorch_model.bin)"
+        );
+    }
+    let dtype = target.model.dtype();
+    let head = model::eagle::EagleHead::load_dir(&dir, dtype, &opts.device)
+        .with_context(|| format!("loading --draft-head {spec}"))?;
+    head.head
+        .check_target(&target.model, &head.info.spec)
+        .with_context(|| {
+            format!(
+                "--draft-head {spec} does not fit --model {}",
+                target.info.spec
+            )
+        })?;
+    Ok(head)
+}
+
+/// Loads `--cllm` and checks that it shares the target's vocabulary.
+fn load_cllm(
+    store: &Store,
+    spec: &str,
+    target: &LoadedModel,
+    opts: &LoadOptions,
+    policy: FetchPolicy,
+) -> Result<LoadedModel> {
+    let m = model::load(
+        spec,
+        store,
+        policy,
+        &LoadOptions {
+            tokenizer: None,
+            ..opts.clone()
+        },
+        &mut |s| log_line(s),
+    )
+    .with_context(|| format!("loading --cllm {spec}"))?;
+    if let Err(why) = target.tokenizer.same_vocab(&m.tokenizer) {
+        bail!(
+            "--cllm {spec} and --model {} do not share a tokenizer: {why}; cllm decodes the target's prompts",
+            target.info.spec
+        );
+    }
+    Ok(m)
+}
+
+fn check_needs(
+    methods: &[MethodInstance],
+    draft: Option<&LoadedModel>,
+    head: Option<&LoadedHead>,
+    cllm: Option<&LoadedModel>,
+) -> Result<()> {
     for m in methods {
         for need in m.spec().needs {
             if *need == Need::DraftModel && draft.is_none() {
                 bail!("method `{}` needs a drafter: pass --draft MODEL", m.label);
+            }
+            if *need == Need::ConsistencyModel && cllm.is_none() {
+                bail!(
+                    "method `{}` needs a consistency-trained model: pass --cllm MODEL",
+                    m.label
+                );
+            }
+            if *need == Need::DraftHead && head.is_none() {
+                bail!(
+                    "method `{}` needs an EAGLE draft head: pass --draft-head DIR",
+                    m.label
+                );
             }
         }
     }
@@ -605,6 +712,40 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     m.models.target.spec
                 );
             }
+            let head = match &m.models.draft_head {
+                None => None,
+                Some(h) => {
+                    let head = load_head(&h.spec, &target, &opts)?;
+                    if head
+                        .info
+                        .files
+                        .iter()
+                        .map(|f| &f.sha256)
+                        .ne(h.files.iter().map(|f| &f.sha256))
+                    {
+                        bail!(
+                            "cannot resume {}: the draft head {} changed since the run started (sha256 differs from the manifest)",
+                            path.display(),
+                            h.spec
+                        );
+                    }
+                    Some(head)
+                }
+            };
+            let cllm = match &m.models.cllm {
+                None => None,
+                Some(c) => {
+                    let cm = load_cllm(&store, &c.spec, &target, &opts, policy)?;
+                    if !same(&cm.info, c) {
+                        bail!(
+                            "cannot resume {}: the model files of --cllm {} changed since the run started (sha256 differs from the manifest)",
+                            path.display(),
+                            c.spec
+                        );
+                    }
+                    Some(cm)
+                }
+            };
             let repaired = dir.repair()?;
             if repaired {
                 log_line("samples.jsonl ended in a torn line (a crash mid-write); cut it off");
@@ -613,6 +754,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 suite,
                 target,
                 draft,
+                head,
+                cllm,
                 methods: m.methods.clone(),
                 device,
                 dtype: Some(m.dtype.clone()),
@@ -636,13 +779,26 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 && model::source::zoo_model("toy-draft").is_some())
             .then(|| "toy-draft".to_string());
             let draft_at_hand = a.draft.is_some() || zoo_draft.is_some();
+            // ... and with the zoo's EAGLE head.
+            let zoo_head = (model::source::zoo_model(&a.model).is_some()
+                && model::source::zoo_model("toy-eagle").is_some())
+            .then(|| "toy-eagle".to_string());
+            let head_at_hand = a.draft_head.is_some() || zoo_head.is_some();
+            // ... and with the zoo's consistency-trained model.
+            let zoo_cllm = (model::source::zoo_model(&a.model).is_some()
+                && model::source::zoo_model("toy-cllm").is_some())
+            .then(|| "toy-cllm".to_string());
+            let cllm_at_hand = a.cllm.is_some() || zoo_cllm.is_some();
             let method_names: Vec<String> = if defaults {
                 methods::METHODS
                     .iter()
                     .filter(|m| {
-                        m.needs
-                            .iter()
-                            .all(|n| *n == Need::DraftModel && draft_at_hand)
+                        m.needs.iter().all(|n| match n {
+                            Need::DraftModel => draft_at_hand,
+                            Need::DraftHead => head_at_hand,
+                            Need::ConsistencyModel => cllm_at_hand,
+                            Need::Filter => false,
+                        })
                     })
                     .map(|m| m.id.to_string())
                     .collect()
@@ -667,7 +823,25 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             };
             let (target, draft) =
                 load_models(&store, &a.model, draft_spec.as_deref(), &opts, policy)?;
-            check_needs(&methods, draft.as_ref())?;
+            let wants_head = methods
+                .iter()
+                .any(|m| m.spec().needs.contains(&Need::DraftHead));
+            let head = match a
+                .draft_head
+                .clone()
+                .or_else(|| zoo_head.filter(|_| wants_head))
+            {
+                Some(h) => Some(load_head(&h, &target, &opts)?),
+                None => None,
+            };
+            let wants_cllm = methods
+                .iter()
+                .any(|m| m.spec().needs.contains(&Need::ConsistencyModel));
+            let cllm = match a.cllm.clone().or_else(|| zoo_cllm.filter(|_| wants_cllm)) {
+                Some(c) => Some(load_cllm(&store, &c, &target, &opts, policy)?),
+                None => None,
+            };
+            check_needs(&methods, draft.as_ref(), head.as_ref(), cllm.as_ref())?;
             let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
             if max_new_tokens == 0 {
                 bail!("--max-new-tokens: expected a positive integer");
@@ -697,6 +871,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 suite,
                 target,
                 draft,
+                head,
+                cllm,
                 methods,
                 device,
                 dtype: a.dtype.clone(),
@@ -722,6 +898,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 models: RunModels {
                     target: setup.target.info.clone(),
                     draft: setup.draft.as_ref().map(|d| d.info.clone()),
+                    draft_head: setup.head.as_ref().map(|h| h.info.clone()),
+                    cllm: setup.cllm.as_ref().map(|c| c.info.clone()),
                 },
                 device: env::device_info(&setup.device, setup.threads),
                 dtype: setup.dtype.clone().unwrap_or_else(|| "auto".into()),
@@ -744,6 +922,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     let mut models: Vec<&LoadedModel> = vec![&setup.target];
     if let Some(d) = &setup.draft {
         models.push(d);
+    }
+    if let Some(c) = &setup.cllm {
+        models.push(c);
     }
     let prepared =
         runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
@@ -795,6 +976,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         methods: &setup.methods,
         target: &setup.target,
         draft: setup.draft.as_ref(),
+        head: setup.head.as_ref(),
+        consistency: setup.cllm.as_ref(),
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,

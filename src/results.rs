@@ -102,6 +102,12 @@ pub struct DeviceInfo {
 pub struct RunModels {
     pub target: ModelInfo,
     pub draft: Option<ModelInfo>,
+    /// The EAGLE draft head, for runs with a method that needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_head: Option<crate::model::eagle::HeadInfo>,
+    /// The consistency-trained model of `cllm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cllm: Option<ModelInfo>,
 }
 
 /// Everything needed to understand, compare and re-run a run.

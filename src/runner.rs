@@ -122,6 +122,8 @@ pub struct RunPlan<'a> {
     pub methods: &'a [MethodInstance],
     pub target: &'a LoadedModel,
     pub draft: Option<&'a LoadedModel>,
+    pub head: Option<&'a crate::model::eagle::LoadedHead>,
+    pub consistency: Option<&'a LoadedModel>,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -246,6 +248,8 @@ pub fn execute(
         let models = MethodModels {
             target: plan.target,
             draft: plan.draft,
+            head: plan.head,
+            consistency: plan.consistency,
         };
         let mut decoder = (spec.build)(&inst.params, &models)?;
 

@@ -389,6 +389,63 @@ fn drafter_with_another_tokenizer_is_refused() {
     fails_with(&mut c, &["--draft", "do not share a tokenizer"]);
 }
 
+/// `eagle` without a head, with a head of another size, or with a folder
+/// that holds no weights fails with the flag and what was expected; a
+/// head that fits runs and the manifest records its files.
+#[test]
+fn eagle_needs_a_head_that_fits_the_target() {
+    let w = World::new();
+    fails_with(
+        &mut w.run(&["--method", "eagle"]),
+        &["eagle", "--draft-head"],
+    );
+    let mut small = pdbench::model::random::tiny_config(Architecture::Llama);
+    small.hidden_size = 32;
+    small.num_attention_heads = 2;
+    small.num_key_value_heads = 2;
+    pdbench::model::random::write_random_head(&w.path("small-head"), &small, 48, 1).unwrap();
+    let mut c = w.run(&["--method", "eagle"]);
+    c.arg("--draft-head").arg(w.path("small-head"));
+    fails_with(&mut c, &["--draft-head", "hidden_size", "64"]);
+    std::fs::create_dir_all(w.path("no-weights")).unwrap();
+    std::fs::copy(
+        w.path("small-head/config.json"),
+        w.path("no-weights/config.json"),
+    )
+    .unwrap();
+    let mut c = w.run(&["--method", "eagle"]);
+    c.arg("--draft-head").arg(w.path("no-weights"));
+    fails_with(
+        &mut c,
+        &["--draft-head", "model.safetensors or pytorch_model.bin"],
+    );
+
+    let cfg = pdbench::model::random::tiny_config(Architecture::Llama);
+    pdbench::model::random::write_random_head(&w.path("head"), &cfg, 48, 2).unwrap();
+    let mut c = w.run(&["--method", "eagle", "--method", "ar", "--run-id", "eagle"]);
+    c.arg("--draft-head").arg(w.path("head"));
+    c.assert().success();
+    let run = w.path("results/eagle");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["models"]["draft_head"]["files"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let samples = read_lines(&run.join("samples.jsonl"));
+    let ids = |m: &str| -> Vec<serde_json::Value> {
+        samples
+            .iter()
+            .filter(|s| s["method"] == m)
+            .map(|s| s["output_ids"].clone())
+            .collect()
+    };
+    assert_eq!(ids("eagle").len(), 4);
+    assert_eq!(ids("eagle"), ids("ar"), "eagle is lossless through the CLI");
+}
+
 /// A hub id resolves from a local folder in hf-hub's cache layout
 /// (`models--org--name/snapshots/<commit>` plus `refs/main`); one that is not
 /// there, with the hub out of reach, says what to download and where.
@@ -875,7 +932,17 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
             )
         })
         .collect();
-    for method in ["sps", "pld", "jacobi", "lookahead"] {
+    assert_eq!(
+        manifest["models"]["draft_head"]["files"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the zoo's EAGLE head is recorded"
+    );
+    // cllm decodes with toy-cllm in the target's place.
+    assert_eq!(manifest["models"]["cllm"]["label"], "toy-cllm");
+    assert_eq!(samples.iter().filter(|s| s["method"] == "cllm").count(), 45);
+    for method in ["sps", "eagle", "pld", "jacobi", "lookahead"] {
         let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();
         assert_eq!(rows.len(), 45, "{method} did not run on every sample");
         for s in rows {

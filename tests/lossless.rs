@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use pdbench::model::eagle::LoadedHead;
 use pdbench::model::LoadedModel;
 use serde_json::json;
 
@@ -31,21 +32,33 @@ fn assert_equals_ar(
     prompts: &[Vec<u32>],
     n: usize,
 ) -> f64 {
+    assert_equals_ar_with(method, params, target, draft, None, prompts, n)
+}
+
+/// [`assert_equals_ar`] with an EAGLE head.
+fn assert_equals_ar_with(
+    method: &str,
+    params: &[serde_json::Value],
+    target: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    head: Option<&LoadedHead>,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> f64 {
     let mut steps = 0usize;
     let mut tokens = 0usize;
     for (i, prompt) in prompts.iter().enumerate() {
         let want = common::decode_with("ar", json!({}), target, prompt, n, i as u64);
         assert_eq!(want.len(), n);
         for p in params {
-            let got = common::decode_with_draft(
-                method,
-                p.clone(),
+            let models = pdbench::methods::MethodModels {
                 target,
                 draft,
-                prompt,
-                n,
-                7 + i as u64,
-            );
+                head,
+                consistency: None,
+            };
+            let got =
+                common::decode_with_models(method, p.clone(), &models, prompt, n, 7 + i as u64);
             assert_eq!(
                 got.output,
                 want,
@@ -101,6 +114,104 @@ fn pld_jacobi_and_lookahead_greedy_equal_ar_on_the_toy_zoo() {
         .map(|(w, n, g)| json!({ "window": w, "ngram": n, "guesses": g }))
         .collect();
     assert_equals_ar("lookahead", &lookahead, &target, None, &prompts, 40);
+}
+
+/// EAGLE settings the lossless tests sweep: chains, the EAGLE-2 default
+/// tree, narrow and deep trees, and a tree of one path.
+fn eagle_params() -> Vec<serde_json::Value> {
+    vec![
+        json!({ "mode": "chain", "draft_len": 1 }),
+        json!({ "mode": "chain", "draft_len": 5 }),
+        json!({}),
+        json!({ "tree_top_k": 3, "tree_depth": 4, "total_tokens": 12 }),
+        json!({ "tree_top_k": 1, "tree_depth": 6, "total_tokens": 7 }),
+        json!({ "tree_top_k": 4, "tree_depth": 7, "total_tokens": 5 }),
+    ]
+}
+
+#[test]
+fn eagle_greedy_equals_ar_on_the_toy_zoo() {
+    let target = common::load("toy-target");
+    let head = common::load_head(
+        &pdbench::model::source::zoo_dir().join("toy-eagle"),
+        &target,
+    );
+    let prompts = toy_prompts(&target, 2);
+    let params = eagle_params();
+    let tps = assert_equals_ar_with("eagle", &params, &target, None, Some(&head), &prompts, 40);
+    // The trained head drafts well enough that steps carry several tokens.
+    assert!(tps > 2.0, "{tps} tokens per step");
+}
+
+/// A random head proposes poor drafts: every rejection path runs, and the
+/// output must still be ar's, on both architectures and several seeds.
+#[test]
+fn eagle_greedy_equals_ar_with_random_heads() {
+    for (arch, seed) in [
+        (pdbench::model::Architecture::Llama, 1),
+        (pdbench::model::Architecture::Qwen2, 2),
+        (pdbench::model::Architecture::Llama, 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = common::tiny_model(&dir.path().join("m"), arch, seed);
+        pdbench::model::random::write_random_head(&dir.path().join("h"), &cfg, 96, seed + 10)
+            .unwrap();
+        let target = common::load_dir(&dir.path().join("m"));
+        let head = common::load_head(&dir.path().join("h"), &target);
+        let prompts: Vec<Vec<u32>> = (0..3)
+            .map(|i| {
+                target
+                    .tokenizer
+                    .encode(&format!("prompt {i} about {}", seed * 31 + i))
+                    .unwrap()
+            })
+            .collect();
+        assert_equals_ar_with(
+            "eagle",
+            &eagle_params(),
+            &target,
+            None,
+            Some(&head),
+            &prompts,
+            24,
+        );
+    }
+}
+
+/// Real GGUF targets with random heads of their hidden size.
+#[test]
+fn eagle_greedy_equals_ar_on_real_ggufs() {
+    common::fetched("smollm2-135m");
+    common::fetched("qwen2.5-coder-0.5b");
+    for (name, params) in [
+        (
+            "smollm2-135m",
+            vec![
+                json!({ "mode": "chain", "draft_len": 4 }),
+                json!({ "tree_top_k": 4, "tree_depth": 4, "total_tokens": 12 }),
+            ],
+        ),
+        (
+            "qwen2.5-coder-0.5b",
+            vec![json!({ "tree_top_k": 3, "tree_depth": 3, "total_tokens": 8 })],
+        ),
+    ] {
+        let target = common::load(name);
+        let dir = tempfile::tempdir().unwrap();
+        pdbench::model::random::write_random_head(dir.path(), target.model.config(), 256, 5)
+            .unwrap();
+        let head = common::load_head(dir.path(), &target);
+        let prompts = common::chat_prompts(&target);
+        assert_equals_ar_with(
+            "eagle",
+            &params,
+            &target,
+            None,
+            Some(&head),
+            &prompts[..1],
+            16,
+        );
+    }
 }
 
 /// SmolLM2 drafting for itself at another precision: nearly every draft is
@@ -251,4 +362,113 @@ fn sps_sampling_keeps_the_target_distribution() {
         "chi2 {chi:.1} with {df} df; ar {ar:?} sps {sps:?}"
     );
     assert!(rejections > n as usize / 10, "only {rejections} rejections");
+}
+
+/// At temperature 1 the tokens `eagle` emits (chain: the speculative
+/// rule; tree: recursive rejection over siblings) at a position reached
+/// through verification follow `ar`'s distribution (two-sample chi-square
+/// at 0.1%).
+#[test]
+fn eagle_sampling_keeps_the_target_distribution() {
+    let target = common::load("toy-target");
+    let head = common::load_head(
+        &pdbench::model::source::zoo_dir().join("toy-eagle"),
+        &target,
+    );
+    let prompt = target
+        .tokenizer
+        .encode("shuffle : [ Ann , Bob , Cy , Dan , Eve ] =")
+        .unwrap();
+    let position = 3;
+    let n = 1200;
+    let mut ar = BTreeMap::new();
+    for seed in 0..n {
+        let a = common::decode_with(
+            "ar",
+            json!({ "temperature": 1.0 }),
+            &target,
+            &prompt,
+            position + 1,
+            seed,
+        );
+        *ar.entry(a[position]).or_insert(0usize) += 1;
+    }
+    for params in [
+        json!({ "mode": "chain", "draft_len": 3, "temperature": 1.0 }),
+        json!({ "tree_top_k": 3, "tree_depth": 3, "total_tokens": 10, "temperature": 1.0 }),
+    ] {
+        let mut got = BTreeMap::new();
+        let (mut kept, mut rejected) = (0usize, 0usize);
+        for seed in 0..n {
+            let models = pdbench::methods::MethodModels {
+                target: &target,
+                draft: None,
+                head: Some(&head),
+                consistency: None,
+            };
+            let s = common::decode_with_models(
+                "eagle",
+                params.clone(),
+                &models,
+                &prompt,
+                position + 1,
+                2_000_000 + seed,
+            );
+            for st in &s.steps {
+                if st.kind == pdbench::measure::StepKind::Decode {
+                    kept += usize::from(st.accepted > 0);
+                    rejected += usize::from(st.accepted == 0);
+                }
+            }
+            *got.entry(s.output[position]).or_insert(0usize) += 1;
+        }
+        let (chi, df) = chi_square(&ar, &got);
+        assert!(
+            df >= 2,
+            "the position should have several likely tokens: {ar:?}"
+        );
+        assert!(
+            chi < chi_square_critical(df),
+            "{params}: chi2 {chi:.1} with {df} df; ar {ar:?} eagle {got:?}"
+        );
+        // Drafts are both kept and turned down along the way.
+        assert!(
+            kept > n as usize / 10 && rejected > n as usize / 10,
+            "{params}: kept {kept}, rejected {rejected}"
+        );
+    }
+}
+
+/// `cllm` decodes with the consistency-trained model in the target's
+/// place: its greedy output is that model's own AR output, and Jacobi
+/// needs fewer forwards on it than on the target it was adapted from.
+#[test]
+fn cllm_equals_its_own_models_ar_and_converges_faster() {
+    let target = common::load("toy-target");
+    let cllm = common::load("toy-cllm");
+    let prompts = toy_prompts(&target, 2);
+    let (mut cllm_steps, mut jacobi_steps, mut tokens) = (0usize, 0usize, 0usize);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let want = common::decode_with("ar", json!({}), &cllm, prompt, 40, i as u64);
+        let models = pdbench::methods::MethodModels {
+            target: &target,
+            draft: None,
+            head: None,
+            consistency: Some(&cllm),
+        };
+        let got = common::decode_with_models("cllm", json!({}), &models, prompt, 40, 9 + i as u64);
+        assert_eq!(
+            got.output, want,
+            "cllm differs from toy-cllm's ar on prompt {i}"
+        );
+        let j =
+            common::decode_with_draft("jacobi", json!({}), &target, None, prompt, 40, 9 + i as u64);
+        cllm_steps += got.steps.len();
+        jacobi_steps += j.steps.len();
+        tokens += got.output.len();
+    }
+    assert!(
+        cllm_steps < jacobi_steps,
+        "cllm took {cllm_steps} steps for {tokens} tokens, jacobi on toy-target {jacobi_steps}"
+    );
 }

@@ -342,3 +342,84 @@ fn a_bad_init_names_the_file_and_the_tensor() {
     assert!(e.contains("init") && e.contains("other"), "{e}");
     assert!(e.contains("lacks tensor") || e.contains("shape"), "{e}");
 }
+
+/// The head and consistency objectives train on the same loop against the
+/// zoo's toy-target: an EAGLE head's loss falls and its top-1 draft agrees
+/// with the target far above chance, in a folder the head loader reads; a
+/// consistency miniature records Jacobi's tokens per forward before and
+/// after.
+#[test]
+fn head_and_consistency_miniatures_train_against_the_zoo_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = pdbench::model::source::zoo_dir().join("toy-target");
+    let out = dir.path().join("head");
+    let (path, mut r) = mini(&out);
+    r.objective = "eagle".into();
+    r.target = Some(target.display().to_string());
+    r.model.hidden_size = 128;
+    r.model.num_hidden_layers = 1;
+    r.optim.steps = 150;
+    r.optim.lr = 2e-3;
+    let rec = train::train(
+        &path,
+        &r,
+        &out,
+        &Device::Cpu,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = rec.loss_curve.first().unwrap().loss;
+    let end = rec.loss_curve.last().unwrap().loss;
+    assert!(end < 0.7 * first, "eagle: loss {first} -> {end}");
+    let top1 = rec.head_evaluation.as_ref().unwrap().top1_agreement_pct;
+    assert!(top1 > 30.0, "eagle head top-1 agreement {top1}%");
+    let tm = load(&target);
+    let head =
+        pdbench::model::eagle::EagleHead::load_dir(&out, candle_core::DType::F32, &Device::Cpu)
+            .unwrap();
+    head.head.check_target(&tm.model, "test").unwrap();
+    // A head of another width does not fit.
+    let mut wide = r.clone();
+    wide.model.hidden_size = 64;
+    let e = train::train(
+        &path,
+        &wide,
+        &dir.path().join("wide"),
+        &Device::Cpu,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.hidden_size") && e.contains("128"), "{e}");
+
+    let out = dir.path().join("cllm");
+    let (path, mut r) = mini(&out);
+    r.objective = "consistency".into();
+    r.init = Some(target.display().to_string());
+    r.model.hidden_size = 128;
+    r.model.intermediate_size = 384;
+    r.model.num_hidden_layers = 4;
+    r.model.num_key_value_heads = 4;
+    r.objective_params.trajectory_prompts = 6;
+    r.objective_params.label_smoothing = 0.0;
+    r.optim.steps = 40;
+    r.optim.lr = 5e-4;
+    let rec = train::train(
+        &path,
+        &r,
+        &out,
+        &Device::Cpu,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let j = rec.jacobi_evaluation.as_ref().expect("a Jacobi evaluation");
+    assert!(
+        j.tokens_per_forward >= 1.0 && j.init_tokens_per_forward >= 1.0,
+        "{j:?}"
+    );
+    assert_eq!(rec.evaluation.len(), 1);
+    assert!(rec.loss_curve.iter().all(|p| p.loss.is_finite()));
+}

@@ -187,6 +187,8 @@ fn bench_model(
             &MethodModels {
                 target: m,
                 draft: None,
+                head: None,
+                consistency: None,
             },
         )?;
         let rule = StopRule {

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha20Rng;
 use super::verify::{greedy_accepted, speculative_verdict, Verdict};
 use super::{GenContext, MethodError};
 use crate::measure::{Flow, StepKind, StepObservation};
-use crate::model::{Forward, KvCache, LogitsAt, Transformer};
+use crate::model::{Forward, HiddenTap, KvCache, LogitsAt, Transformer};
 use crate::sampling::SamplingParams;
 
 /// The prefill step every chain method starts with: clears `cache`, reads
@@ -22,8 +22,21 @@ pub fn prefill(
     sampling: &SamplingParams,
     ctx: &mut GenContext<'_, '_>,
 ) -> Result<(u32, Flow), MethodError> {
+    let (first, flow, _) = prefill_with_taps(model, cache, prompt, &[], sampling, ctx)?;
+    Ok((first, flow))
+}
+
+/// [`prefill`] that also returns the prompt's hidden states at `taps`.
+pub fn prefill_with_taps(
+    model: &Transformer,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    taps: &[HiddenTap],
+    sampling: &SamplingParams,
+    ctx: &mut GenContext<'_, '_>,
+) -> Result<(u32, Flow, Vec<candle_core::Tensor>), MethodError> {
     cache.clear();
-    let out = model.forward(cache, &Forward::causal(prompt, 0))?;
+    let out = model.forward(cache, &Forward::causal(prompt, 0).with_taps(taps))?;
     let first = sampling.pick(&out.logits.expect("last logits").i(0)?, ctx.rng)?;
     let flow = ctx.probe.commit(StepObservation {
         kind: StepKind::Prefill,
@@ -35,7 +48,7 @@ pub fn prefill(
         verify_width: 1,
         window: None,
     });
-    Ok((first, flow))
+    Ok((first, flow, out.hidden))
 }
 
 /// What the target said about a chain.
@@ -65,13 +78,33 @@ pub fn verify_chain(
     sampling: &SamplingParams,
     rng: &mut ChaCha20Rng,
 ) -> Result<ChainVerdict, MethodError> {
+    let (v, _) =
+        verify_chain_with_taps(model, cache, last, drafts, draft_probs, &[], sampling, rng)?;
+    Ok(v)
+}
+
+/// [`verify_chain`] that also returns the chunk's hidden states at `taps`
+/// (rows: `last`, then each draft).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_chain_with_taps(
+    model: &Transformer,
+    cache: &mut KvCache,
+    last: u32,
+    drafts: &[u32],
+    draft_probs: Option<&[Vec<f32>]>,
+    taps: &[HiddenTap],
+    sampling: &SamplingParams,
+    rng: &mut ChaCha20Rng,
+) -> Result<(ChainVerdict, Vec<candle_core::Tensor>), MethodError> {
     let base = cache.len();
     let mut chunk = Vec::with_capacity(drafts.len() + 1);
     chunk.push(last);
     chunk.extend_from_slice(drafts);
     let out = model.forward(
         cache,
-        &Forward::causal(&chunk, base).with_logits(LogitsAt::All),
+        &Forward::causal(&chunk, base)
+            .with_logits(LogitsAt::All)
+            .with_taps(taps),
     )?;
     let logits = out.logits.expect("all logits");
     let result = if sampling.is_greedy() {
@@ -110,5 +143,5 @@ pub fn verify_chain(
         }
     };
     cache.truncate(base + 1 + result.verdict.accepted)?;
-    Ok(result)
+    Ok((result, out.hidden))
 }

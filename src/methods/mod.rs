@@ -6,10 +6,13 @@
 
 pub mod ar;
 pub mod chain;
+pub mod cllm;
+pub mod eagle;
 pub mod jacobi;
 pub mod lookahead;
 pub mod pld;
 pub mod sps;
+pub mod tree;
 pub mod verify;
 
 use rand_chacha::ChaCha20Rng;
@@ -25,6 +28,8 @@ use crate::model::{LoadedModel, ModelError};
 pub enum Need {
     DraftModel,
     DraftHead,
+    /// A consistency-trained model that decodes in the target's place.
+    ConsistencyModel,
     Filter,
 }
 
@@ -43,6 +48,8 @@ pub enum Exactness {
 pub struct MethodModels<'a> {
     pub target: &'a LoadedModel,
     pub draft: Option<&'a LoadedModel>,
+    pub head: Option<&'a crate::model::eagle::LoadedHead>,
+    pub consistency: Option<&'a LoadedModel>,
 }
 
 /// Per-sample state a method may use besides the probe.
@@ -99,8 +106,10 @@ impl std::fmt::Debug for MethodSpec {
 pub static METHODS: &[MethodSpec] = &[
     ar::SPEC,
     sps::SPEC,
+    eagle::SPEC,
     pld::SPEC,
     jacobi::SPEC,
+    cllm::SPEC,
     lookahead::SPEC,
 ];
 

@@ -5,6 +5,7 @@ pub(crate) mod attention;
 pub mod backbone;
 pub mod chat;
 pub mod config;
+pub mod eagle;
 pub(crate) mod fused;
 pub(crate) mod kernels;
 pub mod kv;

@@ -162,3 +162,83 @@ pub fn write_random_model(dir: &Path, cfg: &ModelConfig, seed: u64) -> Result<()
     .map_err(|e| ModelError::io(&tc, e))?;
     Ok(())
 }
+
+/// A seeded random EAGLE head for a target with config `target` (its
+/// hidden size and vocabulary), in the released EAGLE layout: only as
+/// good as chance, but every method that uses it must stay lossless.
+pub fn write_random_head(
+    dir: &Path,
+    target: &ModelConfig,
+    intermediate_size: usize,
+    seed: u64,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: &str, shape: &[usize], mean: f32, std: f32| -> Result<(), ModelError> {
+        let n: usize = shape.iter().product();
+        let dist = Normal::new(mean, std).expect("valid normal");
+        let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut rng)).collect();
+        tensors.insert(name.to_string(), Tensor::from_vec(v, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let (h, i, d) = (target.hidden_size, intermediate_size, target.head_dim);
+    let (nh, nkv) = (target.num_attention_heads, target.num_key_value_heads);
+    let w = 1.0 / (h as f32).sqrt();
+    put("fc.weight", &[h, 2 * h], 0.0, w / 2.0)?;
+    put("fc.bias", &[h], 0.0, 0.01)?;
+    let p = "layers.0";
+    put(
+        &format!("{p}.self_attn.q_proj.weight"),
+        &[nh * d, h],
+        0.0,
+        w,
+    )?;
+    put(
+        &format!("{p}.self_attn.k_proj.weight"),
+        &[nkv * d, h],
+        0.0,
+        w,
+    )?;
+    put(
+        &format!("{p}.self_attn.v_proj.weight"),
+        &[nkv * d, h],
+        0.0,
+        w,
+    )?;
+    put(
+        &format!("{p}.self_attn.o_proj.weight"),
+        &[h, nh * d],
+        0.0,
+        w,
+    )?;
+    if target.qkv_bias {
+        put(&format!("{p}.self_attn.q_proj.bias"), &[nh * d], 0.0, 0.1)?;
+        put(&format!("{p}.self_attn.k_proj.bias"), &[nkv * d], 0.0, 0.1)?;
+        put(&format!("{p}.self_attn.v_proj.bias"), &[nkv * d], 0.0, 0.1)?;
+    }
+    put(&format!("{p}.mlp.gate_proj.weight"), &[i, h], 0.0, w)?;
+    put(&format!("{p}.mlp.up_proj.weight"), &[i, h], 0.0, w)?;
+    put(
+        &format!("{p}.mlp.down_proj.weight"),
+        &[h, i],
+        0.0,
+        1.0 / (i as f32).sqrt(),
+    )?;
+    put(
+        &format!("{p}.post_attention_layernorm.weight"),
+        &[h],
+        1.0,
+        0.1,
+    )?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    let mut cfg = target.clone();
+    cfg.num_hidden_layers = 1;
+    cfg.intermediate_size = intermediate_size;
+    cfg.rope_interleaved = false;
+    let mut config = cfg.to_hf_json();
+    config["bias"] = json!(true);
+    let cj = dir.join("config.json");
+    std::fs::write(&cj, serde_json::to_string_pretty(&config).expect("json"))
+        .map_err(|e| ModelError::io(&cj, e))
+}

@@ -9,7 +9,9 @@
 //! interrupted training resumes on the same path.
 
 pub mod adamw;
+pub mod consistency;
 pub mod fast;
+pub mod head;
 pub mod objective;
 
 use std::collections::{BTreeMap, HashMap};
@@ -143,6 +145,10 @@ pub struct Recipe {
     /// recipe's names and shapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Head objectives (`eagle`): the frozen model the head drafts for
+    /// (relative like `output`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     pub model: ArchSpec,
     pub data: DataSpec,
     pub optim: OptimSpec,
@@ -242,7 +248,27 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
         path: path.clone(),
         detail,
     };
-    if objective::find(&r.objective).is_none() {
+    if let Some(o) = objective::find(&r.objective) {
+        let head = matches!(o.trains, objective::Trains::EagleHead);
+        if head && r.target.is_none() {
+            return Err(bad(format!(
+                "field `target`: objective \"{}\" trains a head for a frozen target; name its model folder",
+                r.objective
+            )));
+        }
+        if matches!(o.trains, objective::Trains::Consistency) && r.init.is_none() {
+            return Err(bad(format!(
+                "field `init`: objective \"{}\" trains a model on its own Jacobi trajectories; name the model to start from",
+                r.objective
+            )));
+        }
+        if !head && r.target.is_some() {
+            return Err(bad(format!(
+                "field `target`: objective \"{}\" trains a model, not a head; it takes no target",
+                r.objective
+            )));
+        }
+    } else {
         return Err(bad(format!(
             "field `objective`: unknown \"{}\"; expected one of {}",
             r.objective,
@@ -286,9 +312,18 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
             "field `optim`: steps, batch_size and lr must be positive".into(),
         ));
     }
-    if r.objective_params.block_size == 0 || r.objective_params.gen_len == 0 {
+    let ls = r.objective_params.label_smoothing;
+    if !(0.0..1.0).contains(&ls) {
+        return Err(bad(format!(
+            "field `objective_params.label_smoothing`: expected a number in [0, 1), got {ls}"
+        )));
+    }
+    if r.objective_params.block_size == 0
+        || r.objective_params.gen_len == 0
+        || r.objective_params.window == 0
+    {
         return Err(bad(
-            "field `objective_params`: gen_len and block_size must be positive".into(),
+            "field `objective_params`: gen_len, block_size and window must be positive".into(),
         ));
     }
     Ok((path, r))
@@ -303,6 +338,11 @@ pub fn output_dir(recipe_path: &Path, r: &Recipe) -> PathBuf {
 /// The model a recipe starts from, if any (relative as `output`).
 pub fn init_dir(recipe_path: &Path, r: &Recipe) -> Option<PathBuf> {
     r.init.as_deref().map(|i| from_root(recipe_path, i))
+}
+
+/// The frozen target of a head recipe, if any (relative as `output`).
+pub fn target_dir(recipe_path: &Path, r: &Recipe) -> Option<PathBuf> {
+    r.target.as_deref().map(|t| from_root(recipe_path, t))
 }
 
 fn from_root(recipe_path: &Path, rel: &str) -> PathBuf {
@@ -485,9 +525,20 @@ pub struct TrainingRecord {
     pub threads: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitRecord>,
+    /// The frozen target a head was trained for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<InitRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evaluation: Vec<EvalResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closed_form_checks: Vec<ClosedFormCheck>,
+    /// Jacobi decoding's tokens per forward before and after consistency
+    /// training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jacobi_evaluation: Option<consistency::JacobiEvaluation>,
+    /// A draft head's agreement with its target (head objectives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_evaluation: Option<head::HeadEvaluation>,
     /// Wall time of the final evaluation.
     #[serde(default)]
     pub eval_wall_s: f64,
@@ -574,6 +625,9 @@ pub enum TrainEvent<'a> {
     Resumed {
         step: usize,
     },
+    /// Consistency training: collecting the init model's Jacobi
+    /// trajectories.
+    Collecting,
     Progress {
         step: usize,
         steps: usize,
@@ -603,88 +657,109 @@ fn keep_freed_memory() {
     }
 }
 
-/// Trains a recipe into `out`; resumes from `out/checkpoint/` when it
-/// holds a checkpoint of the same recipe. `stop` is polled between steps.
-pub fn train(
-    recipe_path: &Path,
-    r: &Recipe,
-    out: &Path,
-    device: &Device,
-    stop: &std::sync::atomic::AtomicBool,
-    on: &mut dyn FnMut(TrainEvent<'_>),
-) -> Result<TrainingRecord, TrainError> {
-    keep_freed_memory();
-    // Parallelism comes from micro-batches on worker threads; candle's own
-    // kernels run single-threaded inside them.
-    let workers = candle_core::utils::get_num_threads().max(1);
-    let single = SingleThreadedKernels::enter();
-    let cfg = model_config(r);
-    cfg.validate(recipe_path)?;
-    let obj = objective::find(&r.objective)
-        .expect("validated when loading")
-        .objective;
-    let tok = tokenizer();
-    let sp = specials();
+/// A recipe's training pairs, grouped by task; a batch row draws a task by
+/// its weight, then an item of it.
+pub(crate) struct TrainData {
+    groups: Vec<(String, Vec<Pair>)>,
+    task_dist: rand_distr::weighted::WeightedIndex<f64>,
+}
 
-    // Data.
-    let gen = |split: Split, per_task| ToyParams {
+/// The generator settings of a recipe's split.
+pub(crate) fn toy_params(r: &Recipe, split: Split, per_task: usize) -> ToyParams {
+    ToyParams {
         split,
         per_task,
         seed: r.data.seed,
         tasks: r.data.tasks.clone(),
         list_len: [3, 5],
         distinct: split != Split::Train,
-    };
-    let items = toy::generate(&gen(Split::Train, r.data.train_per_task))
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    // Pairs grouped by task; a batch row draws a task by weight, then an
-    // item of it.
-    let mut by_task: BTreeMap<&str, Vec<Pair>> = BTreeMap::new();
-    for it in &items {
-        by_task.entry(it.task.as_str()).or_default().push(Pair {
-            prompt: encode(&tok, &it.prompt)?,
-            answer: encode(&tok, &it.answer)?,
-        });
     }
-    let groups: Vec<(&str, Vec<Pair>)> = by_task.into_iter().collect();
-    let weights: Vec<f64> = groups
-        .iter()
-        .map(|(t, _)| r.data.task_weights.get(*t).copied().unwrap_or(1.0))
-        .collect();
-    let task_dist =
-        rand_distr::weighted::WeightedIndex::new(&weights).map_err(|e| TrainError::Recipe {
-            path: recipe_path.to_path_buf(),
-            detail: format!("field `data.task_weights`: {e}"),
-        })?;
+}
 
-    // Model and optimizer.
-    let varmap = candle_nn::VarMap::new();
-    let mut named: Vec<(String, Var)> = Vec::new();
-    {
-        let mut data = varmap.data().lock().expect("varmap lock");
-        for (name, (shape, v)) in init_weights(&cfg, r.seed) {
-            let var = Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?;
-            data.insert(name.clone(), var.clone());
-            named.push((name, var));
+impl TrainData {
+    pub(crate) fn load(recipe_path: &Path, r: &Recipe) -> Result<Self, TrainError> {
+        let tok = tokenizer();
+        let items = toy::generate(&toy_params(r, Split::Train, r.data.train_per_task))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        let mut by_task: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
+        for it in &items {
+            by_task.entry(it.task.clone()).or_default().push(Pair {
+                prompt: encode(&tok, &it.prompt)?,
+                answer: encode(&tok, &it.answer)?,
+            });
         }
+        let groups: Vec<(String, Vec<Pair>)> = by_task.into_iter().collect();
+        let weights: Vec<f64> = groups
+            .iter()
+            .map(|(t, _)| r.data.task_weights.get(t).copied().unwrap_or(1.0))
+            .collect();
+        let task_dist =
+            rand_distr::weighted::WeightedIndex::new(&weights).map_err(|e| TrainError::Recipe {
+                path: recipe_path.to_path_buf(),
+                detail: format!("field `data.task_weights`: {e}"),
+            })?;
+        Ok(Self { groups, task_dist })
     }
-    let init = match init_dir(recipe_path, r) {
-        None => None,
-        Some(dir) => Some(load_init(&dir, &named, device)?),
-    };
-    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = Transformer::from_var_builder(vb, &cfg, &out.display().to_string())?;
-    let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
-    let fast_path = FastPath::new(&cfg, &named, device);
+
+    /// The batch of `step` as (task group, item) indices: it depends only
+    /// on the seed and the step.
+    pub(crate) fn batch_indices(&self, r: &Recipe, step: usize) -> Vec<(usize, usize)> {
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            r.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_add(1),
+        );
+        (0..r.optim.batch_size)
+            .map(|_| {
+                let g = self.task_dist.sample(&mut rng);
+                (g, rng.random_range(0..self.groups[g].1.len()))
+            })
+            .collect()
+    }
+
+    /// The batch of `step`.
+    pub(crate) fn batch(&self, r: &Recipe, step: usize) -> Vec<&Pair> {
+        self.batch_indices(r, step)
+            .into_iter()
+            .map(|(g, i)| &self.groups[g].1[i])
+            .collect()
+    }
+
+    /// The pairs by task.
+    pub(crate) fn groups(&self) -> &[(String, Vec<Pair>)] {
+        &self.groups
+    }
+}
+
+/// What the optimisation loop leaves behind.
+pub(crate) struct Optimised {
+    pub steps_done: usize,
+    pub loss_curve: Vec<LossPoint>,
+    /// Summed over resumed sessions.
+    pub wall_s: f64,
+}
+
+/// The loop every objective shares: resume from `out/checkpoint/` when it
+/// holds one of the same recipe, then AdamW steps with clipping and the
+/// schedule, checkpoints, progress events, and a checkpoint on `stop`.
+/// `grads(batch, step)` returns the batch's loss and gradients by name.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn optimise(
+    recipe_path: &Path,
+    r: &Recipe,
+    out: &Path,
+    device: &Device,
+    named: &[(String, Var)],
+    data: &TrainData,
+    stop: &std::sync::atomic::AtomicBool,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+    grads: &mut dyn FnMut(&[&Pair], usize) -> candle_core::Result<(f64, NamedGrads)>,
+) -> Result<Optimised, TrainError> {
     let mut opt = adamw::AdamW::new(
-        named.clone(),
+        named.to_vec(),
         adamw::AdamWParams {
             weight_decay: r.optim.weight_decay,
             ..Default::default()
         },
     )?;
-
-    // Resume.
     let ckpt = out.join("checkpoint");
     let mut step = 0usize;
     let mut loss_curve = Vec::new();
@@ -706,7 +781,7 @@ pub fn train(
             });
         }
         let weights = candle_core::safetensors::load(ckpt.join("weights.safetensors"), device)?;
-        for (name, var) in &named {
+        for (name, var) in named {
             let t = weights.get(name).ok_or_else(|| TrainError::Recipe {
                 path: ckpt.join("weights.safetensors"),
                 detail: format!("lacks tensor {name}"),
@@ -767,39 +842,16 @@ pub fn train(
             )?;
             return Err(TrainError::Interrupted { step, dir: ckpt });
         }
-        // The batch and the noise depend only on the seed and the step.
-        let mut rng = ChaCha20Rng::seed_from_u64(
-            r.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_add(1),
-        );
-        let batch: Vec<&Pair> = (0..r.optim.batch_size)
-            .map(|_| {
-                let g = &groups[task_dist.sample(&mut rng)].1;
-                &g[rng.random_range(0..g.len())]
-            })
-            .collect();
-        let (l, grads) = batch_gradients(
-            obj,
-            &model,
-            &named,
-            &batch,
-            StepContext {
-                sp,
-                params: &r.objective_params,
-                micro_batch: r.optim.micro_batch,
-                workers,
-                seed: r.seed,
-                step,
-                fast: fast_path.as_ref(),
-            },
-        )?;
-        let norm = opt.grad_norm(&grads)?;
+        let batch = data.batch(r, step);
+        let (l, g) = grads(&batch, step)?;
+        let norm = opt.grad_norm(&g)?;
         let scale = if norm > r.optim.grad_clip {
             r.optim.grad_clip / norm
         } else {
             1.0
         };
         let lr = lr_at(&r.optim, step);
-        opt.step(&grads, lr, scale)?;
+        opt.step(&g, lr, scale)?;
         if !l.is_finite() {
             return Err(TrainError::Data(format!(
                 "the loss became {l} at step {step}; lower optim.lr in {}",
@@ -838,7 +890,133 @@ pub fn train(
             )?;
         }
     }
-    let wall_s = wall_before + session.elapsed().as_secs_f64();
+    Ok(Optimised {
+        steps_done: step,
+        loss_curve,
+        wall_s: wall_before + session.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes training.json and drops the checkpoint, once the output is
+/// complete.
+pub(crate) fn finish(out: &Path, record: &TrainingRecord) -> Result<(), TrainError> {
+    let rp = out.join("training.json");
+    crate::results::write_atomic(
+        &rp,
+        serde_json::to_string_pretty(record)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(io(&rp))?;
+    let ckpt = out.join("checkpoint");
+    if ckpt.is_dir() {
+        std::fs::remove_dir_all(&ckpt).map_err(io(&ckpt))?;
+    }
+    Ok(())
+}
+
+/// Trains a recipe into `out`; resumes from `out/checkpoint/` when it
+/// holds a checkpoint of the same recipe. `stop` is polled between steps.
+pub fn train(
+    recipe_path: &Path,
+    r: &Recipe,
+    out: &Path,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainingRecord, TrainError> {
+    keep_freed_memory();
+    match objective::find(&r.objective)
+        .expect("validated when loading")
+        .trains
+    {
+        objective::Trains::Model(obj) => train_model(obj, recipe_path, r, out, device, stop, on),
+        objective::Trains::EagleHead => {
+            head::train_eagle_head(recipe_path, r, out, device, stop, on)
+        }
+        objective::Trains::Consistency => {
+            consistency::train_consistency(recipe_path, r, out, device, stop, on)
+        }
+    }
+}
+
+/// The recipe's model as trainable variables: random weights by the
+/// seed, or the `init` model's.
+pub(crate) fn model_vars(
+    recipe_path: &Path,
+    r: &Recipe,
+    cfg: &ModelConfig,
+    out: &Path,
+    device: &Device,
+) -> Result<(Transformer, Vec<(String, Var)>, Option<InitRecord>), TrainError> {
+    let varmap = candle_nn::VarMap::new();
+    let mut named: Vec<(String, Var)> = Vec::new();
+    {
+        let mut vars = varmap.data().lock().expect("varmap lock");
+        for (name, (shape, v)) in init_weights(cfg, r.seed) {
+            let var = Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?;
+            vars.insert(name.clone(), var.clone());
+            named.push((name, var));
+        }
+    }
+    let init = match init_dir(recipe_path, r) {
+        None => None,
+        Some(dir) => Some(load_init(&dir, &named, device)?),
+    };
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = Transformer::from_var_builder(vb, cfg, &out.display().to_string())?;
+    Ok((model, named, init))
+}
+
+fn train_model(
+    obj: &'static dyn objective::Objective,
+    recipe_path: &Path,
+    r: &Recipe,
+    out: &Path,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainingRecord, TrainError> {
+    // Parallelism comes from micro-batches on worker threads; candle's own
+    // kernels run single-threaded inside them.
+    let workers = candle_core::utils::get_num_threads().max(1);
+    let single = SingleThreadedKernels::enter();
+    let cfg = model_config(r);
+    cfg.validate(recipe_path)?;
+    let tok = tokenizer();
+    let sp = specials();
+    let data = TrainData::load(recipe_path, r)?;
+    let (model, named, init) = model_vars(recipe_path, r, &cfg, out, device)?;
+    let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+    let fast_path = FastPath::new(&cfg, &named, device);
+
+    let done = optimise(
+        recipe_path,
+        r,
+        out,
+        device,
+        &named,
+        &data,
+        stop,
+        on,
+        &mut |batch: &[&Pair], step: usize| {
+            batch_gradients(
+                obj,
+                &model,
+                &named,
+                batch,
+                StepContext {
+                    sp,
+                    params: &r.objective_params,
+                    micro_batch: r.optim.micro_batch,
+                    workers,
+                    seed: r.seed,
+                    step,
+                    fast: fast_path.as_ref(),
+                },
+            )
+        },
+    )?;
     drop(single);
     write_model_folder(out, &cfg, r, &named)?;
 
@@ -856,7 +1034,7 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let test = toy::generate(&gen(Split::Test, r.data.eval_per_task))
+    let test = toy::generate(&toy_params(r, Split::Test, r.data.eval_per_task))
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let eval_started = Instant::now();
     let mut evaluation = Vec::new();
@@ -884,26 +1062,19 @@ pub fn train(
         seed: r.seed,
         pdbench_version: env!("CARGO_PKG_VERSION").into(),
         parameters,
-        steps_done: step,
-        loss_curve,
-        wall_s,
+        steps_done: done.steps_done,
+        loss_curve: done.loss_curve,
+        wall_s: done.wall_s,
         threads: workers,
         init,
+        target: None,
         evaluation,
         closed_form_checks,
+        jacobi_evaluation: None,
+        head_evaluation: None,
         eval_wall_s,
     };
-    let rp = out.join("training.json");
-    crate::results::write_atomic(
-        &rp,
-        serde_json::to_string_pretty(&record)
-            .expect("json")
-            .as_bytes(),
-    )
-    .map_err(io(&rp))?;
-    if ckpt.is_dir() {
-        std::fs::remove_dir_all(&ckpt).map_err(io(&ckpt))?;
-    }
+    finish(out, &record)?;
     on(TrainEvent::Done { record: &record });
     Ok(record)
 }

@@ -43,6 +43,27 @@ pub struct ObjectiveParams {
     /// instead of the token at i (LLaDA's).
     #[serde(default)]
     pub shift_logits: bool,
+    /// Consistency training: tokens per Jacobi window.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Consistency training: training prompts per task whose Jacobi
+    /// trajectories are collected.
+    #[serde(default = "default_trajectory_prompts")]
+    pub trajectory_prompts: usize,
+    /// Consistency training: label smoothing of the AR term (CLLM: 0.1).
+    #[serde(default = "default_label_smoothing")]
+    pub label_smoothing: f64,
+}
+
+fn default_label_smoothing() -> f64 {
+    0.1
+}
+
+fn default_window() -> usize {
+    16
+}
+fn default_trajectory_prompts() -> usize {
+    64
 }
 
 fn default_gen_len() -> usize {
@@ -58,6 +79,9 @@ impl Default for ObjectiveParams {
             gen_len: default_gen_len(),
             block_size: default_block(),
             shift_logits: false,
+            window: default_window(),
+            trajectory_prompts: default_trajectory_prompts(),
+            label_smoothing: default_label_smoothing(),
         }
     }
 }
@@ -237,24 +261,46 @@ impl EvalDecoding<'_> {
 pub struct ObjectiveEntry {
     pub name: &'static str,
     pub description: &'static str,
-    pub objective: &'static dyn Objective,
+    pub trains: Trains,
+}
+
+/// What an objective trains.
+pub enum Trains {
+    /// The recipe's model (from `[model]`, or from `init`).
+    Model(&'static dyn Objective),
+    /// An EAGLE draft head against the frozen model named by the recipe's
+    /// `target` (see [`super::head`]).
+    EagleHead,
+    /// The `init` model, on its own Jacobi trajectories (see
+    /// [`super::consistency`]).
+    Consistency,
 }
 
 pub static OBJECTIVES: &[ObjectiveEntry] = &[
     ObjectiveEntry {
         name: "ar",
         description: "next-token cross-entropy on the answer (and its EOS)",
-        objective: &Ar,
+        trains: Trains::Model(&Ar),
     },
     ObjectiveEntry {
         name: "masked-diffusion",
         description: "LLaDA-style: bidirectional; t~U(0,1), each answer-region token masked with probability t, cross-entropy on masked tokens weighted 1/t",
-        objective: &MaskedDiffusion { block: false },
+        trains: Trains::Model(&MaskedDiffusion { block: false }),
     },
     ObjectiveEntry {
         name: "block-diffusion",
         description: "masked diffusion on one answer block at a time under the block mask (causal across blocks, bidirectional inside)",
-        objective: &MaskedDiffusion { block: true },
+        trains: Trains::Model(&MaskedDiffusion { block: true }),
+    },
+    ObjectiveEntry {
+        name: "eagle",
+        description: "an EAGLE draft head for the frozen `target`: smooth-L1 regression of the target's next feature plus 0.1 x cross-entropy against the target's next-token distribution, through the target's LM head",
+        trains: Trains::EagleHead,
+    },
+    ObjectiveEntry {
+        name: "consistency",
+        description: "CLLM: Jacobi trajectories of the init model on training prompts; 10 x AR loss (label smoothing 0.1) + global consistency (cross-entropy from a trajectory state to the model's own output at the fixed point)",
+        trains: Trains::Consistency,
     },
 ];
 

@@ -56,9 +56,26 @@ pub fn decode_with_draft(
     n: usize,
     seed: u64,
 ) -> pdbench::measure::Measured {
+    let models = MethodModels {
+        target: m,
+        draft,
+        head: None,
+        consistency: None,
+    };
+    decode_with_models(method, params, &models, prompt, n, seed)
+}
+
+/// [`decode_with_draft`] with any of the models a method may need.
+pub fn decode_with_models(
+    method: &str,
+    params: serde_json::Value,
+    models: &MethodModels<'_>,
+    prompt: &[u32],
+    n: usize,
+    seed: u64,
+) -> pdbench::measure::Measured {
     let inst = MethodInstance::new(method, None, &params).expect("method");
-    let mut dec =
-        (inst.spec().build)(&inst.params, &MethodModels { target: m, draft }).expect("build");
+    let mut dec = (inst.spec().build)(&inst.params, models).expect("build");
     let rule = StopRule {
         max_new_tokens: n,
         eos_ids: vec![],
@@ -114,6 +131,12 @@ pub fn tiny_model(
     let cfg = pdbench::model::random::tiny_config(arch);
     pdbench::model::random::write_random_model(dir, &cfg, seed).expect("write random model");
     cfg
+}
+
+/// An EAGLE head folder for `m` (the target's dtype, on the CPU).
+pub fn load_head(dir: &std::path::Path, m: &LoadedModel) -> pdbench::model::eagle::LoadedHead {
+    pdbench::model::eagle::EagleHead::load_dir(dir, m.model.dtype(), &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("loading head {}: {e}", dir.display()))
 }
 
 pub fn load_dir(dir: &std::path::Path) -> LoadedModel {
