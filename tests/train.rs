@@ -11,7 +11,9 @@ use pdbench::model::{Architecture, Forward, LogitsAt, Mask};
 use pdbench::train::{self, TrainEvent};
 
 fn load(dir: &Path) -> pdbench::model::LoadedModel {
-    let store = pdbench::store::Store::at(dir.join("store"));
+    // The store's digest cache goes beside the model, not into it: models
+    // may be the zoo's.
+    let store = pdbench::store::Store::at(std::env::temp_dir().join("pdbench-test-store"));
     pdbench::model::load(
         &dir.display().to_string(),
         &store,

@@ -1615,4 +1615,81 @@ mod tests {
             }
         }
     }
+
+    /// The fast pass at the zoo target's shapes (head_dim 32, MHA, the toy
+    /// vocabulary), its initial weights and answer-length rows: blocked
+    /// kernels take other paths at these sizes than at the tiny ones.
+    #[test]
+    fn the_fast_pass_matches_autograd_at_the_targets_shapes() {
+        let (_, r) = load_recipe("toy-target").unwrap();
+        let cfg = model_config(&r);
+        let varmap = candle_nn::VarMap::new();
+        let mut named = Vec::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (name, (shape, v)) in init_weights(&cfg, 5) {
+                let var =
+                    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap();
+                data.insert(name.clone(), var.clone());
+                named.push((name, var));
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Transformer::from_var_builder(vb, &cfg, "test").unwrap();
+        let v = cfg.vocab_size as u32;
+        let lens = [41usize, 23, 37, 12];
+        let rows: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| (0..n).map(|i| ((i * 7 + r * 13 + 3) as u32) % v).collect())
+            .collect();
+        let targets: Vec<Vec<(u32, f32)>> = rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &t)| ((t * 3 + 1) % v, if j < 5 { 0.0 } else { 1.0 }))
+                    .collect()
+            })
+            .collect();
+        let tb = TokenBatch {
+            positions: None,
+            masks: vec![Mask::Causal; rows.len()],
+            rows,
+            targets,
+            norm: 100.0,
+        };
+        let want = objective::autograd_loss(&model, &tb, 0).unwrap();
+        let grads = want.sum.backward().unwrap();
+        let fp = FastPath::new(&cfg, &named, &Device::Cpu).expect("the pass applies");
+        let w = fp.params(&named).unwrap();
+        let (sum, got) = fp.loss_and_grads(&w, &tb, 0).unwrap();
+        let want_sum = want.sum.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (sum - want_sum).abs() < 1e-4 * want_sum.abs().max(1.0),
+            "{sum} vs {want_sum}"
+        );
+        let by_name: HashMap<&str, &Var> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        for (name, g) in fp.names.iter().zip(&got.0) {
+            let Some(v) = by_name.get(name.as_str()) else {
+                continue;
+            };
+            let want = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let diff = want
+                .iter()
+                .zip(g)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff < 1e-3 * scale,
+                "{name}: max |Δ| {diff} (scale {scale})"
+            );
+        }
+    }
 }
