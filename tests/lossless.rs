@@ -472,3 +472,82 @@ fn cllm_equals_its_own_models_ar_and_converges_faster() {
         "cllm took {cllm_steps} steps for {tokens} tokens, jacobi on toy-target {jacobi_steps}"
     );
 }
+
+/// Released EAGLE heads ship `pytorch_model.bin`: the same head as a
+/// PyTorch state dict drafts exactly what its safetensors form drafts.
+#[test]
+fn eagle_heads_load_from_pytorch_state_dicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_model(
+        &dir.path().join("m"),
+        pdbench::model::Architecture::Qwen2,
+        4,
+    );
+    let st = dir.path().join("st");
+    pdbench::model::random::write_random_head(&st, &cfg, 80, 9).unwrap();
+    let pth = dir.path().join("pth");
+    std::fs::create_dir_all(&pth).unwrap();
+    std::fs::copy(st.join("config.json"), pth.join("config.json")).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/safetensors_to_pth.py");
+    let ok = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(st.join("model.safetensors"))
+        .arg(pth.join("pytorch_model.bin"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let target = common::load_dir(&dir.path().join("m"));
+    let a = common::load_head(&st, &target);
+    let b = common::load_head(&pth, &target);
+    assert!(b.info.files[1].path.ends_with("pytorch_model.bin"));
+    let prompt = target.tokenizer.encode("a prompt for both heads").unwrap();
+    let run = |h: &LoadedHead| {
+        let models = pdbench::methods::MethodModels {
+            target: &target,
+            draft: None,
+            head: Some(h),
+            consistency: None,
+        };
+        let m = common::decode_with_models(
+            "eagle",
+            json!({ "tree_top_k": 4, "tree_depth": 3, "total_tokens": 10 }),
+            &models,
+            &prompt,
+            20,
+            1,
+        );
+        let accepted: Vec<usize> = m.steps.iter().map(|s| s.accepted).collect();
+        (m.output, accepted)
+    };
+    assert_eq!(run(&a), run(&b));
+    // And the head computes the same features from either file.
+    let h = cfg.hidden_size;
+    let feats: Vec<f32> = (0..3 * h)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let feats = candle_core::Tensor::from_vec(feats, (3, h), &candle_core::Device::Cpu).unwrap();
+    let out = |lh: &LoadedHead| {
+        let mut cache = lh.head.new_cache(8).unwrap();
+        lh.head
+            .forward(
+                &target.model,
+                &mut cache,
+                &pdbench::model::eagle::HeadForward {
+                    tokens: &[5, 6, 7],
+                    features: &feats,
+                    start: 0,
+                    mask: pdbench::model::Mask::Causal,
+                    positions: None,
+                },
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (x, y) = (out(&a), out(&b));
+    assert!(x.iter().any(|v| v.abs() > 1e-3));
+    assert_eq!(x, y);
+}
