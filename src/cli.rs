@@ -571,12 +571,8 @@ fn load_models(
 
 /// Loads `--draft-head` (a folder or a zoo name) for `target`.
 fn load_head(spec: &str, target: &LoadedModel, opts: &LoadOptions) -> Result<LoadedHead> {
-    let dir = model::source::zoo_model(spec).unwrap_or_else(|| PathBuf::from(spec));
-    if !dir.is_dir() {
-        bail!(
-            "--draft-head {spec}: not a folder or a zoo head (expected a folder with config.json and model.safetensors or pytorch_model.bin)"
-        );
-    }
+    let dir =
+        model::source::resolve_head_dir(spec).with_context(|| format!("--draft-head {spec}"))?;
     let dtype = target.model.dtype();
     let head = model::eagle::EagleHead::load_dir(&dir, dtype, &opts.device)
         .with_context(|| format!("loading --draft-head {spec}"))?;

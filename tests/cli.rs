@@ -444,6 +444,37 @@ fn eagle_needs_a_head_that_fits_the_target() {
     };
     assert_eq!(ids("eagle").len(), 4);
     assert_eq!(ids("eagle"), ids("ar"), "eagle is lossless through the CLI");
+
+    // A hub id resolves from the hf-hub cache layout, as released heads
+    // would be downloaded; an absent one says what to put where.
+    let repo = w.path("hub/models--head-org--tiny-head");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(w.path("head").join(f), snap.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    w.run(&[
+        "--method",
+        "eagle",
+        "--draft-head",
+        "head-org/tiny-head",
+        "--run-id",
+        "hub-head",
+    ])
+    .assert()
+    .success();
+    fails_with(
+        &mut w.run(&["--method", "eagle", "--draft-head", "head-org/absent"]),
+        &[
+            "--draft-head",
+            "head-org/absent",
+            "config.json",
+            "models--head-org--absent",
+        ],
+    );
 }
 
 /// A hub id resolves from a local folder in hf-hub's cache layout

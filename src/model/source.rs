@@ -395,6 +395,76 @@ fn resolve_hub(spec: &str, id: &HubId) -> Result<ResolvedModel, ModelError> {
     })
 }
 
+/// The folder of an EAGLE draft head: a local folder, a zoo name, or a hub
+/// id (`yuhuili/EAGLE-Qwen2-7B-Instruct`) resolved through the hf-hub
+/// cache, downloading `config.json` and the weights (`model.safetensors`
+/// or `pytorch_model.bin`) when the hub can be reached.
+pub fn resolve_head_dir(spec: &str) -> Result<PathBuf, ModelError> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(dir) = zoo_model(spec) {
+        return Ok(dir);
+    }
+    let Some(id) = HubId::parse(spec).filter(|h| h.file.is_none()) else {
+        return Err(ModelError::MissingFile {
+            path: path.to_path_buf(),
+            what: "a draft head: a folder with config.json and model.safetensors or pytorch_model.bin, a zoo head, or a hub id".into(),
+        });
+    };
+    let cache = hub_cache();
+    let repo = hf_hub::Repo::with_revision(
+        id.repo.clone(),
+        hf_hub::RepoType::Model,
+        id.revision.clone(),
+    );
+    let cached = cache.repo(repo.clone());
+    let weights = ["model.safetensors", "pytorch_model.bin"];
+    let have = |c: &hf_hub::CacheRepo| {
+        c.get("config.json")
+            .filter(|_| weights.iter().any(|w| c.get(w).is_some()))
+    };
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    if have(&cached).is_none() && !offline {
+        if let Ok(api) = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(false)
+            .with_retries(0)
+            .build()
+        {
+            let api_repo = api.repo(repo.clone());
+            if api_repo.get("config.json").is_ok() {
+                for w in weights {
+                    if api_repo.get(w).is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    match have(&cached) {
+        Some(config) => Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf()),
+        None => {
+            let mut missing = Vec::new();
+            if cached.get("config.json").is_none() {
+                missing.push("config.json".to_string());
+            }
+            missing.push("model.safetensors or pytorch_model.bin".to_string());
+            Err(ModelError::HubUnavailable {
+                repo: id.repo.clone(),
+                revision: id.revision.clone(),
+                missing,
+                cache_dir: cache.path().clone(),
+                snapshot_dir: cache
+                    .path()
+                    .join(repo.folder_name())
+                    .join("snapshots")
+                    .join("<commit>"),
+            })
+        }
+    }
+}
+
 fn shards_from_index_names(index: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(index) else {
         return vec![];
