@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objective::{Pair, TokenBatch};
 use super::{
-    encode, specials, tokenizer, toy_params, NamedGrads, Recipe, TrainData, TrainError, TrainEvent,
+    encode, specials, tokenizer, toy_params, Recipe, TrainData, TrainError, TrainEvent,
     TrainingRecord,
 };
 use crate::model::{Forward, KvCache, LogitsAt, Mask, Transformer};
@@ -378,66 +378,26 @@ pub(crate) fn train_consistency(
             });
             let (n_ar, n_cons) = (n_ar.max(1) as f64, n_cons.max(1) as f64);
             let chunks: Vec<&[Rows]> = rows.chunks(r.optim.micro_batch.max(1)).collect();
-            type Slot = std::sync::Mutex<
-                Option<candle_core::Result<(f64, candle_core::backprop::GradStore)>>,
-            >;
-            let results: Vec<Slot> = chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let work = || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= chunks.len() {
-                    break;
-                }
-                let res: candle_core::Result<(f64, candle_core::backprop::GradStore)> = (|| {
-                    let (l, value) = loss(
-                        &model,
-                        chunks[i],
-                        n_ar,
-                        n_cons,
-                        r.objective_params.label_smoothing,
-                        sp.pad,
-                    )?;
-                    Ok((value, l.backward()?))
-                })(
-                );
-                *results[i].lock().expect("slot") = Some(res);
-            };
-            let workers = workers.clamp(1, chunks.len().max(1));
-            if workers == 1 {
-                work();
-            } else {
-                std::thread::scope(|s| {
-                    for _ in 0..workers {
-                        s.spawn(work);
-                    }
-                });
-            }
+            type Micro = candle_core::Result<(f64, candle_core::backprop::GradStore)>;
+            let results = super::on_workers(chunks.len(), workers, |i| -> Micro {
+                let (l, value) = loss(
+                    &model,
+                    chunks[i],
+                    n_ar,
+                    n_cons,
+                    r.objective_params.label_smoothing,
+                    sp.pad,
+                )?;
+                Ok((value, l.backward()?))
+            });
             let mut total = 0.0;
             let mut stores = Vec::new();
-            for slot in results {
-                let (v, g) = slot
-                    .into_inner()
-                    .expect("slot")
-                    .expect("every micro-batch ran")?;
+            for res in results {
+                let (v, g) = res?;
                 total += v;
                 stores.push(g);
             }
-            let mut grads = NamedGrads::new();
-            for (name, var) in &named {
-                let mut g: Option<Tensor> = None;
-                for st in stores.iter_mut() {
-                    if let Some(o) = st.remove(var.as_tensor()) {
-                        g = Some(match g {
-                            Some(g) => (g + o)?,
-                            None => o,
-                        });
-                    }
-                }
-                if let Some(g) = g {
-                    grads.insert(name.clone(), g);
-                }
-            }
-            Ok((total, grads))
+            Ok((total, super::sum_stores(&named, &mut stores, 1.0)?))
         },
     )?;
     drop(single);

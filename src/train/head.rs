@@ -242,15 +242,8 @@ fn gradients(
     let mut sorted: Vec<&Pair> = batch.to_vec();
     sorted.sort_by_key(|p| p.prompt.len() + p.answer.len());
     let chunks: Vec<&[&Pair]> = sorted.chunks(r.optim.micro_batch.max(1)).collect();
-    type Slot =
-        std::sync::Mutex<Option<candle_core::Result<(f64, f64, candle_core::backprop::GradStore)>>>;
-    let results: Vec<Slot> = chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if i >= chunks.len() {
-            break;
-        }
+    type Micro = candle_core::Result<(f64, f64, candle_core::backprop::GradStore)>;
+    let results = super::on_workers(chunks.len(), workers, |i| -> Micro {
         let mut rng = ChaCha20Rng::seed_from_u64(
             r.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (step as u64)
@@ -258,51 +251,19 @@ fn gradients(
                     .wrapping_mul(0xD1B5_4A32_D192_ED03)
                 ^ (i as u64).wrapping_add(1),
         );
-        let res: candle_core::Result<(f64, f64, candle_core::backprop::GradStore)> = (|| {
-            let tb = rows_of(chunks[i], sp.eos);
-            let p = prepare(target, &tb, sp.pad)?;
-            let loss = head_loss(head, target, &p, &mut rng)?;
-            let grads = loss.backward()?;
-            Ok((loss.to_scalar::<f32>()? as f64, p.norm, grads))
-        })();
-        *results[i].lock().expect("slot") = Some(res);
-    };
-    let workers = workers.clamp(1, chunks.len().max(1));
-    if workers == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(work);
-            }
-        });
-    }
-    let mut done = Vec::with_capacity(chunks.len());
-    for slot in results {
-        done.push(
-            slot.into_inner()
-                .expect("slot")
-                .expect("every micro-batch ran")?,
-        );
-    }
+        let tb = rows_of(chunks[i], sp.eos);
+        let p = prepare(target, &tb, sp.pad)?;
+        let loss = head_loss(head, target, &p, &mut rng)?;
+        let grads = loss.backward()?;
+        Ok((loss.to_scalar::<f32>()? as f64, p.norm, grads))
+    });
+    let done = results
+        .into_iter()
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let norm: f64 = done.iter().map(|d| d.1).sum::<f64>().max(1e-12);
     let loss = done.iter().map(|d| d.0).sum::<f64>() / norm;
-    let mut out = HashMap::new();
-    for (name, var) in named {
-        let mut g: Option<Tensor> = None;
-        for d in done.iter_mut() {
-            if let Some(o) = d.2.remove(var.as_tensor()) {
-                g = Some(match g {
-                    Some(g) => (g + o)?,
-                    None => o,
-                });
-            }
-        }
-        if let Some(g) = g {
-            out.insert(name.clone(), (g / norm)?);
-        }
-    }
-    Ok((loss, out))
+    let mut stores: Vec<_> = done.into_iter().map(|d| d.2).collect();
+    Ok((loss, super::sum_stores(named, &mut stores, norm)?))
 }
 
 /// Teacher-forced top-1 agreement on the test split.

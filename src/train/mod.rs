@@ -1216,6 +1216,46 @@ impl FastPath {
     }
 }
 
+/// `f(i)` for every `i < n`, taken by `workers` threads largest `i` first
+/// (length-sorted micro-batches: the longest first), returned in index
+/// order, so that results never depend on which thread ran what.
+pub(crate) fn on_workers<T: Send>(
+    n: usize,
+    workers: usize,
+    f: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let slots: Vec<std::sync::Mutex<Option<T>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let taken = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if taken >= n {
+            break;
+        }
+        let i = n - 1 - taken;
+        let r = f(i);
+        *slots[i].lock().expect("worker slot") = Some(r);
+    };
+    let workers = workers.clamp(1, n.max(1));
+    if workers == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .expect("worker slot")
+                .expect("every index ran")
+        })
+        .collect()
+}
+
 /// One micro-batch's loss sum, normaliser and gradients.
 enum MicroGrads {
     Autograd(candle_core::backprop::GradStore),
@@ -1243,15 +1283,7 @@ fn batch_gradients(
         Some(f) => Some(f.params(named)?),
         None => None,
     };
-    let results: Vec<std::sync::Mutex<Option<MicroResult>>> =
-        chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || loop {
-        let taken = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if taken >= chunks.len() {
-            break;
-        }
-        let i = chunks.len() - 1 - taken;
+    let results = on_workers(chunks.len(), cx.workers, |i| -> MicroResult {
         let mut rng = ChaCha20Rng::seed_from_u64(
             cx.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (cx.step as u64)
@@ -1259,8 +1291,7 @@ fn batch_gradients(
                     .wrapping_mul(0xD1B5_4A32_D192_ED03)
                 ^ (i as u64).wrapping_add(1),
         );
-        let r = obj
-            .token_batch(chunks[i], cx.sp, cx.params, &mut rng)
+        obj.token_batch(chunks[i], cx.sp, cx.params, &mut rng)
             .and_then(|tb| match (cx.fast, &weights) {
                 (Some(f), Some(w)) => {
                     let (sum, g) = f.loss_and_grads(w, &tb, cx.sp.pad)?;
@@ -1275,27 +1306,11 @@ fn batch_gradients(
                         MicroGrads::Autograd(grads),
                     ))
                 }
-            });
-        *results[i].lock().expect("micro-batch slot") = Some(r);
-    };
-    let workers = cx.workers.clamp(1, chunks.len().max(1));
-    if workers == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(work);
-            }
-        });
-    }
-    let mut done = Vec::with_capacity(chunks.len());
-    for slot in results {
-        let r = slot
-            .into_inner()
-            .expect("micro-batch slot")
-            .expect("every micro-batch ran")?;
-        done.push(r);
-    }
+            })
+    });
+    let done = results
+        .into_iter()
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let total_norm: f64 = done.iter().map(|d| d.1).sum::<f64>().max(1e-12);
     let loss = done.iter().map(|d| d.0).sum::<f64>() / total_norm;
     let mut out = NamedGrads::new();
@@ -1331,23 +1346,35 @@ fn batch_gradients(
                     MicroGrads::Fast(_) => unreachable!("one path per step"),
                 })
                 .collect();
-            for (name, var) in named {
-                let mut g: Option<Tensor> = None;
-                for st in stores.iter_mut() {
-                    if let Some(o) = st.remove(var.as_tensor()) {
-                        g = Some(match g {
-                            Some(g) => (g + o)?,
-                            None => o,
-                        });
-                    }
-                }
-                if let Some(g) = g {
-                    out.insert(name.clone(), (g / total_norm)?);
-                }
-            }
+            out = sum_stores(named, &mut stores, total_norm)?;
         }
     }
     Ok((loss, out))
+}
+
+/// Each variable's gradient summed over autograd stores in their order,
+/// over `divisor`.
+pub(crate) fn sum_stores(
+    named: &[(String, Var)],
+    stores: &mut [candle_core::backprop::GradStore],
+    divisor: f64,
+) -> candle_core::Result<NamedGrads> {
+    let mut out = NamedGrads::new();
+    for (name, var) in named {
+        let mut g: Option<Tensor> = None;
+        for st in stores.iter_mut() {
+            if let Some(o) = st.remove(var.as_tensor()) {
+                g = Some(match g {
+                    Some(g) => (g + o)?,
+                    None => o,
+                });
+            }
+        }
+        if let Some(g) = g {
+            out.insert(name.clone(), (g / divisor)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Greedy decoding of the test items at `tokens_per_step`, scored by the
