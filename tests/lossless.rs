@@ -138,9 +138,19 @@ fn eagle_greedy_equals_ar_on_the_toy_zoo() {
     );
     let prompts = toy_prompts(&target, 2);
     let params = eagle_params();
-    let tps = assert_equals_ar_with("eagle", &params, &target, None, Some(&head), &prompts, 40);
-    // The trained head drafts well enough that steps carry several tokens.
-    assert!(tps > 2.0, "{tps} tokens per step");
+    assert_equals_ar_with("eagle", &params, &target, None, Some(&head), &prompts, 40);
+    // The trained head drafts well enough that the default tree's steps
+    // carry several tokens.
+    let tps = assert_equals_ar_with(
+        "eagle",
+        &[json!({})],
+        &target,
+        None,
+        Some(&head),
+        &prompts,
+        40,
+    );
+    assert!(tps > 2.0, "{tps} tokens per step in the default tree");
 }
 
 /// A random head proposes poor drafts: every rejection path runs, and the
