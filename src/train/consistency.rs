@@ -448,23 +448,15 @@ pub(crate) fn train_consistency(
             sp.eos,
         )?,
     };
+    // Collecting the trajectories is part of training.
+    let wall_s = done.wall_s + collect_s;
     let record = TrainingRecord {
-        recipe: r.clone(),
-        recipe_file: recipe_path.display().to_string(),
-        seed: r.seed,
-        pdbench_version: env!("CARGO_PKG_VERSION").into(),
-        parameters,
-        steps_done: done.steps_done,
-        loss_curve: done.loss_curve,
-        wall_s: done.wall_s + collect_s,
-        threads: workers,
+        wall_s,
         init,
-        target: None,
         evaluation: vec![quality],
-        closed_form_checks: Vec::new(),
         jacobi_evaluation: Some(jacobi),
-        head_evaluation: None,
         eval_wall_s: eval_started.elapsed().as_secs_f64(),
+        ..TrainingRecord::of_run(recipe_path, r, parameters, done, workers)
     };
     super::finish(out, &record)?;
     on(TrainEvent::Done { record: &record });

@@ -8,7 +8,7 @@
 //! where the predicted feature is one the head drafts from at inference:
 //! from the first answer token on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -388,14 +388,7 @@ pub(crate) fn train_eagle_head(
 
     // The head folder.
     std::fs::create_dir_all(out).map_err(io(out))?;
-    let tensors: HashMap<String, Tensor> = named
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let st = out.join("model.safetensors");
-    let tmp = out.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &st).map_err(io(&st))?;
+    super::save_weights(out, &named)?;
     let mut config = cfg.to_hf_json();
     config["bias"] = serde_json::json!(true);
     config["pdbench_objective"] = serde_json::json!(r.objective);
@@ -414,16 +407,6 @@ pub(crate) fn train_eagle_head(
     let reloaded = EagleHead::load_dir(out, DType::F32, device)?;
     let head_evaluation = evaluate_head(&reloaded.head, &target, r)?;
     let record = TrainingRecord {
-        recipe: r.clone(),
-        recipe_file: recipe_path.display().to_string(),
-        seed: r.seed,
-        pdbench_version: env!("CARGO_PKG_VERSION").into(),
-        parameters,
-        steps_done: done.steps_done,
-        loss_curve: done.loss_curve,
-        wall_s: done.wall_s,
-        threads: workers,
-        init: None,
         target: Some(super::InitRecord {
             path: target_dir.display().to_string(),
             sha256: crate::store::sha256_bytes(
@@ -431,11 +414,9 @@ pub(crate) fn train_eagle_head(
                     .map_err(io(&target_dir.join("model.safetensors")))?,
             ),
         }),
-        evaluation: Vec::new(),
-        closed_form_checks: Vec::new(),
-        jacobi_evaluation: None,
         head_evaluation: Some(head_evaluation),
         eval_wall_s: eval_started.elapsed().as_secs_f64(),
+        ..TrainingRecord::of_run(recipe_path, r, parameters, done, workers)
     };
     super::finish(out, &record)?;
     on(TrainEvent::Done { record: &record });

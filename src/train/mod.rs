@@ -544,6 +544,36 @@ pub struct TrainingRecord {
     pub eval_wall_s: f64,
 }
 
+impl TrainingRecord {
+    /// What every objective records of its run; evaluations are empty.
+    pub(crate) fn of_run(
+        recipe_path: &Path,
+        r: &Recipe,
+        parameters: usize,
+        done: Optimised,
+        threads: usize,
+    ) -> Self {
+        Self {
+            recipe: r.clone(),
+            recipe_file: recipe_path.display().to_string(),
+            seed: r.seed,
+            pdbench_version: env!("CARGO_PKG_VERSION").into(),
+            parameters,
+            steps_done: done.steps_done,
+            loss_curve: done.loss_curve,
+            wall_s: done.wall_s,
+            threads,
+            init: None,
+            target: None,
+            evaluation: Vec::new(),
+            closed_form_checks: Vec::new(),
+            jacobi_evaluation: None,
+            head_evaluation: None,
+            eval_wall_s: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckpointState {
     step: usize,
@@ -574,13 +604,8 @@ fn specials() -> Specials {
     }
 }
 
-/// Writes the model folder: weights from `vars`, config, tokenizer files.
-fn write_model_folder(
-    dir: &Path,
-    cfg: &ModelConfig,
-    r: &Recipe,
-    vars: &[(String, Var)],
-) -> Result<(), TrainError> {
+/// Writes `vars` to `dir/model.safetensors` atomically.
+pub(crate) fn save_weights(dir: &Path, vars: &[(String, Var)]) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tensors: HashMap<String, Tensor> = vars
         .iter()
@@ -589,7 +614,17 @@ fn write_model_folder(
     let st = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &st).map_err(io(&st))?;
+    std::fs::rename(&tmp, &st).map_err(io(&st))
+}
+
+/// Writes the model folder: weights from `vars`, config, tokenizer files.
+fn write_model_folder(
+    dir: &Path,
+    cfg: &ModelConfig,
+    r: &Recipe,
+    vars: &[(String, Var)],
+) -> Result<(), TrainError> {
+    save_weights(dir, vars)?;
     let sp = specials();
     let mut config = cfg.to_hf_json();
     config["bos_token_id"] = serde_json::json!(toy::special_id("<bos>"));
@@ -1057,22 +1092,11 @@ fn train_model(
     }
     let eval_wall_s = eval_started.elapsed().as_secs_f64();
     let record = TrainingRecord {
-        recipe: r.clone(),
-        recipe_file: recipe_path.display().to_string(),
-        seed: r.seed,
-        pdbench_version: env!("CARGO_PKG_VERSION").into(),
-        parameters,
-        steps_done: done.steps_done,
-        loss_curve: done.loss_curve,
-        wall_s: done.wall_s,
-        threads: workers,
         init,
-        target: None,
         evaluation,
         closed_form_checks,
-        jacobi_evaluation: None,
-        head_evaluation: None,
         eval_wall_s,
+        ..TrainingRecord::of_run(recipe_path, r, parameters, done, workers)
     };
     finish(out, &record)?;
     on(TrainEvent::Done { record: &record });
