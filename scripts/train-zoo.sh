@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains the whole toy zoo from scratch in dependency order (toy-target,
-# toy-draft, the diffusion models adapted from toy-target, toy-target's
-# EAGLE head and its consistency-trained CLLM), measures toy-draft as sps's
+# toy-draft, the diffusion models adapted from toy-target, toy-dllm's
+# Learn2PD filter, toy-target's EAGLE head and its consistency-trained
+# CLLM), measures toy-draft as sps's
 # drafter at draft length 4, and prints the summary of reports/zoo: wall
 # time per model and in all, size, and the test-split scores of every
 # training record.
@@ -18,15 +19,18 @@ cargo build --release --locked -q
 bin=${CARGO_TARGET_DIR:-target}/release/pdbench
 mkdir -p "$root"
 start=$(date +%s.%N)
-for name in ${ZOO_MODELS:-toy-target toy-draft toy-dllm toy-bdllm toy-eagle toy-cllm}; do
+for name in ${ZOO_MODELS:-toy-target toy-draft toy-dllm toy-bdllm toy-learn2pd toy-eagle toy-cllm}; do
   args=(train --recipe "$name" --out "$root/$name")
   if [ "$root" != models/toy ]; then
-    # Models adapted from (or drafting for) toy-target use this zoo's.
-    if grep -q '^init *=' "recipes/$name.toml"; then
-      args+=(--init "$root/toy-target")
+    # Models adapted from (or drafting for, or filtering) another zoo
+    # model use this zoo's.
+    init=$(sed -n 's/^init *= *"\(.*\)"/\1/p' "recipes/$name.toml")
+    if [ -n "$init" ]; then
+      args+=(--init "$root/$(basename "$init")")
     fi
-    if grep -q '^target *=' "recipes/$name.toml"; then
-      args+=(--target "$root/toy-target")
+    target=$(sed -n 's/^target *= *"\(.*\)"/\1/p' "recipes/$name.toml")
+    if [ -n "$target" ]; then
+      args+=(--target "$root/$(basename "$target")")
     fi
   fi
   "$bin" "${args[@]}"

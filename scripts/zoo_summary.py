@@ -20,6 +20,8 @@ MODELS = ["toy-target", "toy-draft", "toy-dllm", "toy-bdllm"]
 # Draft heads, scored by their agreement with the target; summarised when
 # present.
 HEADS = ["toy-eagle"]
+# Learn2PD filters, scored against their diffusion LM's baseline.
+FILTERS = ["toy-learn2pd"]
 
 
 def load(root, name):
@@ -34,6 +36,10 @@ def size_mb(path):
             continue
         total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
     return total / 1e6
+
+
+def params(n):
+    return f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n / 1e3:.1f} k"
 
 
 def pct(x):
@@ -54,16 +60,19 @@ def main():
         if os.path.isfile(os.path.join(a.root, m, "training.json")):
             recs[m] = load(a.root, m)
     heads = {h: load(a.root, h) for h in HEADS if os.path.isfile(os.path.join(a.root, h, "training.json"))}
+    filters = {f: load(a.root, f) for f in FILTERS if os.path.isfile(os.path.join(a.root, f, "training.json"))}
     print("| model | objective | parameters | steps | training | evaluation | size |")
     print("|---|---|---|---|---|---|---|")
-    for m, r in {**recs, **heads}.items():
+    for m, r in {**recs, **heads, **filters}.items():
         print(
-            f"| `{m}` | {r['recipe']['objective']} | {r['parameters'] / 1e6:.2f} M | {r['steps_done']} "
+            f"| `{m}` | {r['recipe']['objective']} | {params(r['parameters'])} | {r['steps_done']} "
             f"| {r['wall_s'] / 60:.1f} min | {r.get('eval_wall_s', 0) / 60:.1f} min "
-            f"| {size_mb(os.path.join(a.root, m)):.1f} MB |"
+            f"| {size_mb(os.path.join(a.root, m)):.2f} MB |"
         )
-    total_mb = sum(size_mb(os.path.join(a.root, m)) for m in [*recs, *heads])
+    total_mb = sum(size_mb(os.path.join(a.root, m)) for m in [*recs, *heads, *filters])
+    base_s = sum(recs[m]["wall_s"] + recs[m].get("eval_wall_s", 0) for m in MODELS)
     print()
+    print(f"The four base models ({', '.join(MODELS)}): {base_s / 60:.1f} min of training and evaluation.")
     if a.wall_s is not None:
         print(f"Whole zoo: {a.wall_s / 60:.1f} min wall time (training and evaluation), {total_mb:.1f} MB.")
     else:
@@ -84,6 +93,20 @@ def main():
             f"`{h}`: its top-1 draft agrees with the target's greedy token at {e['top1_agreement_pct']:.1f}% "
             f"of {e['positions']} test-split answer positions (teacher-forced)."
         )
+    for f, r in filters.items():
+        e = r["filter_evaluation"]
+        print(
+            f"`{f}`: on replayed baseline steps of the test split it accepts {e['recall_pct']:.1f}% of the positions "
+            f"whose argmax is final and {e['false_accept_pct']:.1f}% of those whose argmax is not."
+        )
+        print()
+        print("| decoder | deterministic | random | forwards per item |")
+        print("|---|---|---|---|")
+        for row in e["rows"]:
+            print(
+                f"| {row['decoder']} | {pct(row['deterministic'])} | {pct(row['random'])} "
+                f"| {row['forwards_per_item']:.1f} |"
+            )
     print()
     print("Test split (20 items per task), deterministic tasks exact / random tasks valid, by tokens per step:")
     print()
@@ -142,6 +165,24 @@ def main():
             print(f"| `{h}` | top-1 agreement {x:.1f}% vs {y:.1f}% | | {abs(x - y):.1f} |")
             if abs(x - y) > 2.0:
                 bad.append(h)
+        for f, r in filters.items():
+            if not os.path.isfile(os.path.join(a.against, f, "training.json")):
+                continue
+            o = load(a.against, f)
+            x = [row for row in r["filter_evaluation"]["rows"] if row["decoder"] == "learn2pd"][0]
+            y = [row for row in o["filter_evaluation"]["rows"] if row["decoder"] == "learn2pd"][0]
+            deltas = [
+                abs(p - q)
+                for p, q in [(x["deterministic"], y["deterministic"]), (x["random"], y["random"])]
+                if p is not None and q is not None
+            ]
+            worst = max(deltas) if deltas else 0.0
+            print(
+                f"| `{f}` (learn2pd decoding) | {pct(x['deterministic'])} vs {pct(y['deterministic'])} "
+                f"| {pct(x['random'])} vs {pct(y['random'])} | {worst:.1f} |"
+            )
+            if worst > 2.0:
+                bad.append(f)
         if bad:
             print(f"\nNot reproduced within 2 points: {', '.join(bad)}")
             sys.exit(1)

@@ -120,6 +120,15 @@ pub struct RunArgs {
     /// which decodes in the target's place.
     #[arg(long, conflicts_with = "resume")]
     pub cllm: Option<String>,
+    /// Masked-diffusion LM for `dllm` (same tokenizer as --model): a zoo
+    /// name, a LLaDA or Dream folder, or a hub id; it decodes in the
+    /// target's place.
+    #[arg(long, conflicts_with = "resume")]
+    pub dllm: Option<String>,
+    /// Learn2PD filter for `learn2pd`: a folder (config.json,
+    /// model.safetensors) or a zoo name.
+    #[arg(long, conflicts_with = "resume")]
+    pub filter: Option<String>,
     /// Method to run (repeatable). See `pdbench list methods`. Default:
     /// every registered method whose models are at hand.
     #[arg(long = "method", conflicts_with = "resume")]
@@ -323,9 +332,7 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
                 eprintln!();
             }
         }
-        TrainEvent::Collecting => {
-            log_line("collecting Jacobi trajectories of the init model on the training prompts")
-        }
+        TrainEvent::Collecting { what } => log_line(&format!("collecting {what}")),
         TrainEvent::Evaluating { tokens_per_step } => log_line(&format!(
             "evaluating on the test split at {tokens_per_step} token(s) per step"
         )),
@@ -522,6 +529,8 @@ struct RunSetup {
     draft: Option<LoadedModel>,
     head: Option<LoadedHead>,
     cllm: Option<LoadedModel>,
+    dllm: Option<LoadedModel>,
+    filter: Option<model::filter::LoadedFilter>,
     methods: Vec<MethodInstance>,
     device: DeviceSpec,
     dtype: Option<String>,
@@ -587,9 +596,11 @@ fn load_head(spec: &str, target: &LoadedModel, opts: &LoadOptions) -> Result<Loa
     Ok(head)
 }
 
-/// Loads `--cllm` and checks that it shares the target's vocabulary.
-fn load_cllm(
+/// Loads a model that decodes in the target's place (`--cllm`, `--dllm`)
+/// and checks that it shares the target's vocabulary.
+fn load_companion(
     store: &Store,
+    flag: &str,
     spec: &str,
     target: &LoadedModel,
     opts: &LoadOptions,
@@ -605,14 +616,32 @@ fn load_cllm(
         },
         &mut |s| log_line(s),
     )
-    .with_context(|| format!("loading --cllm {spec}"))?;
+    .with_context(|| format!("loading {flag} {spec}"))?;
     if let Err(why) = target.tokenizer.same_vocab(&m.tokenizer) {
         bail!(
-            "--cllm {spec} and --model {} do not share a tokenizer: {why}; cllm decodes the target's prompts",
+            "{flag} {spec} and --model {} do not share a tokenizer: {why}; it decodes the target's prompts",
             target.info.spec
         );
     }
+    if flag == "--dllm" && m.info.diffusion.is_none() {
+        bail!(
+            "{flag} {spec}: not a masked-diffusion LM; expected a config.json with model_type llada or Dream, or a pdbench diffusion objective and mask_token_id"
+        );
+    }
     Ok(m)
+}
+
+/// Loads `--filter` (a folder or a zoo name).
+fn load_filter(spec: &str) -> Result<model::filter::LoadedFilter> {
+    let path = std::path::Path::new(spec);
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        model::source::zoo_model(spec).with_context(|| {
+            format!("--filter {spec}: expected a folder with config.json and model.safetensors, or a zoo name")
+        })?
+    };
+    model::filter::Filter::load_dir(&dir).with_context(|| format!("loading --filter {spec}"))
 }
 
 fn check_needs(
@@ -620,6 +649,8 @@ fn check_needs(
     draft: Option<&LoadedModel>,
     head: Option<&LoadedHead>,
     cllm: Option<&LoadedModel>,
+    dllm: Option<&LoadedModel>,
+    filter: Option<&model::filter::LoadedFilter>,
 ) -> Result<()> {
     for m in methods {
         for need in m.spec().needs {
@@ -629,6 +660,18 @@ fn check_needs(
             if *need == Need::ConsistencyModel && cllm.is_none() {
                 bail!(
                     "method `{}` needs a consistency-trained model: pass --cllm MODEL",
+                    m.label
+                );
+            }
+            if *need == Need::DiffusionModel && dllm.is_none() {
+                bail!(
+                    "method `{}` needs a masked-diffusion LM: pass --dllm MODEL",
+                    m.label
+                );
+            }
+            if *need == Need::Filter && filter.is_none() {
+                bail!(
+                    "method `{}` needs a Learn2PD filter: pass --filter DIR",
                     m.label
                 );
             }
@@ -728,18 +771,34 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     Some(head)
                 }
             };
-            let cllm = match &m.models.cllm {
-                None => None,
+            let companion = |flag: &str, recorded: &Option<model::ModelInfo>| match recorded {
+                None => Ok(None),
                 Some(c) => {
-                    let cm = load_cllm(&store, &c.spec, &target, &opts, policy)?;
+                    let cm = load_companion(&store, flag, &c.spec, &target, &opts, policy)?;
                     if !same(&cm.info, c) {
                         bail!(
-                            "cannot resume {}: the model files of --cllm {} changed since the run started (sha256 differs from the manifest)",
+                            "cannot resume {}: the model files of {flag} {} changed since the run started (sha256 differs from the manifest)",
                             path.display(),
                             c.spec
                         );
                     }
-                    Some(cm)
+                    Ok(Some(cm))
+                }
+            };
+            let cllm = companion("--cllm", &m.models.cllm)?;
+            let dllm = companion("--dllm", &m.models.dllm)?;
+            let filter = match &m.models.filter {
+                None => None,
+                Some(f) => {
+                    let lf = load_filter(&f.spec)?;
+                    if lf.info.files.iter().map(|x| &x.sha256).ne(f.files.iter().map(|x| &x.sha256)) {
+                        bail!(
+                            "cannot resume {}: the filter {} changed since the run started (sha256 differs from the manifest)",
+                            path.display(),
+                            f.spec
+                        );
+                    }
+                    Some(lf)
                 }
             };
             let repaired = dir.repair()?;
@@ -752,6 +811,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 draft,
                 head,
                 cllm,
+                dllm,
+                filter,
                 methods: m.methods.clone(),
                 device,
                 dtype: Some(m.dtype.clone()),
@@ -785,6 +846,16 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 && model::source::zoo_model("toy-cllm").is_some())
             .then(|| "toy-cllm".to_string());
             let cllm_at_hand = a.cllm.is_some() || zoo_cllm.is_some();
+            // ... and with the zoo's masked-diffusion LM.
+            let zoo_dllm = (model::source::zoo_model(&a.model).is_some()
+                && model::source::zoo_model("toy-dllm").is_some())
+            .then(|| "toy-dllm".to_string());
+            let dllm_at_hand = a.dllm.is_some() || zoo_dllm.is_some();
+            // ... and with the zoo's Learn2PD filter.
+            let zoo_filter = (model::source::zoo_model(&a.model).is_some()
+                && model::source::zoo_model("toy-learn2pd").is_some())
+            .then(|| "toy-learn2pd".to_string());
+            let filter_at_hand = a.filter.is_some() || zoo_filter.is_some();
             let method_names: Vec<String> = if defaults {
                 methods::METHODS
                     .iter()
@@ -793,7 +864,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                             Need::DraftModel => draft_at_hand,
                             Need::DraftHead => head_at_hand,
                             Need::ConsistencyModel => cllm_at_hand,
-                            Need::Filter => false,
+                            Need::DiffusionModel => dllm_at_hand,
+                            Need::Filter => filter_at_hand,
                         })
                     })
                     .map(|m| m.id.to_string())
@@ -834,10 +906,35 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::ConsistencyModel));
             let cllm = match a.cllm.clone().or_else(|| zoo_cllm.filter(|_| wants_cllm)) {
-                Some(c) => Some(load_cllm(&store, &c, &target, &opts, policy)?),
+                Some(c) => Some(load_companion(
+                    &store, "--cllm", &c, &target, &opts, policy,
+                )?),
                 None => None,
             };
-            check_needs(&methods, draft.as_ref(), head.as_ref(), cllm.as_ref())?;
+            let wants_dllm = methods
+                .iter()
+                .any(|m| m.spec().needs.contains(&Need::DiffusionModel));
+            let dllm = match a.dllm.clone().or_else(|| zoo_dllm.filter(|_| wants_dllm)) {
+                Some(d) => Some(load_companion(
+                    &store, "--dllm", &d, &target, &opts, policy,
+                )?),
+                None => None,
+            };
+            let wants_filter = methods
+                .iter()
+                .any(|m| m.spec().needs.contains(&Need::Filter));
+            let filter = match a.filter.clone().or_else(|| zoo_filter.filter(|_| wants_filter)) {
+                Some(f) => Some(load_filter(&f)?),
+                None => None,
+            };
+            check_needs(
+                &methods,
+                draft.as_ref(),
+                head.as_ref(),
+                cllm.as_ref(),
+                dllm.as_ref(),
+                filter.as_ref(),
+            )?;
             let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
             if max_new_tokens == 0 {
                 bail!("--max-new-tokens: expected a positive integer");
@@ -869,6 +966,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 draft,
                 head,
                 cllm,
+                dllm,
+                filter,
                 methods,
                 device,
                 dtype: a.dtype.clone(),
@@ -896,6 +995,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     draft: setup.draft.as_ref().map(|d| d.info.clone()),
                     draft_head: setup.head.as_ref().map(|h| h.info.clone()),
                     cllm: setup.cllm.as_ref().map(|c| c.info.clone()),
+                    dllm: setup.dllm.as_ref().map(|c| c.info.clone()),
+                    filter: setup.filter.as_ref().map(|f| f.info.clone()),
                 },
                 device: env::device_info(&setup.device, setup.threads),
                 dtype: setup.dtype.clone().unwrap_or_else(|| "auto".into()),
@@ -921,6 +1022,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     }
     if let Some(c) = &setup.cllm {
         models.push(c);
+    }
+    if let Some(d) = &setup.dllm {
+        models.push(d);
     }
     let prepared =
         runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
@@ -974,6 +1078,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         draft: setup.draft.as_ref(),
         head: setup.head.as_ref(),
         consistency: setup.cllm.as_ref(),
+        dllm: setup.dllm.as_ref(),
+        filter: setup.filter.as_ref(),
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,

@@ -50,6 +50,13 @@ pub struct MethodRow {
     pub paired: usize,
     /// Mean of the suite scorer's `score` × 100 over scored samples.
     pub score_mean_x100: Option<f64>,
+    /// Mean forwards (target calls) per sample.
+    pub forwards_per_sample: f64,
+    /// Diffusion LMs: mean canvas positions committed per forward.
+    pub canvas_tokens_per_step: Option<f64>,
+    /// Diffusion LMs: mean Kendall τ-b of the decoding order against left
+    /// to right.
+    pub decoding_order_tau: Option<f64>,
 }
 
 /// The scalar columns of samples.jsonl that reports use.
@@ -57,6 +64,7 @@ fn sample_schema() -> Schema {
     Schema::from_iter([
         Field::new("method".into(), DataType::String),
         Field::new("sample_id".into(), DataType::String),
+        Field::new("category".into(), DataType::String),
         Field::new("repeat".into(), DataType::Int64),
         Field::new("turn".into(), DataType::Int64),
         Field::new("new_tokens".into(), DataType::Int64),
@@ -68,6 +76,8 @@ fn sample_schema() -> Schema {
         Field::new("decode_ms_per_token".into(), DataType::Float64),
         Field::new("target_calls".into(), DataType::Int64),
         Field::new("score".into(), DataType::Float64),
+        Field::new("canvas_tokens_per_step".into(), DataType::Float64),
+        Field::new("decoding_order_tau".into(), DataType::Float64),
     ])
 }
 
@@ -118,6 +128,12 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     let ms_per_token = f64s(df, "decode_ms_per_token")?;
     let tokens = f64s(df, "new_tokens")?;
     let score = f64s(df, "score")?;
+    let calls = f64s(df, "target_calls")?;
+    let canvas = f64s(df, "canvas_tokens_per_step")?;
+    let order_tau = f64s(df, "decoding_order_tau")?;
+    let mean_of = |rows: &[usize], col: &[Option<f64>]| {
+        stats::mean(&rows.iter().filter_map(|&i| col[i]).collect::<Vec<_>>())
+    };
     let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, m) in method.iter().enumerate() {
         by_method.entry(m.as_str()).or_default().push(i);
@@ -181,6 +197,9 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
                     .filter_map(|&i| score[i].map(|x| 100.0 * x))
                     .collect::<Vec<_>>(),
             ),
+            forwards_per_sample: mean_of(rows, &calls).unwrap_or(f64::NAN),
+            canvas_tokens_per_step: mean_of(rows, &canvas),
+            decoding_order_tau: mean_of(rows, &order_tau),
         });
     }
     Ok(out)
@@ -192,17 +211,26 @@ pub fn parallelbench_points(
     m: &Manifest,
     df: &DataFrame,
 ) -> Result<Vec<stats::TaskPoint>, PolarsError> {
-    let task = &m.suite.def.name;
-    if !task.starts_with("parallelbench/") {
+    let suite = &m.suite.def.name;
+    // A ParallelBench suite is one task; the toy suite's categories are
+    // its task families.
+    let per_category = suite == "toy";
+    if !suite.starts_with("parallelbench/") && !per_category {
         return Ok(vec![]);
     }
     let method = strs(df, "method")?;
+    let category = strs(df, "category")?;
     let score = f64s(df, "score")?;
     let tokens = f64s(df, "new_tokens")?;
     let calls = f64s(df, "target_calls")?;
-    let mut by: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut by: BTreeMap<(&str, &str), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for i in 0..method.len() {
-        let e = by.entry(method[i].as_str()).or_default();
+        let task = if per_category {
+            category[i].as_str()
+        } else {
+            suite.as_str()
+        };
+        let e = by.entry((method[i].as_str(), task)).or_default();
         if let Some(sc) = score[i] {
             e.0.push(100.0 * sc);
         }
@@ -214,10 +242,10 @@ pub fn parallelbench_points(
     }
     Ok(by
         .into_iter()
-        .filter_map(|(label, (sc, tps))| {
+        .filter_map(|((label, task), (sc, tps))| {
             Some(stats::TaskPoint {
                 config: format!("{} / {label}", m.models.target.label),
-                task: task.clone(),
+                task: task.to_string(),
                 score_x100: stats::mean(&sc)?,
                 tokens_per_step: stats::mean(&tps)?,
             })
@@ -303,6 +331,15 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
         Column::new("decode_ms_per_token".into(), opt(|r| r.decode_ms_per_token)),
         Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
         Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
+        Column::new(
+            "forwards_per_sample".into(),
+            rows.iter().map(|r| r.forwards_per_sample).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "canvas_tokens_per_step".into(),
+            opt(|r| r.canvas_tokens_per_step),
+        ),
+        Column::new("decoding_order_tau".into(), opt(|r| r.decoding_order_tau)),
         Column::new(
             "paired_prompts".into(),
             rows.iter().map(|r| r.paired as u64).collect::<Vec<_>>(),
@@ -401,6 +438,39 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
          wall time per emitted token, the cost-aware figure beside τ. \
          Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat.\n",
     );
+    let canvas: Vec<&MethodRow> = rows
+        .iter()
+        .filter(|r| r.canvas_tokens_per_step.is_some())
+        .collect();
+    if !canvas.is_empty() {
+        s.push_str("\n## Diffusion decoding\n\n| ");
+        if multi {
+            s.push_str("run | ");
+        }
+        s.push_str("method | forwards per sample | canvas tokens per step | decoding order τ |\n|");
+        for _ in 0..if multi { 5 } else { 4 } {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for r in canvas {
+            s.push_str("| ");
+            if multi {
+                s.push_str(&format!("{} | ", r.run_id));
+            }
+            s.push_str(&format!(
+                "{} | {:.1} | {} | {} |\n",
+                r.method,
+                r.forwards_per_sample,
+                fmt_opt(r.canvas_tokens_per_step, 2),
+                fmt_opt(r.decoding_order_tau, 2),
+            ));
+        }
+        s.push_str(
+            "\nCanvas tokens per step: answer-canvas positions committed per forward, the fill after EOS \
+             included (τ above counts only the answer's tokens). Decoding order τ: Kendall's τ-b between the \
+             step that committed a position and the position; 1 is left to right.\n",
+        );
+    }
     s
 }
 
@@ -432,8 +502,27 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     };
     let md = out.join("report.md");
     let mut text = markdown(&manifests, &rows);
+    let mut files = vec![md.clone()];
     if !pb_points.is_empty() {
         text.push_str(&parallelbench_markdown(&pb_points));
+        let (_, summaries) = stats::pb_scores(&pb_points, &[]);
+        for (path, svg) in [
+            (out.join("quality_speed.png"), false),
+            (out.join("quality_speed.svg"), true),
+        ] {
+            let size = (1100, 720);
+            let drawn = if svg {
+                draw_quality_speed(SVGBackend::new(&path, size), &summaries)
+            } else {
+                draw_quality_speed(BitMapBackend::new(&path, size), &summaries)
+            };
+            drawn.map_err(|detail| ReportError::Plot {
+                path: path.clone(),
+                detail,
+            })?;
+            files.push(path);
+        }
+        text.push_str("\n![score against tokens per step](quality_speed.png)\n");
     }
     std::fs::write(&md, text).map_err(io(&md))?;
     let csv = out.join("report.csv");
@@ -481,7 +570,132 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
             detail,
         }
     })?;
-    Ok(vec![md, csv, png, svg])
+    files.extend([csv, png, svg]);
+    Ok(files)
+}
+
+/// The configurations on the Pareto front of (tokens per step, score):
+/// none other is at least as fast and as good, and better in one.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut front: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            let (x, y) = points[i];
+            !points
+                .iter()
+                .any(|&(a, b)| a >= x && b >= y && (a > x || b > y))
+        })
+        .collect();
+    front.sort_by(|&a, &b| points[a].0.total_cmp(&points[b].0));
+    front
+}
+
+/// ParallelBench's plane: mean score against mean tokens per step, one
+/// marker per configuration coloured by its family (the label without its
+/// last `-` part), the Pareto front joined and labelled.
+fn draw_quality_speed<DB: DrawingBackend>(
+    backend: DB,
+    configs: &[stats::ConfigSummary],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    register_fonts();
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let pts: Vec<(f64, f64)> = configs
+        .iter()
+        .map(|c| (c.mean_tokens_per_step, c.mean_score_x100))
+        .collect();
+    let max_x = pts.iter().map(|p| p.0).filter(|x| x.is_finite()).fold(1.0, f64::max);
+    let min_x = pts
+        .iter()
+        .map(|p| p.0)
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .fold(1.0, f64::min);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Quality against parallelism (ParallelBench's plane)",
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(65)
+        .build_cartesian_2d((min_x * 0.7..max_x * 2.5).log_scale(), 0f64..105.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| format!("{x:.1}"))
+        .x_desc("tokens per step (new tokens per target forward, log scale)")
+        .y_desc("mean score over tasks (×100)")
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let family = |c: &stats::ConfigSummary| -> String {
+        let label = c.config.rsplit(" / ").next().unwrap_or(&c.config);
+        match label.rsplit_once('-') {
+            Some((f, _)) => f.to_string(),
+            None => label.to_string(),
+        }
+    };
+    let mut families: Vec<String> = configs.iter().map(family).collect();
+    families.sort();
+    families.dedup();
+    for (k, fam) in families.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let series: Vec<(f64, f64)> = configs
+            .iter()
+            .zip(&pts)
+            .filter(|(c, _)| &family(c) == fam)
+            .map(|(_, &p)| p)
+            .collect();
+        chart
+            .draw_series(
+                series
+                    .iter()
+                    .map(|&p| Circle::new(p, 6, color.filled())),
+            )
+            .map_err(|e| e.to_string())?
+            .label(fam.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 6, color.filled()));
+    }
+    let front = pareto_front(&pts);
+    chart
+        .draw_series(LineSeries::new(
+            front.iter().map(|&i| pts[i]),
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+    // Configurations at one point share a label.
+    let mut labelled: Vec<(usize, usize)> = Vec::new();
+    for &i in &front {
+        match labelled.iter_mut().find(|(j, _)| pts[*j] == pts[i]) {
+            Some((_, n)) => *n += 1,
+            None => labelled.push((i, 0)),
+        }
+    }
+    chart
+        .draw_series(labelled.iter().map(|&(i, more)| {
+            let name = configs[i].config.rsplit(" / ").next().unwrap_or(&configs[i].config);
+            let label = if more > 0 {
+                format!("{name} (+{more} here)")
+            } else {
+                name.to_string()
+            };
+            Text::new(label, (pts[i].0 * 1.04, pts[i].1 + 1.5), ("sans-serif", 13))
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// plotters draws text with ab_glyph, which needs the font bytes; DejaVu

@@ -108,6 +108,12 @@ pub struct RunModels {
     /// The consistency-trained model of `cllm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cllm: Option<ModelInfo>,
+    /// The masked-diffusion LM of `dllm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dllm: Option<ModelInfo>,
+    /// The Learn2PD filter of `learn2pd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::model::filter::FilterInfo>,
 }
 
 /// Everything needed to understand, compare and re-run a run.
@@ -182,6 +188,14 @@ pub struct SampleRecord {
     /// are its fast-forwarded tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterations_per_window: Option<f64>,
+    /// Canvas positions committed per forward, for methods that fill a
+    /// canvas (diffusion LMs; the trailing EOS fill included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canvas_tokens_per_step: Option<f64>,
+    /// Kendall's τ-b between the step that committed each canvas position
+    /// and the position: 1 is strictly left to right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_order_tau: Option<f64>,
     pub output_ids: Vec<u32>,
     pub output_text: String,
     /// The suite scorer's headline score in [0, 1]; `None` when unscored.

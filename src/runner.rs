@@ -124,6 +124,8 @@ pub struct RunPlan<'a> {
     pub draft: Option<&'a LoadedModel>,
     pub head: Option<&'a crate::model::eagle::LoadedHead>,
     pub consistency: Option<&'a LoadedModel>,
+    pub dllm: Option<&'a LoadedModel>,
+    pub filter: Option<&'a crate::model::filter::LoadedFilter>,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -250,6 +252,8 @@ pub fn execute(
             draft: plan.draft,
             head: plan.head,
             consistency: plan.consistency,
+            dllm: plan.dllm,
+            filter: plan.filter,
         };
         let mut decoder = (spec.build)(&inst.params, &models)?;
 
@@ -405,6 +409,18 @@ fn make_record(
     let drafts: Vec<u64> = decode.iter().filter_map(|s| s.draft_ns).collect();
     let windows: std::collections::BTreeSet<u32> = decode.iter().filter_map(|s| s.window).collect();
     let windowed = decode.iter().filter(|s| s.window.is_some()).count();
+    // Canvas positions against the step that committed them.
+    let mut order: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut canvas_forwards = 0u64;
+    for (i, s) in m.steps.iter().enumerate() {
+        if !s.positions.is_empty() {
+            canvas_forwards += s.target_calls as u64;
+        }
+        for &p in &s.positions {
+            order.0.push(p as f64);
+            order.1.push(i as f64);
+        }
+    }
     let mut text = tok.decode(&m.output)?;
     if let Some(cut) = rule
         .stop_strings
@@ -437,6 +453,9 @@ fn make_record(
         decode_ms_per_token: (dec_tokens > 0).then(|| dec_ns as f64 / dec_tokens as f64 / 1e6),
         iterations_per_window: (!windows.is_empty())
             .then(|| windowed as f64 / windows.len() as f64),
+        canvas_tokens_per_step: (canvas_forwards > 0 && !order.0.is_empty())
+            .then(|| order.0.len() as f64 / canvas_forwards as f64),
+        decoding_order_tau: crate::stats::kendall_tau_b(&order.0, &order.1),
         output_ids: m.output.clone(),
         output_text: text,
         score: None,

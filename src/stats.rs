@@ -44,9 +44,52 @@ pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
     Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
 }
 
+/// Kendall's τ-b between paired observations (ties in either variable
+/// corrected for); `None` with fewer than two pairs or when either side is
+/// constant. O(n²): decoding orders are a few hundred positions.
+pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return None;
+    }
+    let (mut concordant, mut discordant) = (0i64, 0i64);
+    let (mut tied_x, mut tied_y) = (0i64, 0i64);
+    for i in 0..n {
+        for j in i + 1..n {
+            let dx = x[i].total_cmp(&x[j]) as i64;
+            let dy = y[i].total_cmp(&y[j]) as i64;
+            match (dx, dy) {
+                (0, 0) => {}
+                (0, _) => tied_x += 1,
+                (_, 0) => tied_y += 1,
+                _ if dx == dy => concordant += 1,
+                _ => discordant += 1,
+            }
+        }
+    }
+    let a = (concordant + discordant + tied_x) as f64;
+    let b = (concordant + discordant + tied_y) as f64;
+    (a > 0.0 && b > 0.0).then(|| (concordant - discordant) as f64 / (a * b).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kendall_tau_b_on_known_cases() {
+        let lr = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(kendall_tau_b(&lr, &lr), Some(1.0));
+        assert_eq!(kendall_tau_b(&lr, &[3.0, 2.0, 1.0, 0.0]), Some(-1.0));
+        assert_eq!(kendall_tau_b(&lr, &[1.0, 1.0, 1.0, 1.0]), None);
+        // Two pairs tied in y only, eight concordant: 8 / sqrt(10 · 8)
+        // (scipy.stats.kendalltau gives 0.8944271909999159).
+        let t = kendall_tau_b(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0, 1.0, 2.0, 3.0, 3.0]).unwrap();
+        assert!((t - 8.0 / 80f64.sqrt()).abs() < 1e-12, "{t}");
+        // scipy.stats.kendalltau([0,1,2,3], [1,0,3,2]) = 0.3333333333333333
+        let t = kendall_tau_b(&lr, &[1.0, 0.0, 3.0, 2.0]).unwrap();
+        assert!((t - 1.0 / 3.0).abs() < 1e-12, "{t}");
+    }
 
     fn pt(config: &str, task: &str, score: f64, tps: f64) -> TaskPoint {
         TaskPoint {

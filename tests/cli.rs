@@ -389,6 +389,70 @@ fn drafter_with_another_tokenizer_is_refused() {
     fails_with(&mut c, &["--draft", "do not share a tokenizer"]);
 }
 
+/// `dllm` without a diffusion LM, with an AR model in its place, or with
+/// parameters that do not fit fails with the flag or field and what was
+/// expected; on the zoo it runs and the manifest records the model.
+#[test]
+fn dllm_needs_a_masked_diffusion_model() {
+    let w = World::new();
+    fails_with(&mut w.run(&["--method", "dllm"]), &["dllm", "--dllm"]);
+    let zoo = |extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["run", "--suite", "toy", "--limit", "2", "--warmup", "0"])
+            .arg("--results-dir")
+            .arg(w.path("results"))
+            .args(extra);
+        c
+    };
+    fails_with(
+        &mut zoo(&["--method", "dllm", "--dllm", "toy-target"]),
+        &["--dllm toy-target", "not a masked-diffusion LM"],
+    );
+    fails_with(
+        &mut zoo(&["--method", "dllm", "--dllm", "toy-bdllm", "--set", "dllm.block_length=8"]),
+        &["block_length", "blocks of 4"],
+    );
+    fails_with(
+        &mut zoo(&["--method", "dllm", "--set", "dllm.tokens_per_step=0"]),
+        &["dllm", "tokens_per_step", "at least 1"],
+    );
+    fails_with(
+        &mut zoo(&[
+            "--method",
+            "dllm",
+            "--set",
+            "dllm.strategy=\"threshold\"",
+            "--set",
+            "dllm.tokens_per_step=2",
+        ]),
+        &["dllm", "tokens_per_step", "top-k"],
+    );
+    fails_with(
+        &mut zoo(&["--method", "dllm", "--set", "dllm.cache=\"dual\""]),
+        &["dllm", "cache", "prefix"],
+    );
+    zoo(&[
+        "--method",
+        "dllm",
+        "--dllm",
+        "toy-bdllm",
+        "--set",
+        "dllm.cache=\"prefix\"",
+        "--run-id",
+        "bdllm",
+        "--no-report",
+    ])
+    .assert()
+    .success();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(w.path("results/bdllm/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["models"]["dllm"]["diffusion"]["block_size"], 4);
+    assert_eq!(manifest["methods"][0]["params"]["cache"], "prefix");
+    assert_eq!(manifest["methods"][0]["params"]["tokens_per_step"], 1);
+}
+
 /// `eagle` without a head, with a head of another size, or with a folder
 /// that holds no weights fails with the flag and what was expected; a
 /// head that fits runs and the manifest records its files.
@@ -973,6 +1037,41 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
     // cllm decodes with toy-cllm in the target's place.
     assert_eq!(manifest["models"]["cllm"]["label"], "toy-cllm");
     assert_eq!(samples.iter().filter(|s| s["method"] == "cllm").count(), 45);
+    // dllm decodes with toy-dllm, one canvas position per step by
+    // default, and records the order it filled the canvas in.
+    assert_eq!(manifest["models"]["dllm"]["label"], "toy-dllm");
+    assert_eq!(manifest["models"]["dllm"]["diffusion"]["mask_token_id"], 3);
+    let dllm: Vec<_> = samples.iter().filter(|s| s["method"] == "dllm").collect();
+    assert_eq!(dllm.len(), 45);
+    for s in &dllm {
+        assert_eq!(s["canvas_tokens_per_step"].as_f64(), Some(1.0));
+        let tau = s["decoding_order_tau"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&tau), "{tau}");
+        assert_eq!(s["steps"].as_array().unwrap().len(), 32, "32 forwards");
+    }
+    let dllm_score: f64 =
+        dllm.iter().map(|s| s["score"].as_f64().unwrap()).sum::<f64>() / dllm.len() as f64;
+    assert!(dllm_score > 0.8, "toy-dllm scores {dllm_score}");
+    // learn2pd adds the zoo's filter and end-of-text prediction: fewer
+    // forwards than dllm on every sample.
+    assert_eq!(manifest["models"]["filter"]["config"]["block_length"], 32);
+    let calls = |m: &str| -> std::collections::HashMap<String, u64> {
+        samples
+            .iter()
+            .filter(|s| s["method"] == m)
+            .map(|s| {
+                (
+                    s["sample_id"].as_str().unwrap().to_string(),
+                    s["target_calls"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (base, fast) = (calls("dllm"), calls("learn2pd"));
+    assert_eq!(fast.len(), 45);
+    for (id, n) in &fast {
+        assert!(*n < base[id], "learn2pd took {n} forwards on {id}, dllm {}", base[id]);
+    }
     for method in ["sps", "eagle", "pld", "jacobi", "lookahead"] {
         let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();
         assert_eq!(rows.len(), 45, "{method} did not run on every sample");

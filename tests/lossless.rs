@@ -56,6 +56,8 @@ fn assert_equals_ar_with(
                 draft,
                 head,
                 consistency: None,
+                dllm: None,
+                filter: None,
             };
             let got =
                 common::decode_with_models(method, p.clone(), &models, prompt, n, 7 + i as u64);
@@ -415,6 +417,8 @@ fn eagle_sampling_keeps_the_target_distribution() {
                 draft: None,
                 head: Some(&head),
                 consistency: None,
+                dllm: None,
+                filter: None,
             };
             let s = common::decode_with_models(
                 "eagle",
@@ -465,6 +469,8 @@ fn cllm_equals_its_own_models_ar_and_converges_faster() {
             draft: None,
             head: None,
             consistency: Some(&cllm),
+            dllm: None,
+            filter: None,
         };
         let got = common::decode_with_models("cllm", json!({}), &models, prompt, 40, 9 + i as u64);
         assert_eq!(
@@ -518,6 +524,8 @@ fn eagle_heads_load_from_pytorch_state_dicts() {
             draft: None,
             head: Some(h),
             consistency: None,
+            dllm: None,
+            filter: None,
         };
         let m = common::decode_with_models(
             "eagle",

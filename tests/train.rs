@@ -358,8 +358,8 @@ fn head_and_consistency_miniatures_train_against_the_zoo_target() {
     let (path, mut r) = mini(&out);
     r.objective = "eagle".into();
     r.target = Some(target.display().to_string());
-    r.model.hidden_size = 128;
-    r.model.num_hidden_layers = 1;
+    r.model.as_mut().unwrap().hidden_size = 128;
+    r.model.as_mut().unwrap().num_hidden_layers = 1;
     r.optim.steps = 150;
     r.optim.lr = 2e-3;
     let rec = train::train(
@@ -383,7 +383,7 @@ fn head_and_consistency_miniatures_train_against_the_zoo_target() {
     head.head.check_target(&tm.model, "test").unwrap();
     // A head of another width does not fit.
     let mut wide = r.clone();
-    wide.model.hidden_size = 64;
+    wide.model.as_mut().unwrap().hidden_size = 64;
     let e = train::train(
         &path,
         &wide,
@@ -400,10 +400,10 @@ fn head_and_consistency_miniatures_train_against_the_zoo_target() {
     let (path, mut r) = mini(&out);
     r.objective = "consistency".into();
     r.init = Some(target.display().to_string());
-    r.model.hidden_size = 128;
-    r.model.intermediate_size = 384;
-    r.model.num_hidden_layers = 4;
-    r.model.num_key_value_heads = 4;
+    r.model.as_mut().unwrap().hidden_size = 128;
+    r.model.as_mut().unwrap().intermediate_size = 384;
+    r.model.as_mut().unwrap().num_hidden_layers = 4;
+    r.model.as_mut().unwrap().num_key_value_heads = 4;
     r.objective_params.trajectory_prompts = 6;
     r.objective_params.label_smoothing = 0.0;
     r.optim.steps = 40;
@@ -424,4 +424,42 @@ fn head_and_consistency_miniatures_train_against_the_zoo_target() {
     );
     assert_eq!(rec.evaluation.len(), 1);
     assert!(rec.loss_curve.iter().all(|p| p.loss.is_finite()));
+
+    // A Learn2PD filter for toy-dllm: the loss falls, and decoding with it
+    // never takes more forwards than the baseline it adds to.
+    let out = dir.path().join("filter");
+    let (path, mut r) = mini(&out);
+    r.objective = "learn2pd".into();
+    r.init = Some(
+        pdbench::model::source::zoo_dir()
+            .join("toy-dllm")
+            .display()
+            .to_string(),
+    );
+    r.model = None;
+    r.objective_params.block_size = 32;
+    r.objective_params.trajectory_prompts = 4;
+    r.data.eval_per_task = 2;
+    r.optim.steps = 150;
+    r.optim.batch_size = 64;
+    r.optim.lr = 1e-2;
+    let rec = train::train(
+        &path,
+        &r,
+        &out,
+        &Device::Cpu,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = rec.loss_curve.first().unwrap().loss;
+    let end = rec.loss_curve.last().unwrap().loss;
+    assert!(end < 0.8 * first, "learn2pd: loss {first} -> {end}");
+    let fe = rec.filter_evaluation.as_ref().expect("a filter evaluation");
+    let nfe = |d: &str| fe.rows.iter().find(|r| r.decoder == d).unwrap().forwards_per_item;
+    assert!(nfe("learn2pd without end-of-text") <= nfe("dllm"), "{fe:?}");
+    assert!(nfe("learn2pd") <= nfe("learn2pd without end-of-text"), "{fe:?}");
+    assert!(nfe("learn2pd") < nfe("dllm"), "end-of-text prediction saves forwards: {fe:?}");
+    let f = pdbench::model::filter::Filter::load_dir(&out).unwrap();
+    assert_eq!(f.filter.config.block_length, 32);
 }

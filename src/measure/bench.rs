@@ -189,6 +189,8 @@ fn bench_model(
                 draft: None,
                 head: None,
                 consistency: None,
+                dllm: None,
+                filter: None,
             },
         )?;
         let rule = StopRule {
@@ -306,6 +308,7 @@ fn harness_ns_per_token(
                 draft_calls: 0,
                 verify_width: 1,
                 window: None,
+                positions: &[],
             });
         }
         Ok(())

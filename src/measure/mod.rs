@@ -88,6 +88,10 @@ pub struct StepObservation<'a> {
     /// over one (Jacobi windows, diffusion blocks); steps of one window
     /// share it.
     pub window: Option<u32>,
+    /// Answer positions (0 = the first new token) the step committed, in
+    /// the order it committed them, for methods that fill a canvas out of
+    /// order (diffusion LMs); empty for left-to-right methods.
+    pub positions: &'a [u32],
 }
 
 /// One recorded step.
@@ -103,6 +107,9 @@ pub struct StepRecord {
     pub verify_width: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
+    /// Canvas positions committed, in commit order (diffusion LMs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<u32>,
     /// Duration of the step.
     pub t_ns: u64,
     /// Of `t_ns`, the time before the method marked its draft done.
@@ -118,7 +125,8 @@ pub enum FinishReason {
     Eos,
     /// A stop string appeared.
     Stop,
-    /// max_new_tokens reached.
+    /// max_new_tokens reached, or the method's fixed answer region (a
+    /// diffusion canvas) filled without an EOS.
     Length,
 }
 
@@ -260,6 +268,7 @@ impl<'a> Probe<'a> {
             draft_calls: obs.draft_calls,
             verify_width: obs.verify_width,
             window: obs.window,
+            positions: obs.positions.to_vec(),
             t_ns: now - self.last_ns,
             draft_ns,
             end_ns: now - self.start_ns,
@@ -320,6 +329,15 @@ impl<'a> Probe<'a> {
             .stop_strings
             .iter()
             .any(|s| with.contains(s.as_str()) && !without.contains(s.as_str()))
+    }
+
+    /// Ends a sample whose fixed answer region (a diffusion canvas shorter
+    /// than max_new_tokens) is filled without an EOS: the output is all the
+    /// method can produce.
+    pub fn end_of_canvas(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Length);
+        }
     }
 
     /// Ends the sample.
@@ -393,6 +411,7 @@ mod tests {
             draft_calls: 0,
             verify_width: 1,
             window: None,
+            positions: &[],
         }
     }
 
@@ -493,6 +512,7 @@ mod tests {
             draft_calls: 0,
             verify_width: 1,
             window: None,
+            positions: vec![],
             t_ns: 1,
             draft_ns: None,
             end_ns: 1,

@@ -115,6 +115,7 @@ impl Decoder for Ar {
                 draft_calls: 0,
                 verify_width: 1,
                 window: None,
+                positions: &[],
             });
             if flow == Flow::Stop {
                 return Ok(());

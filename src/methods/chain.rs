@@ -47,6 +47,7 @@ pub fn prefill_with_taps(
         draft_calls: 0,
         verify_width: 1,
         window: None,
+        positions: &[],
     });
     Ok((first, flow, out.hidden))
 }

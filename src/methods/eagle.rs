@@ -477,6 +477,7 @@ impl Decoder for Eagle {
                 draft_calls: counts.draft_calls,
                 verify_width: counts.verify_width,
                 window: None,
+                positions: &[],
             });
             if flow == Flow::Stop {
                 return Ok(());

@@ -118,6 +118,7 @@ impl Decoder for Jacobi {
                     draft_calls: 0,
                     verify_width: guesses.len() + 1,
                     window: Some(window_index),
+                    positions: &[],
                 });
                 left -= emitted.len();
                 // The model's predictions past the kept prefix are the next

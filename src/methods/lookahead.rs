@@ -262,6 +262,7 @@ impl Decoder for Lookahead {
                 draft_calls: 0,
                 verify_width: rows,
                 window: None,
+                positions: &[],
             });
             last = bonus;
         }

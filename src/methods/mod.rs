@@ -7,8 +7,10 @@
 pub mod ar;
 pub mod chain;
 pub mod cllm;
+pub mod dllm;
 pub mod eagle;
 pub mod jacobi;
+pub mod learn2pd;
 pub mod lookahead;
 pub mod pld;
 pub mod sps;
@@ -30,6 +32,8 @@ pub enum Need {
     DraftHead,
     /// A consistency-trained model that decodes in the target's place.
     ConsistencyModel,
+    /// A masked-diffusion LM that decodes in the target's place.
+    DiffusionModel,
     Filter,
 }
 
@@ -50,6 +54,8 @@ pub struct MethodModels<'a> {
     pub draft: Option<&'a LoadedModel>,
     pub head: Option<&'a crate::model::eagle::LoadedHead>,
     pub consistency: Option<&'a LoadedModel>,
+    pub dllm: Option<&'a LoadedModel>,
+    pub filter: Option<&'a crate::model::filter::LoadedFilter>,
 }
 
 /// Per-sample state a method may use besides the probe.
@@ -111,6 +117,8 @@ pub static METHODS: &[MethodSpec] = &[
     jacobi::SPEC,
     cllm::SPEC,
     lookahead::SPEC,
+    dllm::SPEC,
+    learn2pd::SPEC,
 ];
 
 pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {
@@ -129,17 +137,30 @@ pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {
     })
 }
 
-/// Deserialises a params struct strictly and serialises it back with its
-/// defaults, so that manifests record every value a run used.
-pub fn resolve_with<P: DeserializeOwned + Serialize>(
-    v: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
+/// Deserialises params strictly; the error names the field (`cache:
+/// unknown variant ...`), which serde alone leaves out for enums.
+pub fn parse_params<P: DeserializeOwned>(v: &serde_json::Value) -> Result<P, String> {
     let v = if v.is_null() {
         serde_json::Value::Object(Default::default())
     } else {
         v.clone()
     };
-    let p: P = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+/// Deserialises a params struct strictly and serialises it back with its
+/// defaults, so that manifests record every value a run used.
+pub fn resolve_with<P: DeserializeOwned + Serialize>(
+    v: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let p: P = parse_params(v)?;
     serde_json::to_value(&p).map_err(|e| e.to_string())
 }
 
@@ -147,9 +168,9 @@ pub fn params_of<P: DeserializeOwned>(
     method: &str,
     v: &serde_json::Value,
 ) -> Result<P, MethodError> {
-    serde_json::from_value(v.clone()).map_err(|e| MethodError::Params {
+    parse_params(v).map_err(|detail| MethodError::Params {
         method: method.to_string(),
-        detail: e.to_string(),
+        detail,
     })
 }
 

@@ -146,6 +146,7 @@ impl Decoder for Pld {
                 draft_calls: 0,
                 verify_width: drafts.len() + 1,
                 window: None,
+                positions: &[],
             });
         }
         Ok(())

@@ -180,6 +180,7 @@ impl Decoder for Sps {
                 draft_calls: k as u32,
                 verify_width: k + 1,
                 window: None,
+                positions: &[],
             });
             if flow == Flow::Stop {
                 return Ok(());

@@ -121,6 +121,11 @@ impl ModelConfig {
         let architecture = match (model_type.as_str(), arch_names.first().map(|s| s.as_str())) {
             ("llama", _) | (_, Some("LlamaForCausalLM")) => Architecture::Llama,
             ("qwen2", _) | (_, Some("Qwen2ForCausalLM")) => Architecture::Qwen2,
+            // Dream-v0 is Qwen2.5 with bidirectional attention, same tensors.
+            ("Dream", _) | (_, Some("DreamModel")) => Architecture::Qwen2,
+            // LLaDA is a llama stack without a causal mask, under OLMo's
+            // tensor names (translated when its weights are read).
+            ("llada", _) | (_, Some("LLaDAModelLM")) => Architecture::Llama,
             _ => {
                 return Err(ModelError::UnknownArchitecture {
                     path: path.to_path_buf(),
@@ -249,23 +254,32 @@ fn parse_rope_scaling(v: &serde_json::Value) -> Result<RopeScaling, String> {
     }
 }
 
-/// The subset of HF config.json fields the stack reads.
+/// The subset of HF config.json fields the stack reads. Aliases are
+/// LLaDA's (OLMo-style) names for the same fields.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
     architectures: Option<Vec<String>>,
     model_type: Option<String>,
     vocab_size: Option<usize>,
+    #[serde(alias = "d_model")]
     hidden_size: Option<usize>,
+    #[serde(alias = "mlp_hidden_size")]
     intermediate_size: Option<usize>,
+    #[serde(alias = "n_layers")]
     num_hidden_layers: Option<usize>,
+    #[serde(alias = "n_heads")]
     num_attention_heads: Option<usize>,
+    #[serde(alias = "n_kv_heads")]
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
+    #[serde(alias = "max_sequence_length")]
     max_position_embeddings: Option<usize>,
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    #[serde(alias = "include_qkv_bias")]
     attention_bias: Option<bool>,
+    #[serde(alias = "weight_tying")]
     tie_word_embeddings: Option<bool>,
 }
 

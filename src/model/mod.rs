@@ -5,7 +5,9 @@ pub(crate) mod attention;
 pub mod backbone;
 pub mod chat;
 pub mod config;
+pub mod diffusion;
 pub mod eagle;
+pub mod filter;
 pub(crate) mod fused;
 pub(crate) mod kernels;
 pub mod kv;
@@ -132,6 +134,9 @@ pub struct ModelInfo {
     pub files: Vec<FileDigest>,
     pub tokenizer_origin: String,
     pub tokenizer_sha256: String,
+    /// Set for a masked-diffusion LM (from its config.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<diffusion::DiffusionSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,7 +203,7 @@ pub fn load_resolved(
             sha256,
         })
     };
-    let (model, tokenizer, mut files, format, weight_types, dtype) = match &r.files {
+    let (model, tokenizer, mut files, format, weight_types, dtype, diffusion) = match &r.files {
         ModelFiles::Gguf { file, tokenizer } => {
             let mut f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
             let content = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Corrupt {
@@ -231,6 +236,7 @@ pub fn load_resolved(
                 "gguf",
                 types.into_iter().collect(),
                 DType::F32,
+                None,
             )
         }
         ModelFiles::HfDir {
@@ -240,6 +246,7 @@ pub fn load_resolved(
             ..
         } => {
             let cfg = ModelConfig::from_hf_json(config)?;
+            let diffusion = diffusion::DiffusionSpec::from_hf_config(config)?;
             let tok_path = opts.tokenizer.clone().unwrap_or_else(|| tokenizer.clone());
             let tok = TextTokenizer::from_hf_dir(&tok_path)?;
             let dtype = match opts.dtype {
@@ -248,14 +255,23 @@ pub fn load_resolved(
                 None if opts.device.is_cpu() => DType::F32,
                 None => DType::BF16,
             };
-            let w = weights::Weights::from_safetensors(wfiles, dtype, &opts.device)?;
+            let w = if diffusion.as_ref().is_some_and(|d| d.family == "llada") {
+                weights::Weights::from_safetensors_renamed(
+                    wfiles,
+                    dtype,
+                    &opts.device,
+                    weights::llada_name,
+                )?
+            } else {
+                weights::Weights::from_safetensors(wfiles, dtype, &opts.device)?
+            };
             let model = Transformer::load(&w, &cfg, dtype, &opts.device)?;
             let mut files = vec![digest(config)?, digest(&tok_path)?];
             files.extend(tokenizer_side_files(&tok_path, &mut digest)?);
             for p in wfiles {
                 files.push(digest(p)?);
             }
-            (model, tok, files, "safetensors", vec![], dtype)
+            (model, tok, files, "safetensors", vec![], dtype, diffusion)
         }
     };
     if let ModelFiles::Gguf { file, .. } = &r.files {
@@ -282,6 +298,7 @@ pub fn load_resolved(
         files,
         tokenizer_origin: tokenizer.origin.clone(),
         tokenizer_sha256: tokenizer.digest(),
+        diffusion,
     };
     Ok(LoadedModel {
         model: Arc::new(model),

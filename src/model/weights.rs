@@ -62,6 +62,27 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        Self::dense(files, dtype, device, None)
+    }
+
+    /// [`Self::from_safetensors`] for a checkpoint whose tensors carry other
+    /// names: `rename` maps the HF llama name a layer asks for to the
+    /// checkpoint's.
+    pub fn from_safetensors_renamed(
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        rename: fn(&str) -> String,
+    ) -> Result<Self, ModelError> {
+        Self::dense(files, dtype, device, Some(rename))
+    }
+
+    fn dense(
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        rename: Option<fn(&str) -> String>,
+    ) -> Result<Self, ModelError> {
         for f in files {
             check_safetensors_header(f)?;
         }
@@ -71,6 +92,10 @@ impl Weights {
                 path: files.first().cloned().unwrap_or_default(),
                 detail: e.to_string(),
             })?;
+        let vb = match rename {
+            Some(f) => vb.rename_f(f),
+            None => vb,
+        };
         Ok(Self {
             source: Arc::new(Source::Dense {
                 origin: files.first().cloned().unwrap_or_default(),
@@ -238,6 +263,42 @@ impl Weights {
             }
         }
     }
+}
+
+/// Maps an HF llama tensor name to LLaDA's (OLMo's) name; names it does
+/// not know pass through.
+pub(crate) fn llada_name(hf: &str) -> String {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("model.transformer.wte.weight"),
+        "model.norm.weight" => Some("model.transformer.ln_f.weight"),
+        "lm_head.weight" => Some("model.transformer.ff_out.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return f.to_string();
+    }
+    let Some(rest) = hf.strip_prefix("model.layers.") else {
+        return hf.to_string();
+    };
+    let Some((layer, tail)) = rest.split_once('.') else {
+        return hf.to_string();
+    };
+    let tail = match tail {
+        "self_attn.q_proj.weight" => "q_proj.weight",
+        "self_attn.k_proj.weight" => "k_proj.weight",
+        "self_attn.v_proj.weight" => "v_proj.weight",
+        "self_attn.q_proj.bias" => "q_proj.bias",
+        "self_attn.k_proj.bias" => "k_proj.bias",
+        "self_attn.v_proj.bias" => "v_proj.bias",
+        "self_attn.o_proj.weight" => "attn_out.weight",
+        "mlp.gate_proj.weight" => "ff_proj.weight",
+        "mlp.up_proj.weight" => "up_proj.weight",
+        "mlp.down_proj.weight" => "ff_out.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ff_norm.weight",
+        _ => return hf.to_string(),
+    };
+    format!("model.transformer.blocks.{layer}.{tail}")
 }
 
 /// Maps an HF tensor name to llama.cpp's GGUF name.

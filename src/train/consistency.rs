@@ -313,7 +313,9 @@ pub(crate) fn train_consistency(
 
     // Trajectories of the init model, per (task group, item): the first
     // `trajectory_prompts` items of each task.
-    on(TrainEvent::Collecting);
+    on(TrainEvent::Collecting {
+        what: "Jacobi trajectories of the init model on the training prompts",
+    });
     let collect_started = Instant::now();
     let mut windows: HashMap<(usize, usize), Vec<Window>> = HashMap::new();
     let mut drawable: Vec<Vec<usize>> = Vec::new();
@@ -430,6 +432,7 @@ pub(crate) fn train_consistency(
         &test,
         &r.objective_params,
         1,
+        workers,
     )?;
     let prompts: Vec<Vec<u32>> = test
         .iter()

@@ -51,7 +51,10 @@ fn head_config(
     target: &ModelConfig,
     recipe_path: &Path,
 ) -> Result<ModelConfig, TrainError> {
-    let m = &r.model;
+    let m = r
+        .model
+        .as_ref()
+        .expect("recipes of head objectives have [model] (checked on load)");
     let bad = |detail: String| TrainError::Recipe {
         path: recipe_path.to_path_buf(),
         detail,

@@ -11,6 +11,7 @@
 pub mod adamw;
 pub mod consistency;
 pub mod fast;
+pub mod filter;
 pub mod head;
 pub mod objective;
 
@@ -149,7 +150,10 @@ pub struct Recipe {
     /// (relative like `output`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    pub model: ArchSpec,
+    /// The architecture (every objective but `learn2pd`, whose filter is
+    /// sized by `objective_params`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ArchSpec>,
     pub data: DataSpec,
     pub optim: OptimSpec,
     #[serde(default = "default_ckpt")]
@@ -256,6 +260,25 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
                 r.objective
             )));
         }
+        let filter = matches!(o.trains, objective::Trains::Learn2pdFilter);
+        if filter && r.init.is_none() {
+            return Err(bad(format!(
+                "field `init`: objective \"{}\" trains a filter for a diffusion LM; name its model folder",
+                r.objective
+            )));
+        }
+        if filter && r.model.is_some() {
+            return Err(bad(format!(
+                "field `model`: objective \"{}\" trains a filter, sized by objective_params.filter_hidden and block_size; it takes no [model]",
+                r.objective
+            )));
+        }
+        if !filter && r.model.is_none() {
+            return Err(bad(format!(
+                "field `model`: objective \"{}\" needs the [model] architecture",
+                r.objective
+            )));
+        }
         if matches!(o.trains, objective::Trains::Consistency) && r.init.is_none() {
             return Err(bad(format!(
                 "field `init`: objective \"{}\" trains a model on its own Jacobi trajectories; name the model to start from",
@@ -279,13 +302,13 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
                 .join(", ")
         )));
     }
-    let m = &r.model;
-    if m.num_attention_heads == 0
-        || m.hidden_size % m.num_attention_heads != 0
-        || m.num_key_value_heads == 0
-        || m.num_attention_heads % m.num_key_value_heads != 0
-        || (m.hidden_size / m.num_attention_heads) % 2 != 0
-    {
+    if r.model.as_ref().is_some_and(|m| {
+        m.num_attention_heads == 0
+            || m.hidden_size % m.num_attention_heads != 0
+            || m.num_key_value_heads == 0
+            || m.num_attention_heads % m.num_key_value_heads != 0
+            || (m.hidden_size / m.num_attention_heads) % 2 != 0
+    }) {
         return Err(bad(
             "field `model`: hidden_size must split into an even head_dim per attention head, and heads into key-value groups".into(),
         ));
@@ -321,9 +344,10 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
     if r.objective_params.block_size == 0
         || r.objective_params.gen_len == 0
         || r.objective_params.window == 0
+        || r.objective_params.filter_hidden == 0
     {
         return Err(bad(
-            "field `objective_params`: gen_len, block_size and window must be positive".into(),
+            "field `objective_params`: gen_len, block_size, window and filter_hidden must be positive".into(),
         ));
     }
     Ok((path, r))
@@ -358,7 +382,10 @@ fn from_root(recipe_path: &Path, rel: &str) -> PathBuf {
 }
 
 pub fn model_config(r: &Recipe) -> ModelConfig {
-    let m = &r.model;
+    let m = r
+        .model
+        .as_ref()
+        .expect("recipes of model objectives have [model] (checked on load)");
     ModelConfig {
         architecture: m.architecture,
         vocab_size: toy::vocab().len(),
@@ -539,6 +566,9 @@ pub struct TrainingRecord {
     /// A draft head's agreement with its target (head objectives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_evaluation: Option<head::HeadEvaluation>,
+    /// A Learn2PD filter against its diffusion LM's baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_evaluation: Option<filter::FilterEvaluation>,
     /// Wall time of the final evaluation.
     #[serde(default)]
     pub eval_wall_s: f64,
@@ -569,6 +599,7 @@ impl TrainingRecord {
             closed_form_checks: Vec::new(),
             jacobi_evaluation: None,
             head_evaluation: None,
+            filter_evaluation: None,
             eval_wall_s: 0.0,
         }
     }
@@ -660,9 +691,9 @@ pub enum TrainEvent<'a> {
     Resumed {
         step: usize,
     },
-    /// Consistency training: collecting the init model's Jacobi
-    /// trajectories.
-    Collecting,
+    /// Collecting what an objective trains on from the init model (Jacobi
+    /// trajectories, decoding steps).
+    Collecting { what: &'static str },
     Progress {
         step: usize,
         steps: usize,
@@ -972,6 +1003,9 @@ pub fn train(
         objective::Trains::Consistency => {
             consistency::train_consistency(recipe_path, r, out, device, stop, on)
         }
+        objective::Trains::Learn2pdFilter => {
+            filter::train_learn2pd_filter(recipe_path, r, out, device, stop, on)
+        }
     }
 }
 
@@ -1082,6 +1116,7 @@ fn train_model(
             &test,
             &r.objective_params,
             k,
+            workers,
         )?);
     }
     let mut closed_form_checks = Vec::new();
@@ -1402,7 +1437,8 @@ pub(crate) fn sum_stores(
 }
 
 /// Greedy decoding of the test items at `tokens_per_step`, scored by the
-/// toy scorer.
+/// toy scorer. Items are shared out to `workers` threads; the sums are
+/// taken in item order, so the result does not depend on the threads.
 pub fn evaluate(
     obj: &dyn objective::Objective,
     model: &Transformer,
@@ -1410,11 +1446,11 @@ pub fn evaluate(
     test: &[toy::Item],
     p: &ObjectiveParams,
     tokens_per_step: usize,
+    workers: usize,
 ) -> Result<EvalResult, TrainError> {
     let sp = specials();
-    let mut per_task: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    let (mut gen_tokens, mut forwards) = (0usize, 0usize);
-    for it in test {
+    let scored = on_workers(test.len(), workers, |i| -> Result<(f64, usize, usize), TrainError> {
+        let it = &test[i];
         let prompt = encode(tok, &it.prompt)?;
         let (answer, calls) = obj.decode(
             model,
@@ -1424,12 +1460,17 @@ pub fn evaluate(
             48,
             &mut objective::EvalDecoding::greedy(tokens_per_step),
         )?;
-        gen_tokens += answer.len() + 1;
-        forwards += calls;
         let text = tok
             .decode(&answer, true)
             .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?;
-        let s = toy::score(&text, &it.reference).unwrap_or(0.0);
+        Ok((toy::score(&text, &it.reference).unwrap_or(0.0), answer.len() + 1, calls))
+    });
+    let mut per_task: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let (mut gen_tokens, mut forwards) = (0usize, 0usize);
+    for (it, r) in test.iter().zip(scored) {
+        let (s, tokens, calls) = r?;
+        gen_tokens += tokens;
+        forwards += calls;
         let e = per_task.entry(it.task.clone()).or_default();
         e.0 += s;
         e.1 += 1;

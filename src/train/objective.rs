@@ -53,6 +53,13 @@ pub struct ObjectiveParams {
     /// Consistency training: label smoothing of the AR term (CLLM: 0.1).
     #[serde(default = "default_label_smoothing")]
     pub label_smoothing: f64,
+    /// `learn2pd`: hidden units of the filter MLP.
+    #[serde(default = "default_filter_hidden")]
+    pub filter_hidden: usize,
+}
+
+fn default_filter_hidden() -> usize {
+    64
 }
 
 fn default_label_smoothing() -> f64 {
@@ -82,6 +89,7 @@ impl Default for ObjectiveParams {
             window: default_window(),
             trajectory_prompts: default_trajectory_prompts(),
             label_smoothing: default_label_smoothing(),
+            filter_hidden: default_filter_hidden(),
         }
     }
 }
@@ -274,6 +282,9 @@ pub enum Trains {
     /// The `init` model, on its own Jacobi trajectories (see
     /// [`super::consistency`]).
     Consistency,
+    /// A Learn2PD filter for the `init` diffusion LM (see
+    /// [`super::filter`]).
+    Learn2pdFilter,
 }
 
 pub static OBJECTIVES: &[ObjectiveEntry] = &[
@@ -301,6 +312,11 @@ pub static OBJECTIVES: &[ObjectiveEntry] = &[
         name: "consistency",
         description: "CLLM: Jacobi trajectories of the init model on training prompts; 10 x AR loss (label smoothing 0.1) + global consistency (cross-entropy from a trajectory state to the model's own output at the fixed point)",
         trains: Trains::Consistency,
+    },
+    ObjectiveEntry {
+        name: "learn2pd",
+        description: "a Learn2PD filter for the `init` diffusion LM: its baseline decoding (top-1 per step) replayed, each masked position labelled by whether its argmax is already the final token; binary cross-entropy from the block's top-1 probabilities",
+        trains: Trains::Learn2pdFilter,
     },
 ];
 

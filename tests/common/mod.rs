@@ -61,6 +61,8 @@ pub fn decode_with_draft(
         draft,
         head: None,
         consistency: None,
+        dllm: None,
+        filter: None,
     };
     decode_with_models(method, params, &models, prompt, n, seed)
 }
