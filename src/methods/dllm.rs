@@ -561,15 +561,18 @@ impl Dllm {
     }
 }
 
-impl Decoder for Dllm {
-    fn generate(
+impl Dllm {
+    /// Decodes into the probe, one step observation per forward, the
+    /// canvas's committed prefix as the step's tokens.
+    pub(crate) fn generate_with(
         &mut self,
         prompt: &[u32],
         ctx: &mut GenContext<'_, '_>,
+        hooks: &Hooks<'_>,
     ) -> Result<(), MethodError> {
         let max_new = ctx.probe.remaining();
         let probe = &mut *ctx.probe;
-        self.decode(prompt, max_new, ctx.rng, &Hooks::default(), &mut |s| {
+        self.decode(prompt, max_new, ctx.rng, hooks, &mut |s| {
             probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: 0,
@@ -582,11 +585,22 @@ impl Decoder for Dllm {
                 positions: s.positions,
             });
             // The whole canvas is decoded, as LLaDA does, even after the
-            // answer's EOS; only an interrupt cuts it short.
+            // answer's EOS; only an interrupt (or end-of-text prediction,
+            // which fills the rest) cuts it short.
             !probe.was_interrupted()
         })?;
         probe.end_of_canvas();
         Ok(())
+    }
+}
+
+impl Decoder for Dllm {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        ctx: &mut GenContext<'_, '_>,
+    ) -> Result<(), MethodError> {
+        self.generate_with(prompt, ctx, &Hooks::default())
     }
 }
 

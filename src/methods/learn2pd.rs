@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::dllm::{CacheMode, Confidence, Dllm, DllmParams, Hooks, Strategy};
 use super::{Decoder, Exactness, GenContext, MethodError, MethodModels, MethodSpec, Need};
-use crate::measure::{StepKind, StepObservation};
 use crate::model::filter::Filter;
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -144,29 +143,12 @@ impl Decoder for Learn2pd {
         prompt: &[u32],
         ctx: &mut GenContext<'_, '_>,
     ) -> Result<(), MethodError> {
-        let max_new = ctx.probe.remaining();
-        let probe = &mut *ctx.probe;
         let filter = &self.filter;
         let accept = |conf: &[f32]| filter.accept(conf);
         let hooks = Hooks {
             filter: Some(&accept),
             end_of_text: self.end_of_text,
         };
-        self.dllm.decode(prompt, max_new, ctx.rng, &hooks, &mut |s| {
-            probe.commit(StepObservation {
-                kind: StepKind::Decode,
-                proposed: 0,
-                accepted: 0,
-                tokens: s.tokens,
-                target_calls: 1,
-                draft_calls: 0,
-                verify_width: s.width,
-                window: Some(s.block),
-                positions: s.positions,
-            });
-            !probe.was_interrupted()
-        })?;
-        probe.end_of_canvas();
-        Ok(())
+        self.dllm.generate_with(prompt, ctx, &hooks)
     }
 }

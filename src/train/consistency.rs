@@ -408,19 +408,7 @@ pub(crate) fn train_consistency(
     // Evaluation through the loader: greedy quality, and Jacobi's tokens
     // per forward against the init model's.
     let eval_started = Instant::now();
-    let store = crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store"));
-    let load = |dir: &Path| {
-        crate::model::load(
-            &dir.display().to_string(),
-            &store,
-            crate::model::FetchPolicy::Never,
-            &crate::model::LoadOptions {
-                device: device.clone(),
-                ..Default::default()
-            },
-            &mut |_| {},
-        )
-    };
+    let load = |dir: &Path| super::load_trained(dir, device);
     let loaded = load(out)?;
     let test = toy::generate(&toy_params(r, Split::Test, r.data.eval_per_task))
         .map_err(|e| TrainError::Data(e.to_string()))?;

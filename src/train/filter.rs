@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use super::{io, Pair, Recipe, TrainData, TrainError, TrainEvent, TrainingRecord};
 use crate::methods::dllm::{Dllm, DllmParams, Hooks};
 use crate::model::filter::{Filter, FilterConfig};
-use crate::model::LoadedModel;
 use crate::toy::{self, Split};
 
 /// One replayed step: the block's top-1 probabilities (1.0 where
@@ -52,21 +51,6 @@ pub struct FilterEvalRow {
     pub random: Option<f64>,
     /// Forwards (NFE) per item.
     pub forwards_per_item: f64,
-}
-
-fn load_dllm(dir: &Path, device: &Device) -> Result<LoadedModel, TrainError> {
-    let store = crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store"));
-    Ok(crate::model::load(
-        &dir.display().to_string(),
-        &store,
-        crate::model::FetchPolicy::Never,
-        &crate::model::LoadOptions {
-            device: device.clone(),
-            dtype: Some(DType::F32),
-            ..Default::default()
-        },
-        &mut |_| {},
-    )?)
 }
 
 fn baseline(block: usize) -> DllmParams {
@@ -229,7 +213,7 @@ pub(crate) fn train_learn2pd_filter(
         path: recipe_path.to_path_buf(),
         detail: "field `init`: a learn2pd recipe names the diffusion LM its filter reads".into(),
     })?;
-    let loaded = load_dllm(&dllm_dir, device)?;
+    let loaded = super::load_trained(&dllm_dir, device)?;
     if loaded.info.diffusion.is_none() {
         return Err(TrainError::Recipe {
             path: recipe_path.to_path_buf(),

@@ -344,18 +344,7 @@ pub(crate) fn train_eagle_head(
         path: recipe_path.to_path_buf(),
         detail: "field `target`: an eagle recipe names the model its head drafts for".into(),
     })?;
-    let store = crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store"));
-    let loaded = crate::model::load(
-        &target_dir.display().to_string(),
-        &store,
-        crate::model::FetchPolicy::Never,
-        &crate::model::LoadOptions {
-            device: device.clone(),
-            dtype: Some(DType::F32),
-            ..Default::default()
-        },
-        &mut |_| {},
-    )?;
+    let loaded = super::load_trained(&target_dir, device)?;
     let target = loaded.model.clone();
     let cfg = head_config(r, target.config(), recipe_path)?;
     cfg.validate(recipe_path)?;

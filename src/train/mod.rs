@@ -635,6 +635,26 @@ fn specials() -> Specials {
     }
 }
 
+/// A model folder (a trained model, an `init` or a `target`) through the
+/// loader every checkpoint goes through, in f32, never fetching.
+pub(crate) fn load_trained(
+    dir: &Path,
+    device: &Device,
+) -> Result<crate::model::LoadedModel, TrainError> {
+    let store = crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store"));
+    Ok(crate::model::load(
+        &dir.display().to_string(),
+        &store,
+        crate::model::FetchPolicy::Never,
+        &crate::model::LoadOptions {
+            device: device.clone(),
+            dtype: Some(DType::F32),
+            ..Default::default()
+        },
+        &mut |_| {},
+    )?)
+}
+
 /// Writes `vars` to `dir/model.safetensors` atomically.
 pub(crate) fn save_weights(dir: &Path, vars: &[(String, Var)]) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -1090,19 +1110,7 @@ fn train_model(
     write_model_folder(out, &cfg, r, &named)?;
 
     // Final evaluation, through the same loader as any checkpoint.
-    let loaded = crate::model::load_resolved(
-        &crate::model::source::resolve(
-            &out.display().to_string(),
-            &crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store")),
-            crate::model::FetchPolicy::Never,
-            &mut |_| {},
-        )?,
-        &crate::store::Store::at(std::env::temp_dir().join("pdbench-train-store")),
-        &crate::model::LoadOptions {
-            device: device.clone(),
-            ..Default::default()
-        },
-    )?;
+    let loaded = load_trained(out, device)?;
     let test = toy::generate(&toy_params(r, Split::Test, r.data.eval_per_task))
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let eval_started = Instant::now();
