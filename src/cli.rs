@@ -791,7 +791,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 None => None,
                 Some(f) => {
                     let lf = load_filter(&f.spec)?;
-                    if lf.info.files.iter().map(|x| &x.sha256).ne(f.files.iter().map(|x| &x.sha256)) {
+                    if lf
+                        .info
+                        .files
+                        .iter()
+                        .map(|x| &x.sha256)
+                        .ne(f.files.iter().map(|x| &x.sha256))
+                    {
                         bail!(
                             "cannot resume {}: the filter {} changed since the run started (sha256 differs from the manifest)",
                             path.display(),
@@ -923,7 +929,11 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let wants_filter = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::Filter));
-            let filter = match a.filter.clone().or_else(|| zoo_filter.filter(|_| wants_filter)) {
+            let filter = match a
+                .filter
+                .clone()
+                .or_else(|| zoo_filter.filter(|_| wants_filter))
+            {
                 Some(f) => Some(load_filter(&f)?),
                 None => None,
             };

@@ -333,7 +333,9 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
         Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
         Column::new(
             "forwards_per_sample".into(),
-            rows.iter().map(|r| r.forwards_per_sample).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.forwards_per_sample)
+                .collect::<Vec<_>>(),
         ),
         Column::new(
             "canvas_tokens_per_step".into(),
@@ -606,7 +608,11 @@ where
         .iter()
         .map(|c| (c.mean_tokens_per_step, c.mean_score_x100))
         .collect();
-    let max_x = pts.iter().map(|p| p.0).filter(|x| x.is_finite()).fold(1.0, f64::max);
+    let max_x = pts
+        .iter()
+        .map(|p| p.0)
+        .filter(|x| x.is_finite())
+        .fold(1.0, f64::max);
     let min_x = pts
         .iter()
         .map(|p| p.0)
@@ -651,11 +657,7 @@ where
             .map(|(_, &p)| p)
             .collect();
         chart
-            .draw_series(
-                series
-                    .iter()
-                    .map(|&p| Circle::new(p, 6, color.filled())),
-            )
+            .draw_series(series.iter().map(|&p| Circle::new(p, 6, color.filled())))
             .map_err(|e| e.to_string())?
             .label(fam.clone())
             .legend(move |(x, y)| Circle::new((x + 8, y), 6, color.filled()));
@@ -677,7 +679,11 @@ where
     }
     chart
         .draw_series(labelled.iter().map(|&(i, more)| {
-            let name = configs[i].config.rsplit(" / ").next().unwrap_or(&configs[i].config);
+            let name = configs[i]
+                .config
+                .rsplit(" / ")
+                .next()
+                .unwrap_or(&configs[i].config);
             let label = if more > 0 {
                 format!("{name} (+{more} here)")
             } else {

@@ -409,7 +409,14 @@ fn dllm_needs_a_masked_diffusion_model() {
         &["--dllm toy-target", "not a masked-diffusion LM"],
     );
     fails_with(
-        &mut zoo(&["--method", "dllm", "--dllm", "toy-bdllm", "--set", "dllm.block_length=8"]),
+        &mut zoo(&[
+            "--method",
+            "dllm",
+            "--dllm",
+            "toy-bdllm",
+            "--set",
+            "dllm.block_length=8",
+        ]),
         &["block_length", "blocks of 4"],
     );
     fails_with(
@@ -1049,8 +1056,11 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
         assert!((-1.0..=1.0).contains(&tau), "{tau}");
         assert_eq!(s["steps"].as_array().unwrap().len(), 32, "32 forwards");
     }
-    let dllm_score: f64 =
-        dllm.iter().map(|s| s["score"].as_f64().unwrap()).sum::<f64>() / dllm.len() as f64;
+    let dllm_score: f64 = dllm
+        .iter()
+        .map(|s| s["score"].as_f64().unwrap())
+        .sum::<f64>()
+        / dllm.len() as f64;
     assert!(dllm_score > 0.8, "toy-dllm scores {dllm_score}");
     // learn2pd adds the zoo's filter and end-of-text prediction: fewer
     // forwards than dllm on every sample.
@@ -1070,7 +1080,11 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
     let (base, fast) = (calls("dllm"), calls("learn2pd"));
     assert_eq!(fast.len(), 45);
     for (id, n) in &fast {
-        assert!(*n < base[id], "learn2pd took {n} forwards on {id}, dllm {}", base[id]);
+        assert!(
+            *n < base[id],
+            "learn2pd took {n} forwards on {id}, dllm {}",
+            base[id]
+        );
     }
     for method in ["sps", "eagle", "pld", "jacobi", "lookahead"] {
         let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();

@@ -58,7 +58,10 @@ fn check_canvas(m: &Measured, gen: usize) {
     let mut seen: Vec<u32> = m.steps.iter().flat_map(|s| s.positions.clone()).collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..gen as u32).collect::<Vec<_>>());
-    assert!(m.steps.iter().all(|s| s.target_calls == 1 && !s.positions.is_empty()));
+    assert!(m
+        .steps
+        .iter()
+        .all(|s| s.target_calls == 1 && !s.positions.is_empty()));
 }
 
 #[test]
@@ -81,7 +84,14 @@ fn top1_confidence_decoding_equals_the_trainers_decoder() {
         for it in items(&[], 2, [3, 5]) {
             let prompt = encode(&m, &it.prompt);
             let (want, forwards) = obj
-                .decode(&m.model, &prompt, sp, &params, 40, &mut EvalDecoding::greedy(1))
+                .decode(
+                    &m.model,
+                    &prompt,
+                    sp,
+                    &params,
+                    40,
+                    &mut EvalDecoding::greedy(1),
+                )
                 .unwrap();
             let got = dllm(&m, json!({"tokens_per_step": 1}), &prompt, 0);
             assert_eq!(answer(&got.output), want, "{name}: {}", it.prompt);
@@ -120,11 +130,30 @@ fn schedules_commit_what_they_promise() {
         assert!(r.steps.len() < 32, "{strategy}: {} steps", r.steps.len());
     }
     // Random order commits the same canvas in a seed-dependent order.
-    let a = dllm(&m, json!({"confidence": "random", "tokens_per_step": 1}), &prompt, 1);
-    let b = dllm(&m, json!({"confidence": "random", "tokens_per_step": 1}), &prompt, 2);
-    let order = |r: &Measured| -> Vec<u32> { r.steps.iter().flat_map(|s| s.positions.clone()).collect() };
+    let a = dllm(
+        &m,
+        json!({"confidence": "random", "tokens_per_step": 1}),
+        &prompt,
+        1,
+    );
+    let b = dllm(
+        &m,
+        json!({"confidence": "random", "tokens_per_step": 1}),
+        &prompt,
+        2,
+    );
+    let order =
+        |r: &Measured| -> Vec<u32> { r.steps.iter().flat_map(|s| s.positions.clone()).collect() };
     assert_ne!(order(&a), order(&b));
-    assert_eq!(order(&a), order(&dllm(&m, json!({"confidence": "random", "tokens_per_step": 1}), &prompt, 1)));
+    assert_eq!(
+        order(&a),
+        order(&dllm(
+            &m,
+            json!({"confidence": "random", "tokens_per_step": 1}),
+            &prompt,
+            1
+        ))
+    );
 }
 
 #[test]
@@ -132,13 +161,18 @@ fn the_prefix_cache_is_exact_for_block_diffusion_and_cheaper() {
     let m = common::load("toy-bdllm");
     for it in items(&[], 1, [3, 5]) {
         let prompt = encode(&m, &it.prompt);
-        for params in [json!({}), json!({"strategy": "threshold", "threshold": 0.7})] {
+        for params in [
+            json!({}),
+            json!({"strategy": "threshold", "threshold": 0.7}),
+        ] {
             let mut cached = params.clone();
             cached["cache"] = json!("prefix");
             let plain = dllm(&m, params.clone(), &prompt, 0);
             let fast = dllm(&m, cached, &prompt, 0);
             assert_eq!(fast.output, plain.output, "{}", it.prompt);
-            let pos = |r: &Measured| -> Vec<Vec<u32>> { r.steps.iter().map(|s| s.positions.clone()).collect() };
+            let pos = |r: &Measured| -> Vec<Vec<u32>> {
+                r.steps.iter().map(|s| s.positions.clone()).collect()
+            };
             assert_eq!(pos(&fast), pos(&plain));
             let width = |r: &Measured| -> usize { r.steps.iter().map(|s| s.verify_width).sum() };
             assert!(width(&fast) < width(&plain) || plain.steps.len() == 8);
@@ -196,7 +230,9 @@ fn full_parallelism_lands_near_the_closed_forms() {
     // 300 items: a binomial standard error of 2.9 points at 44%; the bound
     // is about three of them.
     let replace = rate("replace_random", 300);
-    eprintln!("replace_random, 3 names, one step at temperature 1: {replace:.1}% (closed form 44.4%)");
+    eprintln!(
+        "replace_random, 3 names, one step at temperature 1: {replace:.1}% (closed form 44.4%)"
+    );
     assert!((replace - 44.4).abs() <= 9.0, "{replace}");
     // Shuffle: n!/n^n = 22.2% permutations, of which the toy metric refuses
     // the unchanged list: 5/27 = 18.5%.
@@ -288,11 +324,25 @@ fn llada_and_dream_checkpoints_load_with_their_quirks() {
     let original = common::load(hf.to_str().unwrap());
     let l = common::load(llada.to_str().unwrap());
     let spec = l.info.diffusion.clone().expect("LLaDA is a diffusion LM");
-    assert_eq!((spec.family.as_str(), spec.mask_token_id, spec.shift_logits), ("llada", mask, false));
-    assert_eq!(bidirectional_logits(&l, &tokens), bidirectional_logits(&original, &tokens));
-    let r = dllm(&l, json!({"gen_length": 8, "tokens_per_step": 2}), &tokens[..4], 0);
+    assert_eq!(
+        (spec.family.as_str(), spec.mask_token_id, spec.shift_logits),
+        ("llada", mask, false)
+    );
+    assert_eq!(
+        bidirectional_logits(&l, &tokens),
+        bidirectional_logits(&original, &tokens)
+    );
+    let r = dllm(
+        &l,
+        json!({"gen_length": 8, "tokens_per_step": 2}),
+        &tokens[..4],
+        0,
+    );
     check_canvas(&r, 8);
-    assert!(!r.output.contains(&mask), "the mask token is never committed");
+    assert!(
+        !r.output.contains(&mask),
+        "the mask token is never committed"
+    );
 
     // Dream: Qwen2 weights, config says Dream.
     let qwen = dir.path().join("qwen");
@@ -312,9 +362,20 @@ fn llada_and_dream_checkpoints_load_with_their_quirks() {
     let q = common::load(qwen.to_str().unwrap());
     let d = common::load(dream.to_str().unwrap());
     let spec = d.info.diffusion.clone().expect("Dream is a diffusion LM");
-    assert_eq!((spec.family.as_str(), spec.mask_token_id, spec.shift_logits), ("dream", mask, true));
+    assert_eq!(
+        (spec.family.as_str(), spec.mask_token_id, spec.shift_logits),
+        ("dream", mask, true)
+    );
     assert!(q.info.diffusion.is_none());
-    assert_eq!(bidirectional_logits(&d, &tokens), bidirectional_logits(&q, &tokens));
-    let r = dllm(&d, json!({"gen_length": 8, "strategy": "threshold"}), &tokens[..4], 0);
+    assert_eq!(
+        bidirectional_logits(&d, &tokens),
+        bidirectional_logits(&q, &tokens)
+    );
+    let r = dllm(
+        &d,
+        json!({"gen_length": 8, "strategy": "threshold"}),
+        &tokens[..4],
+        0,
+    );
     check_canvas(&r, 8);
 }

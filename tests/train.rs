@@ -456,10 +456,22 @@ fn head_and_consistency_miniatures_train_against_the_zoo_target() {
     let end = rec.loss_curve.last().unwrap().loss;
     assert!(end < 0.8 * first, "learn2pd: loss {first} -> {end}");
     let fe = rec.filter_evaluation.as_ref().expect("a filter evaluation");
-    let nfe = |d: &str| fe.rows.iter().find(|r| r.decoder == d).unwrap().forwards_per_item;
+    let nfe = |d: &str| {
+        fe.rows
+            .iter()
+            .find(|r| r.decoder == d)
+            .unwrap()
+            .forwards_per_item
+    };
     assert!(nfe("learn2pd without end-of-text") <= nfe("dllm"), "{fe:?}");
-    assert!(nfe("learn2pd") <= nfe("learn2pd without end-of-text"), "{fe:?}");
-    assert!(nfe("learn2pd") < nfe("dllm"), "end-of-text prediction saves forwards: {fe:?}");
+    assert!(
+        nfe("learn2pd") <= nfe("learn2pd without end-of-text"),
+        "{fe:?}"
+    );
+    assert!(
+        nfe("learn2pd") < nfe("dllm"),
+        "end-of-text prediction saves forwards: {fe:?}"
+    );
     let f = pdbench::model::filter::Filter::load_dir(&out).unwrap();
     assert_eq!(f.filter.config.block_length, 32);
 }

@@ -484,13 +484,7 @@ impl Dllm {
                     .map(|(&j, row)| candidate(j, row, mask_id, &self.p, rng))
                     .collect();
                 let k = schedule.get(step).copied().unwrap_or(1);
-                let picked = select(
-                    &cands,
-                    self.p.strategy,
-                    k,
-                    self.p.threshold,
-                    self.p.factor,
-                );
+                let picked = select(&cands, self.p.strategy, k, self.p.threshold, self.p.factor);
                 let mut picked = picked;
                 if let Some(filter) = hooks.filter {
                     let mut conf = vec![1.0f32; bl];
@@ -512,7 +506,8 @@ impl Dllm {
                     positions.push(c.pos as u32);
                 }
                 if hooks.end_of_text {
-                    let committed = (0..gen).find(|&j| done[j] && self.eos_ids.contains(&seq[n0 + j]));
+                    let committed =
+                        (0..gen).find(|&j| done[j] && self.eos_ids.contains(&seq[n0 + j]));
                     // A predicted EOS counts only where nothing but EOS is
                     // committed after it.
                     let predicted = cands
@@ -630,7 +625,11 @@ mod tests {
         let cands = [c(0, 0.2), c(1, 0.9), c(2, 0.5), c(3, 0.9)];
         assert_eq!(select(&cands, Strategy::TopK, 2, 0.0, 0.0), [1, 3]);
         assert_eq!(select(&cands, Strategy::TopK, 9, 0.0, 0.0), [1, 3, 2, 0]);
-        assert_eq!(select(&cands, Strategy::TopK, 0, 0.0, 0.0), [1], "at least one");
+        assert_eq!(
+            select(&cands, Strategy::TopK, 0, 0.0, 0.0),
+            [1],
+            "at least one"
+        );
     }
 
     #[test]
@@ -638,7 +637,11 @@ mod tests {
         let cands = [c(0, 0.95), c(1, 0.3), c(2, 0.91), c(3, 0.89)];
         assert_eq!(select(&cands, Strategy::Threshold, 0, 0.9, 0.0), [0, 2]);
         let low = [c(0, 0.3), c(1, 0.4)];
-        assert_eq!(select(&low, Strategy::Threshold, 0, 0.9, 0.0), [1], "top-1 always");
+        assert_eq!(
+            select(&low, Strategy::Threshold, 0, 0.9, 0.0),
+            [1],
+            "top-1 always"
+        );
     }
 
     #[test]
@@ -648,7 +651,11 @@ mod tests {
         // Sorted: 0.99, 0.78, 0.76, 0.7 — 0.7 < 0.8 stops at n = 3.
         assert_eq!(select(&cands, Strategy::Factor, 0, 0.0, 1.0), [1, 3, 2]);
         let weak = [c(0, 0.4), c(1, 0.45)];
-        assert_eq!(select(&weak, Strategy::Factor, 0, 0.0, 1.0), [1], "at least one");
+        assert_eq!(
+            select(&weak, Strategy::Factor, 0, 0.0, 1.0),
+            [1],
+            "at least one"
+        );
         // Brute force against the definition on a grid of confidences.
         let probs = [0.99f32, 0.97, 0.9, 0.85, 0.6, 0.3];
         for f in [0.1, 0.5, 1.0, 2.0, 3.0] {

@@ -185,10 +185,7 @@ impl Filter {
 
 /// The differentiable forward for training: `conf` `[n, block]` → logits
 /// `[n, block]`, with the same parameters by name.
-pub fn forward_train(
-    conf: &Tensor,
-    params: &HashMap<&str, Tensor>,
-) -> candle_core::Result<Tensor> {
+pub fn forward_train(conf: &Tensor, params: &HashMap<&str, Tensor>) -> candle_core::Result<Tensor> {
     let h = conf
         .broadcast_matmul(&params["fc1.weight"].t()?)?
         .broadcast_add(&params["fc1.bias"])?

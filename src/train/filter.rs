@@ -131,7 +131,8 @@ fn loss(
     device: &Device,
 ) -> candle_core::Result<(Tensor, f64)> {
     let n = rows.len();
-    let flat = |f: &dyn Fn(&Sample) -> Vec<f32>| -> Vec<f32> { rows.iter().flat_map(|s| f(s)).collect() };
+    let flat =
+        |f: &dyn Fn(&Sample) -> Vec<f32>| -> Vec<f32> { rows.iter().flat_map(|s| f(s)).collect() };
     let conf = Tensor::from_vec(flat(&|s| s.conf.clone()), (n, block), device)?;
     let y = Tensor::from_vec(
         flat(&|s| s.is_final.iter().map(|&b| f32::from(u8::from(b))).collect()),
@@ -254,7 +255,10 @@ pub(crate) fn train_learn2pd_filter(
 
     let mut named: Vec<(String, Var)> = Vec::new();
     for (name, shape, v) in init_filter(&cfg, r.seed) {
-        named.push((name, Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?));
+        named.push((
+            name,
+            Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?,
+        ));
     }
     let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
     let done = super::optimise(
@@ -314,29 +318,19 @@ pub(crate) fn train_learn2pd_filter(
         }
     }
     let accept = |conf: &[f32]| lf.filter.accept(conf);
-    let rows = vec![
-        decode_eval(&mut dllm, &tok, &test, &Hooks::default(), "dllm")?,
-        decode_eval(
-            &mut dllm,
-            &tok,
-            &test,
-            &Hooks {
-                filter: Some(&accept),
-                end_of_text: false,
-            },
-            "learn2pd without end-of-text",
-        )?,
-        decode_eval(
-            &mut dllm,
-            &tok,
-            &test,
-            &Hooks {
-                filter: Some(&accept),
-                end_of_text: true,
-            },
-            "learn2pd",
-        )?,
-    ];
+    let accept_fn: &dyn Fn(&[f32]) -> Vec<bool> = &accept;
+    let mut rows = Vec::new();
+    for (filter, end_of_text, name) in [
+        (None, false, "dllm"),
+        (Some(accept_fn), false, "learn2pd without end-of-text"),
+        (Some(accept_fn), true, "learn2pd"),
+    ] {
+        let hooks = Hooks {
+            filter,
+            end_of_text,
+        };
+        rows.push(decode_eval(&mut dllm, &tok, &test, &hooks, name)?);
+    }
     // Collecting the baseline's steps is part of training.
     let wall_s = done.wall_s + collect_s;
     let record = TrainingRecord {

@@ -713,7 +713,9 @@ pub enum TrainEvent<'a> {
     },
     /// Collecting what an objective trains on from the init model (Jacobi
     /// trajectories, decoding steps).
-    Collecting { what: &'static str },
+    Collecting {
+        what: &'static str,
+    },
     Progress {
         step: usize,
         steps: usize,
@@ -1457,22 +1459,30 @@ pub fn evaluate(
     workers: usize,
 ) -> Result<EvalResult, TrainError> {
     let sp = specials();
-    let scored = on_workers(test.len(), workers, |i| -> Result<(f64, usize, usize), TrainError> {
-        let it = &test[i];
-        let prompt = encode(tok, &it.prompt)?;
-        let (answer, calls) = obj.decode(
-            model,
-            &prompt,
-            sp,
-            p,
-            48,
-            &mut objective::EvalDecoding::greedy(tokens_per_step),
-        )?;
-        let text = tok
-            .decode(&answer, true)
-            .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?;
-        Ok((toy::score(&text, &it.reference).unwrap_or(0.0), answer.len() + 1, calls))
-    });
+    let scored = on_workers(
+        test.len(),
+        workers,
+        |i| -> Result<(f64, usize, usize), TrainError> {
+            let it = &test[i];
+            let prompt = encode(tok, &it.prompt)?;
+            let (answer, calls) = obj.decode(
+                model,
+                &prompt,
+                sp,
+                p,
+                48,
+                &mut objective::EvalDecoding::greedy(tokens_per_step),
+            )?;
+            let text = tok
+                .decode(&answer, true)
+                .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?;
+            Ok((
+                toy::score(&text, &it.reference).unwrap_or(0.0),
+                answer.len() + 1,
+                calls,
+            ))
+        },
+    );
     let mut per_task: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let (mut gen_tokens, mut forwards) = (0usize, 0usize);
     for (it, r) in test.iter().zip(scored) {
