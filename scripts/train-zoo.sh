@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Trains the whole toy zoo from scratch in dependency order (toy-target,
 # toy-draft, the diffusion models adapted from toy-target, toy-dllm's
-# Learn2PD filter, toy-target's EAGLE head and its consistency-trained
-# CLLM), measures toy-draft as sps's
+# Learn2PD filter, toy-target's EAGLE head, its consistency-trained
+# CLLM, the DEER drafter aligned to it and the TiDAR model), measures toy-draft as sps's
 # drafter at draft length 4, and prints the summary of reports/zoo: wall
 # time per model and in all, size, and the test-split scores of every
 # training record.
@@ -19,7 +19,7 @@ cargo build --release --locked -q
 bin=${CARGO_TARGET_DIR:-target}/release/pdbench
 mkdir -p "$root"
 start=$(date +%s.%N)
-for name in ${ZOO_MODELS:-toy-target toy-draft toy-dllm toy-bdllm toy-learn2pd toy-eagle toy-cllm}; do
+for name in ${ZOO_MODELS:-toy-target toy-draft toy-dllm toy-bdllm toy-learn2pd toy-eagle toy-cllm toy-deer toy-tidar}; do
   args=(train --recipe "$name" --out "$root/$name")
   if [ "$root" != models/toy ]; then
     # Models adapted from (or drafting for, or filtering) another zoo

@@ -56,7 +56,7 @@ def main():
 
     recs = {m: load(a.root, m) for m in MODELS}
     # Later additions, summarised when present.
-    for m in ["toy-cllm"]:
+    for m in ["toy-cllm", "toy-deer", "toy-tidar"]:
         if os.path.isfile(os.path.join(a.root, m, "training.json")):
             recs[m] = load(a.root, m)
     heads = {h: load(a.root, h) for h in HEADS if os.path.isfile(os.path.join(a.root, h, "training.json"))}
@@ -87,6 +87,20 @@ def main():
                 f"{j['tokens_per_forward']:.2f} tokens per forward, against {j['init_tokens_per_forward']:.2f} "
                 f"for the model it was adapted from."
             )
+    for m, r in recs.items():
+        d = r.get("deer_evaluation")
+        if d:
+            print()
+            print(f"`{m}`: greedy DEER on the test split ({d['items']} items), the drafter before and after alignment:")
+            print()
+            print("| drafter | block | tokens per target forward | mean accepted drafts |")
+            print("|---|---|---|---|")
+            for row in d["rows"]:
+                print(
+                    f"| {row['drafter']} | {row['block_len']} | {row['tokens_per_target_forward']:.2f} "
+                    f"| {row['mean_accepted']:.2f} |"
+                )
+            print()
     for h, r in heads.items():
         e = r["head_evaluation"]
         print(
@@ -145,7 +159,18 @@ def main():
         print("| model | deterministic | random | Δ |")
         print("|---|---|---|---|")
         for m, r in recs.items():
+            if not os.path.isfile(os.path.join(a.against, m, "training.json")):
+                continue
             o = load(a.against, m)
+            if not r["evaluation"]:
+                # DEER drafters: the aligned drafter's tokens per target forward.
+                x = [w for w in r["deer_evaluation"]["rows"] if w["drafter"] == "aligned"][-1]
+                y = [w for w in o["deer_evaluation"]["rows"] if w["drafter"] == "aligned"][-1]
+                print(
+                    f"| `{m}` (DEER, block {x['block_len']}) | {x['tokens_per_target_forward']:.2f} vs "
+                    f"{y['tokens_per_target_forward']:.2f} tokens per target forward | | |"
+                )
+                continue
             e, f = r["evaluation"][0], o["evaluation"][0]
             deltas = [
                 abs(x - y)

@@ -129,6 +129,15 @@ pub struct RunArgs {
     /// model.safetensors) or a zoo name.
     #[arg(long, conflicts_with = "resume")]
     pub filter: Option<String>,
+    /// Diffusion drafter aligned to the target for `deer` (same tokenizer
+    /// as --model): a zoo name such as toy-deer, or a model folder.
+    #[arg(long, conflicts_with = "resume")]
+    pub dllm_drafter: Option<String>,
+    /// TiDAR-trained model for `tidar` (same tokenizer as --model), which
+    /// decodes in the target's place: a zoo name such as toy-tidar, or a
+    /// model folder.
+    #[arg(long, conflicts_with = "resume")]
+    pub tidar: Option<String>,
     /// Method to run (repeatable). See `pdbench list methods`. Default:
     /// every registered method whose models are at hand.
     #[arg(long = "method", conflicts_with = "resume")]
@@ -160,6 +169,15 @@ pub struct RunArgs {
     /// Times each sample is decoded.
     #[arg(long, default_value_t = 1, conflicts_with = "resume")]
     pub repeats: usize,
+    /// DiffuSpec's ablation without the causal-consistency path search:
+    /// every `diffuspec` instance drafts each position's argmax
+    /// (`cps = false`).
+    #[arg(long, conflicts_with = "resume")]
+    pub no_cps: bool,
+    /// DiffuSpec's ablation without the adaptive draft length: every
+    /// `diffuspec` instance drafts `draft_len_max` tokens (`adl = false`).
+    #[arg(long, conflicts_with = "resume")]
+    pub no_adl: bool,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
@@ -429,6 +447,7 @@ pub fn method_instances(
     methods_arg: &[String],
     sets: &[String],
     methods_file: Option<&Path>,
+    suite_params: &BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Vec<MethodInstance>> {
     // label -> (id, params table)
     let mut configs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
@@ -488,10 +507,50 @@ pub fn method_instances(
     let mut out = Vec::new();
     for label in order {
         let (id, params) = &configs[&label];
-        let json = serde_json::to_value(params)?;
+        // The suite's scale first; what the user set wins.
+        let mut json = serde_json::Value::Object(suite_params.get(id).cloned().unwrap_or_default());
+        if let serde_json::Value::Object(user) = serde_json::to_value(params)? {
+            for (k, v) in user {
+                json[k] = v;
+            }
+        }
         out.push(MethodInstance::new(id, Some(&label), &json)?);
     }
     Ok(out)
+}
+
+/// `--no-cps` and `--no-adl`: the ablation switched off in every
+/// `diffuspec` instance; an error when the run has none.
+fn diffuspec_ablations(
+    methods: Vec<MethodInstance>,
+    no_cps: bool,
+    no_adl: bool,
+) -> Result<Vec<MethodInstance>> {
+    if !no_cps && !no_adl {
+        return Ok(methods);
+    }
+    if !methods.iter().any(|m| m.id == "diffuspec") {
+        bail!(
+            "{}: DiffuSpec's ablations apply to `diffuspec`, which this run does not have; add --method diffuspec",
+            if no_cps { "--no-cps" } else { "--no-adl" }
+        );
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            if m.id != "diffuspec" {
+                return Ok(m);
+            }
+            let mut params = m.params.clone();
+            if no_cps {
+                params["cps"] = serde_json::Value::Bool(false);
+            }
+            if no_adl {
+                params["adl"] = serde_json::Value::Bool(false);
+            }
+            Ok(MethodInstance::new(&m.id, Some(&m.label), &params)?)
+        })
+        .collect()
 }
 
 fn resolve_run_dir(results_dir: &Path, run: &str) -> PathBuf {
@@ -531,6 +590,8 @@ struct RunSetup {
     cllm: Option<LoadedModel>,
     dllm: Option<LoadedModel>,
     filter: Option<model::filter::LoadedFilter>,
+    dllm_drafter: Option<LoadedModel>,
+    tidar: Option<LoadedModel>,
     methods: Vec<MethodInstance>,
     device: DeviceSpec,
     dtype: Option<String>,
@@ -623,9 +684,15 @@ fn load_companion(
             target.info.spec
         );
     }
-    if flag == "--dllm" && m.info.diffusion.is_none() {
+    let tidar = m.info.diffusion.as_ref().is_some_and(|d| d.is_tidar());
+    if (flag == "--dllm" || flag == "--dllm-drafter") && (m.info.diffusion.is_none() || tidar) {
         bail!(
             "{flag} {spec}: not a masked-diffusion LM; expected a config.json with model_type llada or Dream, or a pdbench diffusion objective and mask_token_id"
+        );
+    }
+    if flag == "--tidar" && !tidar {
+        bail!(
+            "{flag} {spec}: not a TiDAR-trained model; expected a config.json with pdbench_objective \"tidar\", mask_token_id and pdbench_objective_params.block_size"
         );
     }
     Ok(m)
@@ -651,6 +718,8 @@ fn check_needs(
     cllm: Option<&LoadedModel>,
     dllm: Option<&LoadedModel>,
     filter: Option<&model::filter::LoadedFilter>,
+    dllm_drafter: Option<&LoadedModel>,
+    tidar: Option<&LoadedModel>,
 ) -> Result<()> {
     for m in methods {
         for need in m.spec().needs {
@@ -666,6 +735,18 @@ fn check_needs(
             if *need == Need::DiffusionModel && dllm.is_none() {
                 bail!(
                     "method `{}` needs a masked-diffusion LM: pass --dllm MODEL",
+                    m.label
+                );
+            }
+            if *need == Need::DiffusionDrafter && dllm_drafter.is_none() {
+                bail!(
+                    "method `{}` needs a diffusion drafter aligned to the target: pass --dllm-drafter MODEL",
+                    m.label
+                );
+            }
+            if *need == Need::TidarModel && tidar.is_none() {
+                bail!(
+                    "method `{}` needs a TiDAR-trained model: pass --tidar MODEL",
                     m.label
                 );
             }
@@ -787,6 +868,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             };
             let cllm = companion("--cllm", &m.models.cllm)?;
             let dllm = companion("--dllm", &m.models.dllm)?;
+            let dllm_drafter = companion("--dllm-drafter", &m.models.dllm_drafter)?;
+            let tidar = companion("--tidar", &m.models.tidar)?;
             let filter = match &m.models.filter {
                 None => None,
                 Some(f) => {
@@ -819,6 +902,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 cllm,
                 dllm,
                 filter,
+                dllm_drafter,
+                tidar,
                 methods: m.methods.clone(),
                 device,
                 dtype: Some(m.dtype.clone()),
@@ -862,6 +947,16 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 && model::source::zoo_model("toy-learn2pd").is_some())
             .then(|| "toy-learn2pd".to_string());
             let filter_at_hand = a.filter.is_some() || zoo_filter.is_some();
+            // ... and with the zoo's DEER drafter and TiDAR model.
+            let zoo_companion = |name: &str| {
+                (model::source::zoo_model(&a.model).is_some()
+                    && model::source::zoo_model(name).is_some())
+                .then(|| name.to_string())
+            };
+            let zoo_deer = zoo_companion("toy-deer");
+            let zoo_tidar = zoo_companion("toy-tidar");
+            let deer_at_hand = a.dllm_drafter.is_some() || zoo_deer.is_some();
+            let tidar_at_hand = a.tidar.is_some() || zoo_tidar.is_some();
             let method_names: Vec<String> = if defaults {
                 methods::METHODS
                     .iter()
@@ -872,6 +967,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                             Need::ConsistencyModel => cllm_at_hand,
                             Need::DiffusionModel => dllm_at_hand,
                             Need::Filter => filter_at_hand,
+                            Need::DiffusionDrafter => deer_at_hand,
+                            Need::TidarModel => tidar_at_hand,
                         })
                     })
                     .map(|m| m.id.to_string())
@@ -879,7 +976,15 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             } else {
                 a.methods.clone()
             };
-            let methods = method_instances(&method_names, &a.sets, a.methods_file.as_deref())?;
+            let suite =
+                suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
+            let methods = method_instances(
+                &method_names,
+                &a.sets,
+                a.methods_file.as_deref(),
+                &suite.def.method_params,
+            )?;
+            let methods = diffuspec_ablations(methods, a.no_cps, a.no_adl)?;
             let wants_draft = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::DraftModel));
@@ -887,8 +992,6 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 .draft
                 .clone()
                 .or_else(|| zoo_draft.filter(|_| wants_draft));
-            let suite =
-                suite::load_with_data(&a.suite, a.data.as_deref(), &store, &mut |s| log_line(s))?;
             let opts = LoadOptions {
                 device: device.open()?,
                 dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -937,6 +1040,32 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 Some(f) => Some(load_filter(&f)?),
                 None => None,
             };
+            let wants = |need: Need| methods.iter().any(|m| m.spec().needs.contains(&need));
+            let dllm_drafter = match a
+                .dllm_drafter
+                .clone()
+                .or_else(|| zoo_deer.filter(|_| wants(Need::DiffusionDrafter)))
+            {
+                Some(d) => Some(load_companion(
+                    &store,
+                    "--dllm-drafter",
+                    &d,
+                    &target,
+                    &opts,
+                    policy,
+                )?),
+                None => None,
+            };
+            let tidar = match a
+                .tidar
+                .clone()
+                .or_else(|| zoo_tidar.filter(|_| wants(Need::TidarModel)))
+            {
+                Some(t) => Some(load_companion(
+                    &store, "--tidar", &t, &target, &opts, policy,
+                )?),
+                None => None,
+            };
             check_needs(
                 &methods,
                 draft.as_ref(),
@@ -944,6 +1073,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 cllm.as_ref(),
                 dllm.as_ref(),
                 filter.as_ref(),
+                dllm_drafter.as_ref(),
+                tidar.as_ref(),
             )?;
             let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
             if max_new_tokens == 0 {
@@ -978,6 +1109,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 cllm,
                 dllm,
                 filter,
+                dllm_drafter,
+                tidar,
                 methods,
                 device,
                 dtype: a.dtype.clone(),
@@ -1007,6 +1140,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     cllm: setup.cllm.as_ref().map(|c| c.info.clone()),
                     dllm: setup.dllm.as_ref().map(|c| c.info.clone()),
                     filter: setup.filter.as_ref().map(|f| f.info.clone()),
+                    dllm_drafter: setup.dllm_drafter.as_ref().map(|c| c.info.clone()),
+                    tidar: setup.tidar.as_ref().map(|c| c.info.clone()),
                 },
                 device: env::device_info(&setup.device, setup.threads),
                 dtype: setup.dtype.clone().unwrap_or_else(|| "auto".into()),
@@ -1033,8 +1168,11 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     if let Some(c) = &setup.cllm {
         models.push(c);
     }
-    if let Some(d) = &setup.dllm {
-        models.push(d);
+    for c in [&setup.dllm, &setup.dllm_drafter, &setup.tidar]
+        .into_iter()
+        .flatten()
+    {
+        models.push(c);
     }
     let prepared =
         runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
@@ -1090,6 +1228,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         consistency: setup.cllm.as_ref(),
         dllm: setup.dllm.as_ref(),
         filter: setup.filter.as_ref(),
+        dllm_drafter: setup.dllm_drafter.as_ref(),
+        tidar: setup.tidar.as_ref(),
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,

@@ -114,6 +114,12 @@ pub struct RunModels {
     /// The Learn2PD filter of `learn2pd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<crate::model::filter::FilterInfo>,
+    /// The aligned diffusion drafter of `deer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dllm_drafter: Option<ModelInfo>,
+    /// The TiDAR-trained model of `tidar`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tidar: Option<ModelInfo>,
 }
 
 /// Everything needed to understand, compare and re-run a run.

@@ -126,6 +126,8 @@ pub struct RunPlan<'a> {
     pub consistency: Option<&'a LoadedModel>,
     pub dllm: Option<&'a LoadedModel>,
     pub filter: Option<&'a crate::model::filter::LoadedFilter>,
+    pub dllm_drafter: Option<&'a LoadedModel>,
+    pub tidar: Option<&'a LoadedModel>,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -254,6 +256,8 @@ pub fn execute(
             consistency: plan.consistency,
             dllm: plan.dllm,
             filter: plan.filter,
+            dllm_drafter: plan.dllm_drafter,
+            tidar: plan.tidar,
         };
         let mut decoder = (spec.build)(&inst.params, &models)?;
 

@@ -435,8 +435,26 @@ fn dllm_needs_a_masked_diffusion_model() {
         &["dllm", "tokens_per_step", "top-k"],
     );
     fails_with(
-        &mut zoo(&["--method", "dllm", "--set", "dllm.cache=\"dual\""]),
-        &["dllm", "cache", "prefix"],
+        &mut zoo(&["--method", "dllm", "--set", "dllm.cache=\"full\""]),
+        &["dllm", "cache", "dual"],
+    );
+    // The other diffusion-side models are checked for what they are.
+    fails_with(
+        &mut zoo(&["--method", "tidar", "--tidar", "toy-dllm"]),
+        &["--tidar toy-dllm", "not a TiDAR-trained model"],
+    );
+    fails_with(
+        &mut zoo(&["--method", "deer", "--dllm-drafter", "toy-tidar"]),
+        &["--dllm-drafter toy-tidar", "not a masked-diffusion LM"],
+    );
+    fails_with(
+        &mut zoo(&[
+            "--method",
+            "diffuspec",
+            "--set",
+            "diffuspec.draft_len_max=2",
+        ]),
+        &["diffuspec", "draft_len_max", "draft_len_min"],
     );
     zoo(&[
         "--method",
@@ -1086,7 +1104,35 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
             base[id]
         );
     }
-    for method in ["sps", "eagle", "pld", "jacobi", "lookahead"] {
+    // The diffusion-side drafters: the manifest records the zoo's DEER
+    // drafter and TiDAR model, and every step of DiffuSpec's and DEER's
+    // carries more than one token on average.
+    assert_eq!(manifest["models"]["dllm_drafter"]["label"], "toy-deer");
+    assert_eq!(manifest["models"]["tidar"]["label"], "toy-tidar");
+    assert_eq!(manifest["models"]["tidar"]["diffusion"]["family"], "tidar");
+    let diffuspec = manifest["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "diffuspec")
+        .unwrap();
+    assert_eq!(
+        diffuspec["params"]["draft_len_max"], 12,
+        "the toy suite scales DiffuSpec's draft lengths"
+    );
+    assert_eq!(
+        samples.iter().filter(|s| s["method"] == "tidar").count(),
+        45
+    );
+    for method in [
+        "sps",
+        "eagle",
+        "pld",
+        "jacobi",
+        "lookahead",
+        "diffuspec",
+        "deer",
+    ] {
         let rows: Vec<_> = samples.iter().filter(|s| s["method"] == method).collect();
         assert_eq!(rows.len(), 45, "{method} did not run on every sample");
         for s in rows {

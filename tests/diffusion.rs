@@ -23,6 +23,8 @@ fn with(dllm: &LoadedModel) -> MethodModels<'_> {
         consistency: None,
         dllm: Some(dllm),
         filter: None,
+        dllm_drafter: None,
+        tidar: None,
     }
 }
 
@@ -207,6 +209,43 @@ fn the_prefix_cache_on_full_attention_is_approximate_but_close() {
     // Fast-dLLM's claim is a small loss; 10 points on 60 items is a bound
     // the toy model holds with room (see the printed figures).
     assert!(100.0 * (plain_score - cached_score) / n <= 10.0);
+}
+
+/// Fast-dLLM's dual cache: with several blocks, steps after a block's
+/// first forward the block alone (its 8 positions and the row before it,
+/// the logits being shifted), fewer positions than the prefix cache's,
+/// and the answers stay close to uncached decoding.
+#[test]
+fn the_dual_cache_forwards_only_the_block_and_stays_close() {
+    let m = common::load("toy-dllm");
+    let its = items(&[], 4, [3, 5]);
+    let mut same = 0;
+    let (mut plain_score, mut dual_score) = (0.0, 0.0);
+    for it in &its {
+        let prompt = encode(&m, &it.prompt);
+        let run = |cache: &str| dllm(&m, json!({"block_length": 8, "cache": cache}), &prompt, 0);
+        let (plain, prefix, dual) = (run("none"), run("prefix"), run("dual"));
+        let width = |r: &Measured| -> usize { r.steps.iter().map(|s| s.verify_width).sum() };
+        assert!(width(&dual) < width(&prefix) && width(&prefix) < width(&plain));
+        // Steps after a block's first: the block and the row before it.
+        for w in dual.steps.windows(2) {
+            if w[0].window == w[1].window {
+                assert!(w[1].verify_width <= 9, "{}", w[1].verify_width);
+            }
+        }
+        same += usize::from(dual.output == plain.output);
+        let text = |r: &Measured| m.tokenizer.decode(&answer(&r.output)).unwrap();
+        plain_score += toy::score(&text(&plain), &it.reference).unwrap_or(0.0);
+        dual_score += toy::score(&text(&dual), &it.reference).unwrap_or(0.0);
+    }
+    let n = its.len() as f64;
+    eprintln!(
+        "toy-dllm, blocks of 8, dual cache: {same}/{} outputs equal; score {:.1}% vs {:.1}%",
+        its.len(),
+        100.0 * dual_score / n,
+        100.0 * plain_score / n
+    );
+    assert!(100.0 * (plain_score - dual_score) / n <= 10.0);
 }
 
 /// ParallelBench's closed forms: with the whole canvas decoded in one

@@ -58,6 +58,8 @@ fn assert_equals_ar_with(
                 consistency: None,
                 dllm: None,
                 filter: None,
+                dllm_drafter: None,
+                tidar: None,
             };
             let got =
                 common::decode_with_models(method, p.clone(), &models, prompt, n, 7 + i as u64);
@@ -419,6 +421,8 @@ fn eagle_sampling_keeps_the_target_distribution() {
                 consistency: None,
                 dllm: None,
                 filter: None,
+                dllm_drafter: None,
+                tidar: None,
             };
             let s = common::decode_with_models(
                 "eagle",
@@ -471,6 +475,8 @@ fn cllm_equals_its_own_models_ar_and_converges_faster() {
             consistency: Some(&cllm),
             dllm: None,
             filter: None,
+            dllm_drafter: None,
+            tidar: None,
         };
         let got = common::decode_with_models("cllm", json!({}), &models, prompt, 40, 9 + i as u64);
         assert_eq!(
@@ -526,6 +532,8 @@ fn eagle_heads_load_from_pytorch_state_dicts() {
             consistency: None,
             dllm: None,
             filter: None,
+            dllm_drafter: None,
+            tidar: None,
         };
         let m = common::decode_with_models(
             "eagle",
@@ -568,4 +576,208 @@ fn eagle_heads_load_from_pytorch_state_dicts() {
     let (x, y) = (out(&a), out(&b));
     assert!(x.iter().any(|v| v.abs() > 1e-3));
     assert_eq!(x, y);
+}
+
+/// The models of the diffusion-side drafters.
+fn diffusion_models<'a>(
+    target: &'a LoadedModel,
+    dllm: Option<&'a LoadedModel>,
+    dllm_drafter: Option<&'a LoadedModel>,
+    tidar: Option<&'a LoadedModel>,
+) -> pdbench::methods::MethodModels<'a> {
+    pdbench::methods::MethodModels {
+        target,
+        draft: None,
+        head: None,
+        consistency: None,
+        dllm,
+        filter: None,
+        dllm_drafter,
+        tidar,
+    }
+}
+
+/// Every prompt decoded by `method` under each params value equals `want`'s
+/// AR tokens; returns tokens per step.
+fn assert_equals_ar_of(
+    method: &str,
+    params: &[serde_json::Value],
+    models: &pdbench::methods::MethodModels<'_>,
+    ar_model: &LoadedModel,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> f64 {
+    let (mut steps, mut tokens) = (0usize, 0usize);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let want = common::decode_with("ar", json!({}), ar_model, prompt, n, i as u64);
+        for p in params {
+            let got =
+                common::decode_with_models(method, p.clone(), models, prompt, n, 3 + i as u64);
+            assert_eq!(
+                got.output, want,
+                "{method} {p} differs from ar on prompt {i}"
+            );
+            steps += got.steps.len();
+            tokens += got.output.len();
+        }
+    }
+    tokens as f64 / steps as f64
+}
+
+/// DiffuSpec (toy-dllm drafting, with and without path search and adaptive
+/// length) and DEER (toy-deer, one and several denoising steps) emit
+/// toy-target's AR tokens, several per step.
+#[test]
+fn diffuspec_and_deer_greedy_equal_ar_on_the_toy_zoo() {
+    let target = common::load("toy-target");
+    let dllm = common::load("toy-dllm");
+    let deer = common::load("toy-deer");
+    let prompts = toy_prompts(&target, 2);
+    let models = diffusion_models(&target, Some(&dllm), Some(&deer), None);
+    let diffuspec: Vec<_> = [
+        json!({ "draft_len_min": 6, "draft_len_max": 12, "draft_len_step": 3 }),
+        json!({ "cps": false, "draft_len_min": 6, "draft_len_max": 12, "draft_len_step": 3 }),
+        json!({ "adl": false, "draft_len_min": 2, "draft_len_max": 3 }),
+        json!({}),
+    ]
+    .to_vec();
+    let tps = assert_equals_ar_of("diffuspec", &diffuspec, &models, &target, &prompts, 40);
+    assert!(tps > 2.0, "diffuspec: {tps} tokens per step");
+    let deer_params: Vec<_> = [
+        json!({}),
+        json!({ "block_len": 8 }),
+        json!({ "block_len": 16, "denoise_steps": 4 }),
+    ]
+    .to_vec();
+    let tps = assert_equals_ar_of("deer", &deer_params, &models, &target, &prompts, 40);
+    assert!(tps > 2.0, "deer: {tps} tokens per step");
+}
+
+/// TiDAR's greedy output is its own model's AR output, with several tokens
+/// per forward.
+#[test]
+fn tidar_equals_its_own_models_ar() {
+    let target = common::load("toy-target");
+    let tidar = common::load("toy-tidar");
+    let prompts = toy_prompts(&target, 2);
+    let models = diffusion_models(&target, None, None, Some(&tidar));
+    let tps = assert_equals_ar_of("tidar", &[json!({})], &models, &tidar, &prompts, 40);
+    // 40 tokens, EOS ignored: past the answer the model rambles and drafts
+    // fail (to EOS, the training record has 2.43 tokens per forward).
+    assert!(tps > 1.4, "tidar: {tps} tokens per forward");
+    let fewer = [json!({ "draft_len": 1 }), json!({ "draft_len": 2 })];
+    assert_equals_ar_of("tidar", &fewer, &models, &tidar, &prompts, 40);
+}
+
+/// The drafters' verification on real GGUF models: SmolLM2 stands in as its
+/// own "diffusion drafter" (a bidirectional forward of a causal model
+/// drafts poorly, which is the point: rejections) and as a TiDAR model
+/// with untrained mask slots; every output is SmolLM2's AR output.
+#[test]
+fn diffusion_side_methods_equal_ar_on_a_real_gguf() {
+    common::fetched("smollm2-135m");
+    let target = common::load("smollm2-135m");
+    let mut drafter = common::load("smollm2-135m");
+    drafter.info.diffusion = Some(pdbench::model::diffusion::DiffusionSpec {
+        family: "masked-diffusion".into(),
+        mask_token_id: 0,
+        shift_logits: true,
+        block_size: None,
+        trained_gen_len: None,
+    });
+    let mut tidar = common::load("smollm2-135m");
+    tidar.info.diffusion = Some(pdbench::model::diffusion::DiffusionSpec {
+        family: "tidar".into(),
+        mask_token_id: 0,
+        shift_logits: false,
+        block_size: Some(4),
+        trained_gen_len: None,
+    });
+    let prompts = common::chat_prompts(&target);
+    let models = diffusion_models(&target, Some(&drafter), Some(&drafter), Some(&tidar));
+    let p = &prompts[..1];
+    assert_equals_ar_of(
+        "diffuspec",
+        &[json!({ "draft_len_min": 4, "draft_len_max": 8, "draft_len_step": 2 })],
+        &models,
+        &target,
+        p,
+        16,
+    );
+    assert_equals_ar_of(
+        "deer",
+        &[json!({ "block_len": 6 })],
+        &models,
+        &target,
+        p,
+        16,
+    );
+    assert_equals_ar_of("tidar", &[json!({})], &models, &target, p, 16);
+}
+
+/// When sampling, the tokens DEER (the speculative rule with the
+/// drafter's distributions) and TiDAR (with the mask slots') emit at a
+/// position reached through verification follow AR's distribution
+/// (two-sample chi-square at 0.1%).
+#[test]
+fn deer_and_tidar_sampling_keep_the_target_distribution() {
+    let target = common::load("toy-target");
+    let deer = common::load("toy-deer");
+    let tidar = common::load("toy-tidar");
+    let prompt = target
+        .tokenizer
+        .encode("shuffle : [ Ann , Bob , Cy , Dan , Eve ] =")
+        .unwrap();
+    let position = 3;
+    let n = 1200;
+    for (method, ar_model, params) in [
+        (
+            "deer",
+            &target,
+            json!({ "block_len": 8, "temperature": 1.0 }),
+        ),
+        ("tidar", &tidar, json!({ "temperature": 1.0 })),
+    ] {
+        let mut ar = BTreeMap::new();
+        for seed in 0..n {
+            let a = common::decode_with(
+                "ar",
+                json!({ "temperature": 1.0 }),
+                ar_model,
+                &prompt,
+                position + 1,
+                seed,
+            );
+            *ar.entry(a[position]).or_insert(0usize) += 1;
+        }
+        let models = diffusion_models(&target, None, Some(&deer), Some(&tidar));
+        let mut got = BTreeMap::new();
+        let mut rejected = 0usize;
+        for seed in 0..n {
+            let s = common::decode_with_models(
+                method,
+                params.clone(),
+                &models,
+                &prompt,
+                position + 5,
+                3_000_000 + seed,
+            );
+            rejected += s
+                .steps
+                .iter()
+                .filter(|st| st.accepted < st.proposed)
+                .count();
+            *got.entry(s.output[position]).or_insert(0usize) += 1;
+        }
+        let (chi, df) = chi_square(&ar, &got);
+        assert!(df >= 2, "{method}: several likely tokens expected: {ar:?}");
+        assert!(
+            chi < chi_square_critical(df),
+            "{method}: chi2 {chi:.1} with {df} df; ar {ar:?} got {got:?}"
+        );
+        assert!(
+            rejected > n as usize / 10,
+            "{method}: {rejected} rejections"
+        );
+    }
 }

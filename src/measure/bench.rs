@@ -191,6 +191,8 @@ fn bench_model(
                 consistency: None,
                 dllm: None,
                 filter: None,
+                dllm_drafter: None,
+                tidar: None,
             },
         )?;
         let rule = StopRule {

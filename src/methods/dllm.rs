@@ -24,6 +24,9 @@
 //! and values. It is approximate for full-attention models (the prefix's
 //! KV was computed when the block was still masked) and exact for
 //! block-diffusion ones; the manifest records it with the params.
+//! `cache = "dual"` (full-attention models) also keeps the keys and values
+//! of the masks after the block from the block's first step, so later
+//! steps forward the block alone (in place, attending to the whole cache).
 
 use std::sync::Arc;
 
@@ -70,6 +73,9 @@ pub enum CacheMode {
     #[default]
     None,
     Prefix,
+    /// Fast-dLLM's dual cache: the prefix's and the suffix's keys and values
+    /// from the block's first step; later steps forward only the block.
+    Dual,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +226,15 @@ impl Dllm {
                 m.info.spec
             ),
         })?;
+        if spec.is_tidar() {
+            return Err(MethodError::Other {
+                method: method.into(),
+                detail: format!(
+                    "model {} is a TiDAR model, whose mask slots need the `tidar` method; pass a masked-diffusion LM",
+                    m.info.spec
+                ),
+            });
+        }
         if spec.mask_token_id as usize >= m.model.config().vocab_size {
             return Err(MethodError::Other {
                 method: method.into(),
@@ -243,6 +258,12 @@ impl Dllm {
             (None, Some(s)) => s,
             (None, None) => gen_length,
         };
+        if p.cache == CacheMode::Dual && spec.block_size.is_some() {
+            return Err(bad(format!(
+                "cache: model {} is a block-diffusion model, which sees no later blocks: a dual cache is its prefix cache; expected \"prefix\"",
+                m.info.spec
+            )));
+        }
         if let Some(steps) = p.steps {
             let blocks = gen_length.div_ceil(block_length);
             if steps % blocks != 0 {
@@ -459,19 +480,25 @@ impl Dllm {
             };
             let mut step = 0usize;
             while done[lo..hi].iter().any(|d| !d) {
-                let start = if self.p.cache == CacheMode::Prefix && step > 0 {
+                let start = if self.p.cache != CacheMode::None && step > 0 {
                     n0 + lo - shift
                 } else {
                     0
                 };
+                // The dual cache forwards the block alone, in place.
+                let dual = self.p.cache == CacheMode::Dual && step > 0;
+                let end = if dual { n0 + hi } else { visible };
                 let masked: Vec<usize> = (lo..hi).filter(|&j| !done[j]).collect();
                 let rows: Vec<usize> = masked
                     .iter()
                     .map(|&j| self.spec.predictor_row(n0 + j) - start)
                     .collect();
-                let req = Forward::causal(&seq[start..visible], start)
+                let mut req = Forward::causal(&seq[start..end], start)
                     .with_mask(attn.clone())
                     .with_logits(LogitsAt::Rows(rows));
+                if dual {
+                    req = req.in_place();
+                }
                 let logits = self
                     .model
                     .forward(&mut self.cache, &req)?
@@ -543,7 +570,7 @@ impl Dllm {
                     positions: &positions,
                     tokens: &seq[n0 + from..n0 + emitted],
                     predictions: &predictions,
-                    width: visible - start,
+                    width: end - start,
                     block: b as u32,
                 });
                 if !go_on {

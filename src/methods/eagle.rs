@@ -362,6 +362,8 @@ impl Eagle {
                 positions: Some(&positions),
                 logits: LogitsAt::All,
                 taps: FINAL,
+                rows_exact: true,
+                in_place: false,
             },
         )?;
         let logits = out.logits.expect("all logits");

@@ -7,13 +7,17 @@
 pub mod ar;
 pub mod chain;
 pub mod cllm;
+pub mod deer;
+pub mod diffuspec;
 pub mod dllm;
 pub mod eagle;
 pub mod jacobi;
 pub mod learn2pd;
 pub mod lookahead;
+pub mod ngram;
 pub mod pld;
 pub mod sps;
+pub mod tidar;
 pub mod tree;
 pub mod verify;
 
@@ -35,6 +39,10 @@ pub enum Need {
     /// A masked-diffusion LM that decodes in the target's place.
     DiffusionModel,
     Filter,
+    /// A masked-diffusion LM aligned to the target as its drafter (DEER).
+    DiffusionDrafter,
+    /// A TiDAR-trained model that decodes in the target's place.
+    TidarModel,
 }
 
 /// How a method's output relates to the target's AR output.
@@ -56,6 +64,8 @@ pub struct MethodModels<'a> {
     pub consistency: Option<&'a LoadedModel>,
     pub dllm: Option<&'a LoadedModel>,
     pub filter: Option<&'a crate::model::filter::LoadedFilter>,
+    pub dllm_drafter: Option<&'a LoadedModel>,
+    pub tidar: Option<&'a LoadedModel>,
 }
 
 /// Per-sample state a method may use besides the probe.
@@ -119,6 +129,9 @@ pub static METHODS: &[MethodSpec] = &[
     lookahead::SPEC,
     dllm::SPEC,
     learn2pd::SPEC,
+    diffuspec::SPEC,
+    deer::SPEC,
+    tidar::SPEC,
 ];
 
 pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {

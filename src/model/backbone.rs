@@ -45,6 +45,13 @@ pub struct Forward<'a> {
     pub positions: Option<&'a [u32]>,
     pub logits: LogitsAt,
     pub taps: &'a [HiddenTap],
+    /// Each row computed on its own (the default), so that its result does
+    /// not depend on the chunk; see `attention`.
+    pub rows_exact: bool,
+    /// Overwrite the chunk's positions in the cache and keep what follows
+    /// them (Fast-dLLM's dual cache): the chunk attends to the whole cache.
+    /// Bidirectional masks only.
+    pub in_place: bool,
 }
 
 impl<'a> Forward<'a> {
@@ -57,7 +64,24 @@ impl<'a> Forward<'a> {
             positions: None,
             logits: LogitsAt::Last,
             taps: &[],
+            rows_exact: true,
+            in_place: false,
         }
+    }
+
+    /// See [`Forward::in_place`].
+    pub fn in_place(mut self) -> Self {
+        self.in_place = true;
+        self
+    }
+
+    /// Lets the rows share dense matmuls: much faster for wide chunks on the
+    /// CPU, but a row's logits may then differ in the last bits with the
+    /// chunk. For forwards whose results no one compares with AR's
+    /// (drafters).
+    pub fn batched(mut self) -> Self {
+        self.rows_exact = false;
+        self
     }
 
     pub fn with_logits(mut self, at: LogitsAt) -> Self {
@@ -251,6 +275,7 @@ impl Attention {
         sin: &Tensor,
         keys: &[Keys],
         bias: Option<&Tensor>,
+        key_len: usize,
     ) -> Result<Tensor, ModelError> {
         let (_, n, _) = x.dims3()?;
         let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -275,9 +300,9 @@ impl Attention {
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?;
         cache.write(layer, start, &k, &v)?;
-        let total = start + n;
+        let total = key_len;
         let scale = 1.0 / (d as f64).sqrt();
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 && super::weights::rows_exact() {
             let (kc, vc) = cache.layer(layer);
             let dims = Dims {
                 n,
@@ -398,7 +423,9 @@ impl Block {
     }
 
     /// One block over a chunk `x` `[1, n, hidden]` at cache position
-    /// `start`, writing its keys and values into `cache`'s `layer`.
+    /// `start`, writing its keys and values into `cache`'s `layer`; keys
+    /// span cache positions `0..key_len` (`start + n`, or more for an
+    /// in-place forward).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -411,6 +438,7 @@ impl Block {
         sin: &Tensor,
         keys: &[Keys],
         bias: Option<&Tensor>,
+        key_len: usize,
     ) -> Result<Tensor, ModelError> {
         let h = match &self.input_norm {
             Some(n) => n.forward(x)?,
@@ -418,7 +446,7 @@ impl Block {
         };
         let a = self
             .attn
-            .forward(&h, cache, layer, start, rope, cos, sin, keys, bias)?;
+            .forward(&h, cache, layer, start, rope, cos, sin, keys, bias, key_len)?;
         let x1 = (x + a)?;
         let m = self.mlp.forward(&self.post_norm.forward(&x1)?)?;
         Ok((x1 + m)?)
@@ -625,10 +653,27 @@ impl Transformer {
             }
         }
 
-        cache.truncate(req.start)?;
-        cache.ensure_capacity(total)?;
-        let keys = req.mask.keys(req.start, n)?;
-        let bias = if self.device.is_cpu() {
+        // An in-place forward keeps the cache after the chunk and reads it.
+        let key_len = if req.in_place {
+            if req.mask != Mask::Bidirectional {
+                return Err(ModelError::BadRequest(
+                    "an in-place forward needs a bidirectional mask".into(),
+                ));
+            }
+            cache.len().max(total)
+        } else {
+            cache.truncate(req.start)?;
+            total
+        };
+        cache.ensure_capacity(key_len)?;
+        let _batched = (!req.rows_exact).then(super::weights::BatchedRows::enter);
+        let keys = if req.in_place {
+            vec![Keys::Prefix(key_len); n]
+        } else {
+            req.mask.keys(req.start, n)?
+        };
+        // The row-invariant CPU path reads `keys`; batched ops need a bias.
+        let bias = if self.device.is_cpu() && req.rows_exact {
             None
         } else {
             req.mask.bias(req.start, n, self.dtype, &self.device)?
@@ -661,10 +706,11 @@ impl Transformer {
                 &sin,
                 &keys,
                 bias.as_ref(),
+                key_len,
             )?;
             record(&mut hidden, HiddenTap::Block(i), &x)?;
         }
-        cache.set_len(total);
+        cache.set_len(key_len);
 
         if req.taps.contains(&HiddenTap::Final) {
             let f = self.norm.forward(&x)?;

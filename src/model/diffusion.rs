@@ -64,8 +64,11 @@ impl DiffusionSpec {
         let model_type = raw.model_type.as_deref().unwrap_or("").to_ascii_lowercase();
         if let Some(obj) = raw.pdbench_objective.as_deref() {
             let block = match obj {
-                "masked-diffusion" => false,
-                "block-diffusion" => true,
+                // DEER's drafter is a masked-diffusion LM aligned to a target.
+                "masked-diffusion" | "deer" => false,
+                // TiDAR's mask slots: blocks of block_size, each predicting
+                // its own position.
+                "block-diffusion" | "tidar" => true,
                 // AR, consistency and other objectives train causal models.
                 _ => return Ok(None),
             };
@@ -96,7 +99,8 @@ impl DiffusionSpec {
             return Ok(Some(Self {
                 family: obj.to_string(),
                 mask_token_id: mask,
-                shift_logits: p.as_ref().and_then(|p| p.shift_logits).unwrap_or(false),
+                shift_logits: obj != "tidar"
+                    && p.as_ref().and_then(|p| p.shift_logits).unwrap_or(false),
                 block_size,
                 trained_gen_len: p.as_ref().and_then(|p| p.gen_len),
             }));
@@ -122,6 +126,12 @@ impl DiffusionSpec {
 
     /// The logits row (within a forward over the whole sequence) that
     /// predicts sequence position `pos`.
+    /// TiDAR's draft-and-verify model, which the diffusion decoders do not
+    /// take (its mask slots need the `tidar` method's layout).
+    pub fn is_tidar(&self) -> bool {
+        self.family == "tidar"
+    }
+
     pub fn predictor_row(&self, pos: usize) -> usize {
         pos - usize::from(self.shift_logits)
     }

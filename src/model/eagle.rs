@@ -279,6 +279,7 @@ impl EagleHead {
             &sin,
             &keys,
             bias.as_ref(),
+            total,
         )?;
         cache.set_len(total);
         Ok(y.i(0)?.to_dtype(target.dtype())?)

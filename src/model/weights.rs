@@ -407,7 +407,8 @@ impl Linear {
                 QMatMul::Tensor(w)
                     if x.device().is_cpu()
                         && x.dtype() == DType::F32
-                        && w.dtype() == DType::F32 =>
+                        && w.dtype() == DType::F32
+                        && ROWS_EXACT.with(|c| c.get()) =>
                 {
                     dense_rowwise(x, w)?
                 }
@@ -442,6 +443,33 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+thread_local! {
+    /// Whether dense projections run row by row (see [`BatchedRows`]).
+    static ROWS_EXACT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether this thread's forward computes rows one by one (the default).
+pub(crate) fn rows_exact() -> bool {
+    ROWS_EXACT.with(|c| c.get())
+}
+
+/// While alive, dense projections and attention on this thread run over
+/// all rows at once (a `Forward::batched` forward); dropped, row by row
+/// again.
+pub(crate) struct BatchedRows(bool);
+
+impl BatchedRows {
+    pub(crate) fn enter() -> Self {
+        Self(ROWS_EXACT.with(|c| c.replace(false)))
+    }
+}
+
+impl Drop for BatchedRows {
+    fn drop(&mut self) {
+        ROWS_EXACT.with(|c| c.set(self.0));
     }
 }
 

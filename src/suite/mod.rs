@@ -2,6 +2,7 @@
 //! they are turned into model input. Behaviour (templates, scorers) is Rust,
 //! referenced by name.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,11 @@ pub struct SuiteDef {
     /// The scorer, by name (see [`crate::score::SCORERS`]).
     #[serde(default = "default_scorer")]
     pub scorer: String,
+    /// Method parameters for this suite's scale, by method id (DiffuSpec's
+    /// draft lengths for short answers); values the user sets win, and the
+    /// manifest records the result with each method.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub method_params: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 fn default_prompt_template() -> String {
@@ -337,6 +343,10 @@ pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
                     .join(", ")
             ),
         ));
+    }
+    for (id, params) in &def.method_params {
+        crate::methods::MethodInstance::new(id, None, &serde_json::Value::Object(params.clone()))
+            .map_err(|e| field(&format!("method_params.{id}"), e.to_string()))?;
     }
     if crate::score::find(&def.scorer).is_none() {
         let known: Vec<&str> = crate::score::SCORERS.iter().map(|s| s.name).collect();

@@ -10,10 +10,12 @@
 
 pub mod adamw;
 pub mod consistency;
+pub mod deer;
 pub mod fast;
 pub mod filter;
 pub mod head;
 pub mod objective;
+pub mod tidar;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -260,6 +262,13 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
                 r.objective
             )));
         }
+        let deer = matches!(o.trains, objective::Trains::Deer);
+        if deer && (r.target.is_none() || r.init.is_none()) {
+            return Err(bad(format!(
+                "fields `init` and `target`: objective \"{}\" aligns a diffusion LM (init) to a frozen AR target; name both model folders",
+                r.objective
+            )));
+        }
         let filter = matches!(o.trains, objective::Trains::Learn2pdFilter);
         if filter && r.init.is_none() {
             return Err(bad(format!(
@@ -285,7 +294,7 @@ pub fn load_recipe(name_or_path: &str) -> Result<(PathBuf, Recipe), TrainError> 
                 r.objective
             )));
         }
-        if !head && r.target.is_some() {
+        if !head && !deer && r.target.is_some() {
             return Err(bad(format!(
                 "field `target`: objective \"{}\" trains a model, not a head; it takes no target",
                 r.objective
@@ -569,6 +578,10 @@ pub struct TrainingRecord {
     /// A Learn2PD filter against its diffusion LM's baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_evaluation: Option<filter::FilterEvaluation>,
+    /// A DEER drafter's acceptance by its target, before and after the
+    /// alignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deer_evaluation: Option<deer::DeerEvaluation>,
     /// Wall time of the final evaluation.
     #[serde(default)]
     pub eval_wall_s: f64,
@@ -600,6 +613,7 @@ impl TrainingRecord {
             jacobi_evaluation: None,
             head_evaluation: None,
             filter_evaluation: None,
+            deer_evaluation: None,
             eval_wall_s: 0.0,
         }
     }
@@ -614,12 +628,12 @@ struct CheckpointState {
     recipe: Recipe,
 }
 
-fn tokenizer() -> tokenizers::Tokenizer {
+pub(crate) fn tokenizer() -> tokenizers::Tokenizer {
     tokenizers::Tokenizer::from_bytes(toy::tokenizer_json().to_string())
         .expect("the toy tokenizer is valid")
 }
 
-fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+pub(crate) fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
     Ok(tok
         .encode(text, false)
         .map_err(|e| TrainError::Data(format!("toy tokenizer: {e}")))?
@@ -627,7 +641,7 @@ fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TrainErro
         .to_vec())
 }
 
-fn specials() -> Specials {
+pub(crate) fn specials() -> Specials {
     Specials {
         pad: toy::special_id("<pad>"),
         eos: toy::special_id("<eos>"),
@@ -814,6 +828,16 @@ impl TrainData {
     /// The pairs by task.
     pub(crate) fn groups(&self) -> &[(String, Vec<Pair>)] {
         &self.groups
+    }
+
+    /// The same tasks, weighted alike, with other pairs (a task's list
+    /// must not be empty).
+    pub(crate) fn with_pairs(&self, groups: Vec<(String, Vec<Pair>)>) -> Self {
+        debug_assert_eq!(groups.len(), self.groups.len());
+        Self {
+            groups,
+            task_dist: self.task_dist.clone(),
+        }
     }
 }
 
@@ -1028,6 +1052,7 @@ pub fn train(
         objective::Trains::Learn2pdFilter => {
             filter::train_learn2pd_filter(recipe_path, r, out, device, stop, on)
         }
+        objective::Trains::Deer => deer::train_deer(recipe_path, r, out, device, stop, on),
     }
 }
 
@@ -1068,15 +1093,52 @@ fn train_model(
     stop: &std::sync::atomic::AtomicBool,
     on: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<TrainingRecord, TrainError> {
+    let single = SingleThreadedKernels::enter();
+    let data = TrainData::load(recipe_path, r)?;
+    let record = train_model_with(
+        &|_| obj,
+        obj,
+        data,
+        recipe_path,
+        r,
+        out,
+        device,
+        stop,
+        on,
+        &mut |_, _| Ok(()),
+    )?;
+    drop(single);
+    Ok(record)
+}
+
+/// The model training every token-level objective shares: `at_step(step)`
+/// is the objective of each step (objectives with stages switch), `eval`
+/// the one whose decoding the final evaluation runs; `extend` adds an
+/// objective's own evaluation of the trained model to the record. The
+/// caller has entered [`SingleThreadedKernels`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_model_with(
+    at_step: &dyn Fn(usize) -> &'static dyn objective::Objective,
+    obj: &'static dyn objective::Objective,
+    data: TrainData,
+    recipe_path: &Path,
+    r: &Recipe,
+    out: &Path,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+    extend: &mut dyn FnMut(
+        &crate::model::LoadedModel,
+        &mut TrainingRecord,
+    ) -> Result<(), TrainError>,
+) -> Result<TrainingRecord, TrainError> {
     // Parallelism comes from micro-batches on worker threads; candle's own
     // kernels run single-threaded inside them.
     let workers = candle_core::utils::get_num_threads().max(1);
-    let single = SingleThreadedKernels::enter();
     let cfg = model_config(r);
     cfg.validate(recipe_path)?;
     let tok = tokenizer();
     let sp = specials();
-    let data = TrainData::load(recipe_path, r)?;
     let (model, named, init) = model_vars(recipe_path, r, &cfg, out, device)?;
     let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
     let fast_path = FastPath::new(&cfg, &named, device);
@@ -1092,7 +1154,7 @@ fn train_model(
         on,
         &mut |batch: &[&Pair], step: usize| {
             batch_gradients(
-                obj,
+                at_step(step),
                 &model,
                 &named,
                 batch,
@@ -1108,7 +1170,6 @@ fn train_model(
             )
         },
     )?;
-    drop(single);
     write_model_folder(out, &cfg, r, &named)?;
 
     // Final evaluation, through the same loader as any checkpoint.
@@ -1136,13 +1197,16 @@ fn train_model(
         closed_form_checks.push(replace_check(obj, &loaded.model, &tok, r, k)?);
     }
     let eval_wall_s = eval_started.elapsed().as_secs_f64();
-    let record = TrainingRecord {
+    let mut record = TrainingRecord {
         init,
         evaluation,
         closed_form_checks,
         eval_wall_s,
         ..TrainingRecord::of_run(recipe_path, r, parameters, done, workers)
     };
+    let extra_started = Instant::now();
+    extend(&loaded, &mut record)?;
+    record.eval_wall_s += extra_started.elapsed().as_secs_f64();
     finish(out, &record)?;
     on(TrainEvent::Done { record: &record });
     Ok(record)
@@ -1153,10 +1217,10 @@ fn train_model(
 /// sizes its spinning elementwise pool from CANDLE_NUM_THREADS once, at
 /// its first use: training must enter this before any tensor work, or that
 /// pool's spinning workers compete with ours for the cores.
-struct SingleThreadedKernels(Vec<(&'static str, Option<String>)>);
+pub(crate) struct SingleThreadedKernels(Vec<(&'static str, Option<String>)>);
 
 impl SingleThreadedKernels {
-    fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         let vars = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"];
         let before = vars.map(|k| (k, std::env::var(k).ok())).to_vec();
         for k in vars {

@@ -56,6 +56,34 @@ pub struct ObjectiveParams {
     /// `learn2pd`: hidden units of the filter MLP.
     #[serde(default = "default_filter_hidden")]
     pub filter_hidden: usize,
+    /// `tidar`: weight of the AR loss against the diffusion loss (α).
+    #[serde(default = "default_one")]
+    pub tidar_alpha: f64,
+    /// `deer`: training prompts per task the target answers (the distilled
+    /// data).
+    #[serde(default = "default_distill_prompts")]
+    pub distill_prompts: usize,
+    /// `deer`: Stage II weight base; position i after the boundary of R
+    /// masked positions weighs α^(R−i) (DEER: 1.01).
+    #[serde(default = "default_deer_alpha")]
+    pub deer_alpha: f64,
+    /// `deer`: the fraction of steps that run Stage II (the rest, first,
+    /// Stage I).
+    #[serde(default = "default_half")]
+    pub stage2_fraction: f64,
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+fn default_half() -> f64 {
+    0.5
+}
+fn default_deer_alpha() -> f64 {
+    1.01
+}
+fn default_distill_prompts() -> usize {
+    500
 }
 
 fn default_filter_hidden() -> usize {
@@ -90,6 +118,10 @@ impl Default for ObjectiveParams {
             trajectory_prompts: default_trajectory_prompts(),
             label_smoothing: default_label_smoothing(),
             filter_hidden: default_filter_hidden(),
+            tidar_alpha: default_one(),
+            distill_prompts: default_distill_prompts(),
+            deer_alpha: default_deer_alpha(),
+            stage2_fraction: default_half(),
         }
     }
 }
@@ -285,6 +317,9 @@ pub enum Trains {
     /// A Learn2PD filter for the `init` diffusion LM (see
     /// [`super::filter`]).
     Learn2pdFilter,
+    /// A diffusion drafter (the recipe's model, from `init`) aligned to the
+    /// frozen `target` on its own answers (see [`super::deer`]).
+    Deer,
 }
 
 pub static OBJECTIVES: &[ObjectiveEntry] = &[
@@ -312,6 +347,16 @@ pub static OBJECTIVES: &[ObjectiveEntry] = &[
         name: "consistency",
         description: "CLLM: Jacobi trajectories of the init model on training prompts; 10 x AR loss (label smoothing 0.1) + global consistency (cross-entropy from a trajectory state to the model's own output at the fixed point)",
         trains: Trains::Consistency,
+    },
+    ObjectiveEntry {
+        name: "tidar",
+        description: "TiDAR: the clean sequence under a causal mask with AR loss, plus a fully masked copy of the answer in blocks of block_size (each block sees the clean tokens before it, bidirectional inside, every slot predicting its own position) with diffusion loss; loss = (tidar_alpha * L_AR + L_diff) / (1 + tidar_alpha)",
+        trains: Trains::Model(&super::tidar::TidarObjective),
+    },
+    ObjectiveEntry {
+        name: "deer",
+        description: "DEER's two-stage alignment of a diffusion drafter (init) to a frozen AR target: the target's greedy answers to training prompts; Stage I truncates an answer at random and masks the continuation with noise level t (weights 1/t), Stage II masks the whole continuation with weights deer_alpha^(R-i) decaying from the boundary",
+        trains: Trains::Deer,
     },
     ObjectiveEntry {
         name: "learn2pd",

@@ -63,6 +63,8 @@ pub fn decode_with_draft(
         consistency: None,
         dllm: None,
         filter: None,
+        dllm_drafter: None,
+        tidar: None,
     };
     decode_with_models(method, params, &models, prompt, n, seed)
 }
