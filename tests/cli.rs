@@ -478,6 +478,51 @@ fn dllm_needs_a_masked_diffusion_model() {
     assert_eq!(manifest["methods"][0]["params"]["tokens_per_step"], 1);
 }
 
+/// DiffuSpec's ablations run from the command line: `--no-cps` and
+/// `--no-adl` switch them off in every `diffuspec` instance (the manifest
+/// records it), and name what is missing in a run without one.
+#[test]
+fn diffuspec_ablations_run_from_flags() {
+    let w = World::new();
+    let zoo = |extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["run", "--suite", "toy", "--limit", "2", "--warmup", "0"])
+            .arg("--results-dir")
+            .arg(w.path("results"))
+            .args(extra);
+        c
+    };
+    fails_with(
+        &mut zoo(&["--method", "ar", "--no-cps"]),
+        &["--no-cps", "diffuspec"],
+    );
+    zoo(&[
+        "--method",
+        "diffuspec",
+        "--no-cps",
+        "--no-adl",
+        "--run-id",
+        "ablation",
+        "--no-report",
+    ])
+    .assert()
+    .success();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(w.path("results/ablation/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let params = &manifest["methods"][0]["params"];
+    assert_eq!(
+        (&params["cps"], &params["adl"]),
+        (&json_false(), &json_false())
+    );
+    assert_eq!(manifest["models"]["dllm"]["label"], "toy-dllm");
+}
+
+fn json_false() -> serde_json::Value {
+    serde_json::Value::Bool(false)
+}
+
 /// `eagle` without a head, with a head of another size, or with a folder
 /// that holds no weights fails with the flag and what was expected; a
 /// head that fits runs and the manifest records its files.

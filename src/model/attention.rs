@@ -199,3 +199,128 @@ pub(crate) fn rowwise_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize)
     }
     out
 }
+
+/// `x` `[m, k]` times `w^T` (`w` is `[n, k]`) as one gemm per chunk of
+/// rows on candle's barrier pool: fast, but a row's result may depend on
+/// the chunk it falls in (a `Forward::batched` forward).
+pub(crate) fn batched_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let out_ptr = out.as_mut_ptr() as usize;
+    let work = |rows: std::ops::Range<usize>| unsafe {
+        // SAFETY: each chunk writes its own rows of `out`.
+        gemm::gemm(
+            rows.len(),
+            n,
+            k,
+            (out_ptr as *mut f32).add(rows.start * n),
+            1,
+            n as isize,
+            false,
+            x.as_ptr().add(rows.start * k),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0f32,
+            1f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    if m >= 16 {
+        candle_core::utils::barrier_pool().execute_chunked(m, work);
+    } else {
+        work(0..m);
+    }
+    out
+}
+
+/// Attention for a chunk whose rows all see keys `0..len` (bidirectional
+/// forwards), a head at a time: every row's scores in one gemm, a softmax
+/// per row, the values in one gemm. Not row-invariant (see [`attend`]).
+pub(crate) fn attend_uniform(q: &[f32], k: &[f32], v: &[f32], dims: Dims, len: usize) -> Vec<f32> {
+    let Dims {
+        n,
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        capacity,
+        scale,
+    } = dims;
+    let rep = n_heads / n_kv_heads;
+    let mut out = vec![0f32; n * n_heads * d];
+    let out_ptr = out.as_mut_ptr() as usize;
+    let work = |h: usize| {
+        let g = h / rep;
+        let q_h = &q[h * n * d..(h + 1) * n * d];
+        let k_g = &k[g * capacity * d..g * capacity * d + len * d];
+        let v_g = &v[g * capacity * d..g * capacity * d + len * d];
+        let mut scores = vec![0f32; n * len];
+        // SAFETY: pointers and strides describe the slices above; each head
+        // writes its own d columns of `out`.
+        unsafe {
+            gemm::gemm(
+                n,
+                len,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                len as isize,
+                false,
+                q_h.as_ptr(),
+                1,
+                d as isize,
+                k_g.as_ptr(),
+                d as isize,
+                1,
+                0f32,
+                scale as f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_mut(len) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+        unsafe {
+            gemm::gemm(
+                n,
+                d,
+                len,
+                (out_ptr as *mut f32).add(h * d),
+                1,
+                (n_heads * d) as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                len as isize,
+                v_g.as_ptr(),
+                1,
+                d as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if n_heads > 1 {
+        candle_core::utils::barrier_pool().execute_chunked(n_heads, |range| range.for_each(work));
+    } else {
+        work(0);
+    }
+    out
+}

@@ -302,7 +302,7 @@ impl Attention {
         cache.write(layer, start, &k, &v)?;
         let total = key_len;
         let scale = 1.0 / (d as f64).sqrt();
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 && super::weights::rows_exact() {
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
             let (kc, vc) = cache.layer(layer);
             let dims = Dims {
                 n,
@@ -316,7 +316,17 @@ impl Attention {
                 with_f32(kc, |k| {
                     with_f32(vc, |v| {
                         // q is [nh, n, d]; attend reads it through this view.
-                        attention::attend(q, k, v, dims, &|row| keys[row].clone())
+                        // A batched forward whose rows share their keys
+                        // (bidirectional) takes them a head at a time.
+                        match keys.first() {
+                            Some(Keys::Prefix(len))
+                                if !super::weights::rows_exact()
+                                    && keys.iter().all(|k| *k == Keys::Prefix(*len)) =>
+                            {
+                                attention::attend_uniform(q, k, v, dims, *len)
+                            }
+                            _ => attention::attend(q, k, v, dims, &|row| keys[row].clone()),
+                        }
                     })
                 })
             })???;
@@ -672,8 +682,7 @@ impl Transformer {
         } else {
             req.mask.keys(req.start, n)?
         };
-        // The row-invariant CPU path reads `keys`; batched ops need a bias.
-        let bias = if self.device.is_cpu() && req.rows_exact {
+        let bias = if self.device.is_cpu() {
             None
         } else {
             req.mask.bias(req.start, n, self.dtype, &self.device)?

@@ -407,10 +407,9 @@ impl Linear {
                 QMatMul::Tensor(w)
                     if x.device().is_cpu()
                         && x.dtype() == DType::F32
-                        && w.dtype() == DType::F32
-                        && ROWS_EXACT.with(|c| c.get()) =>
+                        && w.dtype() == DType::F32 =>
                 {
-                    dense_rowwise(x, w)?
+                    dense_cpu(x, w, rows_exact())?
                 }
                 _ => self.weight.forward(x)?,
             },
@@ -475,8 +474,9 @@ impl Drop for BatchedRows {
 
 /// Dense f32 projection on the CPU, one row at a time (see
 /// `attention::rowwise_matmul`): row-invariant, and bit-identical to a
-/// single-row candle matmul.
-fn dense_rowwise(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// single-row candle matmul; or, for a batched forward, chunks of rows at
+/// once.
+fn dense_cpu(x: &Tensor, w: &Tensor, rows_exact: bool) -> candle_core::Result<Tensor> {
     let (n, k) = w.dims2()?;
     let mut dims = x.dims().to_vec();
     let m = x.elem_count() / k;
@@ -488,7 +488,11 @@ fn dense_rowwise(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     };
     let data = cpu.as_slice::<f32>()?;
     let (a, b) = layout.contiguous_offsets().expect("contiguous");
-    let out = super::attention::rowwise_matmul(&xv, &data[a..b], m, k, n);
+    let out = if rows_exact {
+        super::attention::rowwise_matmul(&xv, &data[a..b], m, k, n)
+    } else {
+        super::attention::batched_matmul(&xv, &data[a..b], m, k, n)
+    };
     drop(storage);
     *dims.last_mut().expect("rank >= 1") = n;
     Tensor::from_vec(out, dims, &Device::Cpu)
