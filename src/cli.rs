@@ -51,6 +51,65 @@ pub enum Command {
     Score(ScoreArgs),
     /// Train a small model from a recipe (recipes/NAME.toml).
     Train(TrainArgs),
+    /// Compare two runs for CI: a verdict per method and metric (exit 0: no
+    /// regression, 1: a regression, 2: unusable input).
+    Compare(CompareArgs),
+    /// Re-run (a subset of) a recorded run from its manifest and check that
+    /// every sample's tokens reproduce (exit 0: reproduced, 1: not).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The run to audit (a results folder, or a run id under --results-dir).
+    pub run: String,
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Re-run only the first N prompts (default: all of the run's).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Re-run only this method label (repeatable; default: every one).
+    #[arg(long = "method")]
+    pub methods: Vec<String>,
+    /// Folder of the re-run (default: RUN-audit-TIME beside the run).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Fail instead of fetching a registry model that is missing.
+    #[arg(long)]
+    pub no_fetch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline run (a results folder, or a run id under --results-dir).
+    pub base: String,
+    /// The run to judge.
+    pub new: String,
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Relative change of a time figure whose whole confidence interval
+    /// must lie beyond it to count (0.03 = 3%).
+    #[arg(long, default_value_t = 0.03)]
+    pub noise_threshold: f64,
+    /// Score points (×100) the mean score may drop before it is a
+    /// regression.
+    #[arg(long, default_value_t = 1.0)]
+    pub score_drop: f64,
+    /// Bootstrap resamples of the prompts.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compare runs that differ in target model, suite, device or budget.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the summary (Markdown) here, e.g. $GITHUB_STEP_SUMMARY.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write JUnit XML here: a test case per method and metric.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +332,158 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(a) => crate::measure::bench::run(a),
         Command::Score(a) => cmd_score(a),
         Command::Train(a) => cmd_train(a),
+        Command::Compare(a) => Ok(cmd_compare(a)),
+        Command::Audit(a) => cmd_audit(a),
+    }
+}
+
+/// Re-runs the chosen part of a run through `run --resume` on a copy of its
+/// manifest (so the models are checked by sha256 and the configs and seeds
+/// are the recorded ones), then compares tokens, lossless rates and
+/// environments.
+fn cmd_audit(a: AuditArgs) -> Result<i32> {
+    let path = resolve_run_dir(&a.results_dir, &a.run);
+    let dir = RunDir::open(&path)?;
+    let recorded_m = dir.read_manifest()?;
+    let (recorded, _) = dir.read_samples()?;
+    if a.limit == Some(0) {
+        bail!("--limit: expected a positive integer");
+    }
+    let mut copy = recorded_m.clone();
+    let now = now_unix_s();
+    copy.run_id = format!(
+        "{}-audit-{}",
+        recorded_m.run_id,
+        results::new_run_id(now, std::process::id() as u64)
+    );
+    copy.status = RunStatus::Running;
+    copy.note = Some(format!("audit of {}", recorded_m.run_id));
+    copy.created_unix_s = now;
+    copy.updated_unix_s = now;
+    copy.limit = match (a.limit, recorded_m.limit) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    if !a.methods.is_empty() {
+        let labels: Vec<&str> = recorded_m
+            .methods
+            .iter()
+            .map(|m| m.label.as_str())
+            .collect();
+        for l in &a.methods {
+            if !labels.contains(&l.as_str()) {
+                bail!(
+                    "--method {l}: run {} has no method labelled so; it has {}",
+                    recorded_m.run_id,
+                    labels.join(", ")
+                );
+            }
+        }
+        copy.methods.retain(|m| a.methods.contains(&m.label));
+    }
+    // This machine's environment, so that differences show.
+    copy.pdbench_version = env!("CARGO_PKG_VERSION").into();
+    copy.git = env::git_info();
+    copy.host = env::host_info();
+    copy.device = env::device_info(
+        &DeviceSpec::parse(&recorded_m.device.name)?,
+        recorded_m.device.threads,
+    );
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(&copy.run_id));
+    if out.join(results::MANIFEST).exists() {
+        bail!("--out {}: already holds a run", out.display());
+    }
+    let audit_dir = RunDir::create(&out)?;
+    audit_dir.write_manifest(&copy)?;
+    log_line(&format!(
+        "audit of {}: re-running {} method(s){} into {}",
+        recorded_m.run_id,
+        copy.methods.len(),
+        copy.limit
+            .map(|n| format!(" on the first {n} prompts"))
+            .unwrap_or_default(),
+        out.display()
+    ));
+    let mut args = vec![
+        "pdbench".to_string(),
+        "run".into(),
+        "--resume".into(),
+        out.display().to_string(),
+        "--no-report".into(),
+    ];
+    if a.no_fetch {
+        args.push("--no-fetch".into());
+    }
+    let code = dispatch(Cli::try_parse_from(args)?)
+        .with_context(|| format!("auditing {}", path.display()))?;
+    if code != 0 {
+        bail!(
+            "auditing {}: the re-run stopped (exit {code}); what it finished is in {}",
+            path.display(),
+            out.display()
+        );
+    }
+    let audited_m = audit_dir.read_manifest()?;
+    let (audited, _) = audit_dir.read_samples()?;
+    let result = crate::audit::audit(&recorded_m, &recorded, &audited_m, &audited);
+    let md = crate::audit::markdown(&recorded_m, &result, &out.display().to_string());
+    println!("{md}");
+    results::write_atomic(&out.join("audit.md"), md.as_bytes())
+        .with_context(|| format!("writing {}", out.join("audit.md").display()))?;
+    results::write_atomic(
+        &out.join("audit.json"),
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", out.join("audit.json").display()))?;
+    Ok(i32::from(!result.reproduced()))
+}
+
+/// Exit 0 (no regression), 1 (a regression) or 2 (unusable input: the
+/// error is printed).
+fn cmd_compare(a: CompareArgs) -> i32 {
+    let run = || -> Result<i32> {
+        if !(a.noise_threshold >= 0.0 && a.noise_threshold.is_finite()) {
+            bail!(
+                "--noise-threshold: expected a fraction >= 0, got {}",
+                a.noise_threshold
+            );
+        }
+        if !(a.score_drop >= 0.0 && a.score_drop.is_finite()) {
+            bail!("--score-drop: expected points >= 0, got {}", a.score_drop);
+        }
+        if a.resamples == 0 {
+            bail!("--resamples: expected a positive integer");
+        }
+        let t = crate::compare::Thresholds {
+            noise: a.noise_threshold,
+            score_drop_points: a.score_drop,
+            resamples: a.resamples,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let base = resolve_run_dir(&a.results_dir, &a.base);
+        let new = resolve_run_dir(&a.results_dir, &a.new);
+        let outcome = crate::compare::compare(&base, &new, t, a.force)?;
+        print!("{}", outcome.markdown);
+        if let Some(p) = &a.out {
+            results::write_atomic(p, outcome.markdown.as_bytes())
+                .with_context(|| format!("--out {}", p.display()))?;
+        }
+        if let Some(p) = &a.junit {
+            results::write_atomic(p, crate::compare::junit(&outcome.changes).as_bytes())
+                .with_context(|| format!("--junit {}", p.display()))?;
+        }
+        Ok(i32::from(outcome.regressed()))
+    };
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            2
+        }
     }
 }
 
@@ -553,6 +764,29 @@ fn diffuspec_ablations(
         .collect()
 }
 
+/// The first model file whose sha256 differs from the manifest's record.
+fn changed_file(now: &[model::FileDigest], recorded: &[model::FileDigest]) -> String {
+    for r in recorded {
+        match now.iter().find(|f| f.path == r.path) {
+            None => return format!("{} is gone (the manifest records it)", r.path),
+            Some(f) if f.sha256 != r.sha256 => {
+                return format!(
+                    "{} has sha256 {}, the manifest records {}",
+                    f.path, f.sha256, r.sha256
+                )
+            }
+            _ => {}
+        }
+    }
+    match now
+        .iter()
+        .find(|f| !recorded.iter().any(|r| r.path == f.path))
+    {
+        Some(f) => format!("{} is new (the manifest does not record it)", f.path),
+        None => "the files' sha256 differ from the manifest's".into(),
+    }
+}
+
 fn resolve_run_dir(results_dir: &Path, run: &str) -> PathBuf {
     let p = Path::new(run);
     if p.join(results::MANIFEST).is_file() {
@@ -782,8 +1016,12 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let threads = env::set_threads(Some(m.device.threads));
             let device = DeviceSpec::parse(&m.device.name)?;
             // The very data file the run started with (its sha256 is checked).
-            let data = (!matches!(m.suite.def.source, suite::DataSource::Parallelbench(_)))
-                .then(|| PathBuf::from(&m.suite.data_file));
+            // (ParallelBench tasks and generated suites have no such file.)
+            let data = (!matches!(
+                m.suite.def.source,
+                suite::DataSource::Parallelbench(_) | suite::DataSource::Generator(_)
+            ))
+            .then(|| PathBuf::from(&m.suite.data_file));
             let suite = suite::load_with_data(&m.suite.file, data.as_deref(), &store, &mut |s| {
                 log_line(s)
             })?;
@@ -819,18 +1057,20 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     .map(|f| &f.sha256)
                     .eq(b.files.iter().map(|f| &f.sha256))
             };
-            if !same(&target.info, &m.models.target)
-                || m.models
-                    .draft
-                    .as_ref()
-                    .zip(draft.as_ref())
-                    .is_some_and(|(x, y)| !same(&y.info, x))
-            {
-                bail!(
-                    "cannot resume {}: the model files of {} changed since the run started (sha256 differs from the manifest)",
-                    path.display(),
-                    m.models.target.spec
-                );
+            for (loaded, recorded) in [
+                (Some(&target), Some(&m.models.target)),
+                (draft.as_ref(), m.models.draft.as_ref()),
+            ] {
+                if let (Some(l), Some(r)) = (loaded, recorded) {
+                    if !same(&l.info, r) {
+                        bail!(
+                            "cannot resume {}: the model files of {} changed since the run started: {}",
+                            path.display(),
+                            r.spec,
+                            changed_file(&l.info.files, &r.files)
+                        );
+                    }
+                }
             }
             let head = match &m.models.draft_head {
                 None => None,
@@ -844,9 +1084,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                         .ne(h.files.iter().map(|f| &f.sha256))
                     {
                         bail!(
-                            "cannot resume {}: the draft head {} changed since the run started (sha256 differs from the manifest)",
+                            "cannot resume {}: the draft head {} changed since the run started: {}",
                             path.display(),
-                            h.spec
+                            h.spec,
+                            changed_file(&head.info.files, &h.files)
                         );
                     }
                     Some(head)
@@ -858,9 +1099,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     let cm = load_companion(&store, flag, &c.spec, &target, &opts, policy)?;
                     if !same(&cm.info, c) {
                         bail!(
-                            "cannot resume {}: the model files of {flag} {} changed since the run started (sha256 differs from the manifest)",
+                            "cannot resume {}: the model files of {flag} {} changed since the run started: {}",
                             path.display(),
-                            c.spec
+                            c.spec,
+                            changed_file(&cm.info.files, &c.files)
                         );
                     }
                     Ok(Some(cm))
@@ -882,9 +1124,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                         .ne(f.files.iter().map(|x| &x.sha256))
                     {
                         bail!(
-                            "cannot resume {}: the filter {} changed since the run started (sha256 differs from the manifest)",
+                            "cannot resume {}: the filter {} changed since the run started: {}",
                             path.display(),
-                            f.spec
+                            f.spec,
+                            changed_file(&lf.info.files, &f.files)
                         );
                     }
                     Some(lf)

@@ -1,7 +1,9 @@
 //! pdbench: a benchmark and evaluation harness for parallel decoding
 //! methods of language models, under matched settings.
 
+pub mod audit;
 pub mod cli;
+pub mod compare;
 pub mod env;
 pub mod fetch;
 pub mod measure;

@@ -1390,3 +1390,241 @@ fn spec_bench_file_runs_both_turns_and_resumes_between_them() {
     );
     assert_eq!(after[3]["prompt_tokens"], recs[3]["prompt_tokens"]);
 }
+
+/// Copies a run folder (manifest and samples) to `to`, editing each sample
+/// line and the manifest on the way.
+fn copy_run(
+    from: &Path,
+    to: &Path,
+    edit_sample: impl Fn(&mut serde_json::Value),
+    edit_manifest: impl Fn(&mut serde_json::Value),
+) {
+    std::fs::create_dir_all(to).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
+            .unwrap();
+    m["run_id"] = serde_json::json!(to.file_name().unwrap().to_str().unwrap());
+    edit_manifest(&mut m);
+    std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+    let mut out = String::new();
+    for mut s in read_lines(&from.join("samples.jsonl")) {
+        edit_sample(&mut s);
+        out.push_str(&format!("{s}\n"));
+    }
+    std::fs::write(to.join("samples.jsonl"), out).unwrap();
+}
+
+/// `compare` for nightly CI: a copy of a run is "no change" (exit 0); a
+/// method made 20% slower, or one that lost a token of `ar`'s, regresses
+/// (exit 1, named in the summary and the JUnit XML); runs of different
+/// target models are refused with the reason (exit 2) unless --force, and
+/// so is a missing run.
+#[test]
+fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
+    let w = World::new();
+    let results = w.path("results");
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
+        .args([
+            "--method",
+            "ar",
+            "--method",
+            "pld",
+            "--run-id",
+            "base",
+            "--no-report",
+        ])
+        .arg("--results-dir")
+        .arg(&results)
+        .assert()
+        .success();
+    let base = results.join("base");
+    let compare = |new: &str, extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["compare", "base", new, "--results-dir"])
+            .arg(&results)
+            .args(extra);
+        c
+    };
+    copy_run(&base, &results.join("same"), |_| {}, |_| {});
+    let out = compare("same", &[]).assert().code(0).get_output().clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("no regression"), "{text}");
+    assert!(text.contains("| pld | tokens_per_s |"), "{text}");
+
+    copy_run(
+        &base,
+        &results.join("slower"),
+        |s| {
+            if s["method"] == "pld" {
+                let t = s["tokens_per_s"].as_f64().unwrap();
+                s["tokens_per_s"] = serde_json::json!(t * 0.8);
+            }
+        },
+        |_| {},
+    );
+    let junit = w.path("junit.xml");
+    let out = compare("slower", &["--junit", junit.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| pld | tokens_per_s |"))
+        .unwrap();
+    assert!(row.contains("regressed") && row.contains("-20.0%"), "{row}");
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("| ar | tokens_per_s |") && l.contains("no change")));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"1\"")
+            && xml.contains("<failure message=\"tokens_per_s regressed\"")
+    );
+
+    // One pld sample loses a token of ar's.
+    let edited = std::cell::Cell::new(false);
+    copy_run(
+        &base,
+        &results.join("lossy"),
+        |s| {
+            if s["method"] == "pld" && !edited.get() {
+                s["output_ids"][0] = serde_json::json!(4);
+                edited.set(true);
+            }
+        },
+        |_| {},
+    );
+    let out = compare("lossy", &[]).assert().code(1).get_output().clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| pld | lossless_pct |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("regressed"), "{row}");
+
+    copy_run(
+        &base,
+        &results.join("other-model"),
+        |_| {},
+        |m| m["models"]["target"]["files"][0]["sha256"] = serde_json::json!("0".repeat(64)),
+    );
+    let out = compare("other-model", &[])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("not comparable") && err.contains("sha256") && err.contains("--force"),
+        "{err}"
+    );
+    let out = compare("other-model", &["--force"])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Compared with --force"));
+    let out = compare("nowhere", &[])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}
+
+/// `audit` re-runs part of a recorded run from its manifest: an untouched
+/// run reproduces (exit 0); a recorded sample whose tokens no longer match
+/// is reported with its id and first differing position (exit 1); a run
+/// whose model file changed cannot be audited, and the error names the
+/// file.
+#[test]
+fn audit_reruns_from_the_manifest_and_reports_mismatches() {
+    let w = World::new();
+    let results = w.path("results");
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "6", "--warmup", "0"])
+        .args([
+            "--method",
+            "ar",
+            "--method",
+            "pld",
+            "--run-id",
+            "rec",
+            "--no-report",
+        ])
+        .arg("--results-dir")
+        .arg(&results)
+        .assert()
+        .success();
+    let audit = |run: &str, out: &str, extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["audit", run, "--limit", "3", "--results-dir"])
+            .arg(&results)
+            .arg("--out")
+            .arg(w.path(out))
+            .args(extra);
+        c
+    };
+    let ok = audit("rec", "a1", &[])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(
+        text.contains("**reproduced**") && text.contains("6 samples"),
+        "{text}"
+    );
+    assert!(w.path("a1/audit.md").is_file() && w.path("a1/audit.json").is_file());
+    fails_with(
+        &mut audit("rec", "a0", &["--method", "eagle"]),
+        &["--method eagle", "ar, pld"],
+    );
+
+    // A recorded pld sample that no longer matches what pld emits.
+    let tampered = results.join("tampered");
+    let edited = std::cell::RefCell::new(None::<String>);
+    copy_run(
+        &results.join("rec"),
+        &tampered,
+        |s| {
+            if s["method"] == "pld" && edited.borrow().is_none() {
+                s["output_ids"][2] = serde_json::json!(4);
+                *edited.borrow_mut() = Some(s["sample_id"].as_str().unwrap().to_string());
+            }
+        },
+        |_| {},
+    );
+    let id = edited.take().unwrap();
+    let bad = audit("tampered", "a2", &[])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert!(text.contains("not reproduced"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("| pld | {id} | 0 | 0 | 2 |"))),
+        "{text}"
+    );
+
+    // The target's weights changed since the run.
+    copy_run(
+        &results.join("rec"),
+        &results.join("moved"),
+        |_| {},
+        |m| m["models"]["target"]["files"][4]["sha256"] = serde_json::json!("0".repeat(64)),
+    );
+    fails_with(
+        &mut audit("moved", "a3", &[]),
+        &[
+            "auditing",
+            "changed since the run started",
+            "toy-target/model.safetensors has sha256",
+        ],
+    );
+}

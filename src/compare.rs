@@ -1,0 +1,586 @@
+//! `pdbench compare BASE NEW`: a verdict per method and metric for nightly
+//! CI, by criterion's rule. The relative change of a time figure gets a
+//! bootstrap confidence interval (prompts resampled, paired where both runs
+//! hold the same prompts); it counts as improved or regressed only when the
+//! whole interval lies beyond the noise threshold. Any drop in the
+//! lossless rate, or a score drop beyond a set number of points, is a
+//! regression. Reads results files only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::results::{Manifest, RunDir, SampleRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
+    #[error("{base} and {new} are not comparable: {reasons}; pass --force to compare them anyway")]
+    NotComparable {
+        base: String,
+        new: String,
+        reasons: String,
+    },
+    #[error("{base} and {new} share no method label; nothing to compare")]
+    NothingShared { base: String, new: String },
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The rule's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Relative change a time figure must clear, whole CI, to count (0.03).
+    pub noise: f64,
+    /// Score points (×100) a mean may drop before it is a regression.
+    pub score_drop_points: f64,
+    pub resamples: usize,
+    /// Confidence level of the interval (0.95).
+    pub level: f64,
+    pub seed: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            noise: 0.03,
+            score_drop_points: 1.0,
+            resamples: 2000,
+            level: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Improved,
+    NoChange,
+    Regressed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Improved => "improved",
+            Verdict::NoChange => "no change",
+            Verdict::Regressed => "regressed",
+        }
+    }
+}
+
+/// One method's metric in both runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricChange {
+    pub method: String,
+    pub metric: &'static str,
+    pub base: f64,
+    pub new: f64,
+    /// Relative change (new / base − 1) for time figures, the difference
+    /// in points for scores and rates.
+    pub change: f64,
+    /// The change's bootstrap interval, for time figures.
+    pub ci: Option<(f64, f64)>,
+    pub verdict: Verdict,
+}
+
+/// The bootstrap interval of `mean(new) / mean(base) − 1`. Paired: `base`
+/// and `new` are the same prompts in the same order, resampled together;
+/// otherwise each run is resampled on its own. Returns (estimate, low,
+/// high). Pure: the same seed gives the same interval.
+pub fn bootstrap_relative_change(
+    base: &[f64],
+    new: &[f64],
+    paired: bool,
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64, f64)> {
+    use rand::{Rng, SeedableRng};
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    if base.is_empty() || new.is_empty() || (paired && base.len() != new.len()) {
+        return None;
+    }
+    let (mb, mn) = (mean(base), mean(new));
+    if mb <= 0.0 {
+        return None;
+    }
+    let estimate = mn / mb - 1.0;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let mut stats = Vec::with_capacity(resamples);
+    for _ in 0..resamples.max(1) {
+        let (mut sb, mut sn) = (0.0, 0.0);
+        if paired {
+            for _ in 0..base.len() {
+                let i = rng.random_range(0..base.len());
+                sb += base[i];
+                sn += new[i];
+            }
+            sb /= base.len() as f64;
+            sn /= new.len() as f64;
+        } else {
+            for _ in 0..base.len() {
+                sb += base[rng.random_range(0..base.len())];
+            }
+            for _ in 0..new.len() {
+                sn += new[rng.random_range(0..new.len())];
+            }
+            sb /= base.len() as f64;
+            sn /= new.len() as f64;
+        }
+        if sb > 0.0 {
+            stats.push(sn / sb - 1.0);
+        }
+    }
+    let alpha = (1.0 - level) / 2.0;
+    let lo = crate::stats::quantile(&stats, alpha)?;
+    let hi = crate::stats::quantile(&stats, 1.0 - alpha)?;
+    Some((estimate, lo, hi))
+}
+
+/// Criterion's rule on a relative change where `higher_is_better` says
+/// which way is good: improved or regressed only when the whole interval
+/// lies beyond `noise` on that side.
+pub fn time_verdict(lo: f64, hi: f64, noise: f64, higher_is_better: bool) -> Verdict {
+    let (good_lo, good_hi) = if higher_is_better {
+        (lo, hi)
+    } else {
+        (-hi, -lo)
+    };
+    if good_lo > noise {
+        Verdict::Improved
+    } else if good_hi < -noise {
+        Verdict::Regressed
+    } else {
+        Verdict::NoChange
+    }
+}
+
+/// Why two runs do not compare, if they do not.
+pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
+    let mut why = Vec::new();
+    let files = |m: &Manifest| -> Vec<String> {
+        m.models
+            .target
+            .files
+            .iter()
+            .map(|f| f.sha256.clone())
+            .collect()
+    };
+    if files(base) != files(new) {
+        why.push(format!(
+            "the target models differ by sha256 ({} vs {})",
+            base.models.target.spec, new.models.target.spec
+        ));
+    }
+    if base.suite.def.name != new.suite.def.name || base.suite.def.version != new.suite.def.version
+    {
+        why.push(format!(
+            "the suites differ ({} v{} vs {} v{})",
+            base.suite.def.name, base.suite.def.version, new.suite.def.name, new.suite.def.version
+        ));
+    } else if base.suite.data_sha256 != new.suite.data_sha256 {
+        why.push(format!(
+            "suite {}'s data differ by sha256",
+            base.suite.def.name
+        ));
+    }
+    if base.device.name != new.device.name || base.device.threads != new.device.threads {
+        why.push(format!(
+            "the devices differ ({} with {} threads vs {} with {} threads)",
+            base.device.name, base.device.threads, new.device.name, new.device.threads
+        ));
+    }
+    if base.max_new_tokens != new.max_new_tokens {
+        why.push(format!(
+            "max_new_tokens differs ({} vs {})",
+            base.max_new_tokens, new.max_new_tokens
+        ));
+    }
+    why
+}
+
+/// Per label, the samples keyed by (sample id, repeat, turn).
+type ByMethod = BTreeMap<String, BTreeMap<(String, usize, usize), SampleRecord>>;
+
+fn by_method(samples: Vec<SampleRecord>) -> ByMethod {
+    let mut out: ByMethod = BTreeMap::new();
+    for s in samples {
+        out.entry(s.method.clone())
+            .or_default()
+            .insert((s.sample_id.clone(), s.repeat, s.turn), s);
+    }
+    out
+}
+
+/// The share of a lossless method's samples whose tokens equal `ar`'s in
+/// the same run, in percent; `None` without a greedy `ar` to compare with
+/// or for methods not registered as lossless.
+fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Option<f64> {
+    let inst = m.methods.iter().find(|i| i.label == label)?;
+    let spec = crate::methods::find(&inst.id).ok()?;
+    // Methods that decode with a model of their own (TiDAR's) match that
+    // model's AR, not the run's `ar`.
+    let own_model = spec.needs.iter().any(|n| {
+        matches!(
+            n,
+            crate::methods::Need::TidarModel | crate::methods::Need::ConsistencyModel
+        )
+    });
+    if spec.exactness != crate::methods::Exactness::Lossless || inst.id == "ar" || own_model {
+        return None;
+    }
+    let greedy = |p: &serde_json::Value| p["temperature"].as_f64().unwrap_or(0.0) <= 0.0;
+    if !greedy(&inst.params) {
+        return None;
+    }
+    let ar_label = m
+        .methods
+        .iter()
+        .find(|i| i.id == "ar" && greedy(&i.params))?
+        .label
+        .clone();
+    let ar = runs.get(&ar_label)?;
+    let mine = runs.get(label)?;
+    let pairs: Vec<bool> = mine
+        .iter()
+        .filter_map(|(k, s)| ar.get(k).map(|a| a.output_ids == s.output_ids))
+        .collect();
+    (!pairs.is_empty())
+        .then(|| 100.0 * pairs.iter().filter(|&&x| x).count() as f64 / pairs.len() as f64)
+}
+
+/// [`lossless_rate`] of one method from a run's samples.
+pub fn lossless_rate_of(m: &Manifest, samples: &[SampleRecord], label: &str) -> Option<f64> {
+    lossless_rate(m, &by_method(samples.to_vec()), label)
+}
+
+/// Time figures: (metric, value of a sample, higher is better).
+type TimeMetric = (&'static str, fn(&SampleRecord) -> Option<f64>, bool);
+
+const TIME_METRICS: &[TimeMetric] = &[
+    ("tokens_per_s", |s| Some(s.tokens_per_s), true),
+    ("ttft_ms", |s| s.ttft_ns.map(|t| t as f64 / 1e6), false),
+    ("decode_ms_per_token", |s| s.decode_ms_per_token, false),
+];
+
+/// Every method label both runs hold, compared metric by metric.
+pub fn compare_runs(
+    base_m: &Manifest,
+    base: Vec<SampleRecord>,
+    new_m: &Manifest,
+    new: Vec<SampleRecord>,
+    t: Thresholds,
+) -> Vec<MetricChange> {
+    let (base, new) = (by_method(base), by_method(new));
+    let labels: BTreeSet<&String> = base.keys().filter(|l| new.contains_key(*l)).collect();
+    let mut out = Vec::new();
+    for label in labels {
+        let (b, n) = (&base[label], &new[label]);
+        // Paired over the prompts both runs decoded.
+        let shared: Vec<&(String, usize, usize)> =
+            b.keys().filter(|k| n.contains_key(*k)).collect();
+        let paired = !shared.is_empty();
+        for (i, &(metric, value, higher)) in TIME_METRICS.iter().enumerate() {
+            let (xs, ys): (Vec<f64>, Vec<f64>) = if paired {
+                shared
+                    .iter()
+                    .filter_map(|k| Some((value(&b[*k])?, value(&n[*k])?)))
+                    .unzip()
+            } else {
+                (
+                    b.values().filter_map(value).collect(),
+                    n.values().filter_map(value).collect(),
+                )
+            };
+            let seed = t.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            if let Some((est, lo, hi)) =
+                bootstrap_relative_change(&xs, &ys, paired, t.resamples, t.level, seed)
+            {
+                out.push(MetricChange {
+                    method: label.clone(),
+                    metric,
+                    base: crate::stats::mean(&xs).unwrap_or(0.0),
+                    new: crate::stats::mean(&ys).unwrap_or(0.0),
+                    change: est,
+                    ci: Some((lo, hi)),
+                    verdict: time_verdict(lo, hi, t.noise, higher),
+                });
+            }
+        }
+        let scores = |r: &BTreeMap<(String, usize, usize), SampleRecord>| -> Vec<f64> {
+            r.values().filter_map(|s| s.score).collect()
+        };
+        let (sb, sn) = (scores(b), scores(n));
+        if let (Some(mb), Some(mn)) = (crate::stats::mean(&sb), crate::stats::mean(&sn)) {
+            let (mb, mn) = (100.0 * mb, 100.0 * mn);
+            out.push(MetricChange {
+                method: label.clone(),
+                metric: "score_x100",
+                base: mb,
+                new: mn,
+                change: mn - mb,
+                ci: None,
+                verdict: if mn - mb < -t.score_drop_points {
+                    Verdict::Regressed
+                } else if mn - mb > t.score_drop_points {
+                    Verdict::Improved
+                } else {
+                    Verdict::NoChange
+                },
+            });
+        }
+        if let (Some(rb), Some(rn)) = (
+            lossless_rate(base_m, &base, label),
+            lossless_rate(new_m, &new, label),
+        ) {
+            out.push(MetricChange {
+                method: label.clone(),
+                metric: "lossless_pct",
+                base: rb,
+                new: rn,
+                change: rn - rb,
+                ci: None,
+                verdict: if rn < rb {
+                    Verdict::Regressed
+                } else if rn > rb {
+                    Verdict::Improved
+                } else {
+                    Verdict::NoChange
+                },
+            });
+        }
+    }
+    out
+}
+
+/// The Markdown summary: one row per method and metric, regressions
+/// first.
+pub fn markdown(
+    base: &Manifest,
+    new: &Manifest,
+    changes: &[MetricChange],
+    t: Thresholds,
+    forced: &[String],
+) -> String {
+    let regressed = changes
+        .iter()
+        .filter(|c| c.verdict == Verdict::Regressed)
+        .count();
+    let improved = changes
+        .iter()
+        .filter(|c| c.verdict == Verdict::Improved)
+        .count();
+    let mut s = format!(
+        "# pdbench compare\n\nbase `{}` → new `{}`: **{}** ({regressed} regressed, {improved} improved, {} no change)\n\n",
+        base.run_id,
+        new.run_id,
+        if regressed > 0 { "regression" } else { "no regression" },
+        changes.len() - regressed - improved
+    );
+    if !forced.is_empty() {
+        s.push_str(&format!(
+            "Compared with --force although {}.\n\n",
+            forced.join("; ")
+        ));
+    }
+    s.push_str("| method | metric | base | new | change | 95% CI | verdict |\n|---|---|---|---|---|---|---|\n");
+    let mut sorted: Vec<&MetricChange> = changes.iter().collect();
+    sorted.sort_by_key(|c| match c.verdict {
+        Verdict::Regressed => 0,
+        Verdict::Improved => 1,
+        Verdict::NoChange => 2,
+    });
+    for c in sorted {
+        let (change, ci) = match c.ci {
+            Some((lo, hi)) => (
+                format!("{:+.1}%", 100.0 * c.change),
+                format!("{:+.1}% … {:+.1}%", 100.0 * lo, 100.0 * hi),
+            ),
+            None => (format!("{:+.1} points", c.change), "–".into()),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} | {} | {} | {} |\n",
+            c.method,
+            c.metric,
+            c.base,
+            c.new,
+            change,
+            ci,
+            c.verdict.as_str()
+        ));
+    }
+    s.push_str(&format!(
+        "\nTime figures (tokens/s, TTFT, decode ms per token) are paired by prompt; the {:.0}% interval of the relative change of the mean comes from {} bootstrap resamples of the prompts, and a change counts only when the whole interval lies beyond ±{:.1}%. A score drop of more than {:.1} points, or any drop in the lossless rate (the share of a lossless method's samples equal to `ar`'s tokens), is a regression.\n",
+        100.0 * t.level,
+        t.resamples,
+        100.0 * t.noise,
+        t.score_drop_points
+    ));
+    s
+}
+
+/// JUnit XML: one test case per method and metric, a failure per
+/// regression.
+pub fn junit(changes: &[MetricChange]) -> String {
+    let esc = |x: &str| {
+        x.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failures = changes
+        .iter()
+        .filter(|c| c.verdict == Verdict::Regressed)
+        .count();
+    let mut s = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"pdbench compare\" tests=\"{}\" failures=\"{failures}\">\n",
+        changes.len()
+    );
+    for c in changes {
+        s.push_str(&format!(
+            "  <testcase classname=\"{}\" name=\"{}\">",
+            esc(&c.method),
+            c.metric
+        ));
+        if c.verdict == Verdict::Regressed {
+            let detail = match c.ci {
+                Some((lo, hi)) => format!(
+                    "{} → {}: {:+.1}% (95% CI {:+.1}% … {:+.1}%)",
+                    c.base,
+                    c.new,
+                    100.0 * c.change,
+                    100.0 * lo,
+                    100.0 * hi
+                ),
+                None => format!("{} → {}: {:+.1} points", c.base, c.new, c.change),
+            };
+            s.push_str(&format!(
+                "<failure message=\"{} regressed\">{}</failure>",
+                c.metric,
+                esc(&detail)
+            ));
+        }
+        s.push_str("</testcase>\n");
+    }
+    s.push_str("</testsuite>\n");
+    s
+}
+
+/// What `compare` found, for the command to print and to exit on.
+pub struct Outcome {
+    pub markdown: String,
+    pub changes: Vec<MetricChange>,
+}
+
+impl Outcome {
+    pub fn regressed(&self) -> bool {
+        self.changes.iter().any(|c| c.verdict == Verdict::Regressed)
+    }
+}
+
+/// Reads both runs, checks they compare (unless `force`) and compares
+/// them.
+pub fn compare(
+    base: &Path,
+    new: &Path,
+    t: Thresholds,
+    force: bool,
+) -> Result<Outcome, CompareError> {
+    let (bd, nd) = (RunDir::open(base)?, RunDir::open(new)?);
+    let (bm, nm) = (bd.read_manifest()?, nd.read_manifest()?);
+    let why = comparability(&bm, &nm);
+    if !why.is_empty() && !force {
+        return Err(CompareError::NotComparable {
+            base: base.display().to_string(),
+            new: new.display().to_string(),
+            reasons: why.join("; "),
+        });
+    }
+    let (bs, _) = bd.read_samples()?;
+    let (ns, _) = nd.read_samples()?;
+    let changes = compare_runs(&bm, bs, &nm, ns, t);
+    if changes.is_empty() {
+        return Err(CompareError::NothingShared {
+            base: base.display().to_string(),
+            new: new.display().to_string(),
+        });
+    }
+    let forced = if force { why } else { Vec::new() };
+    Ok(Outcome {
+        markdown: markdown(&bm, &nm, &changes, t, &forced),
+        changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+
+    fn draw(n: usize, mean: f64, sd: f64, rng: &mut rand_chacha::ChaCha20Rng) -> Vec<f64> {
+        let d = Normal::new(mean, sd).unwrap();
+        (0..n).map(|_| d.sample(rng)).collect()
+    }
+
+    /// A 10% slowdown at n = 50 (tokens/s per prompt with 5% noise) is a
+    /// regression: the whole interval lies below −3%.
+    #[test]
+    fn a_ten_percent_slowdown_at_fifty_samples_is_caught() {
+        let mut caught = 0;
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let base = draw(50, 100.0, 5.0, &mut rng);
+            let new = draw(50, 90.0, 4.5, &mut rng);
+            let (est, lo, hi) =
+                bootstrap_relative_change(&base, &new, false, 2000, 0.95, seed).unwrap();
+            assert!((est + 0.1).abs() < 0.03, "{est}");
+            caught += usize::from(time_verdict(lo, hi, 0.03, true) == Verdict::Regressed);
+        }
+        assert_eq!(caught, 20);
+    }
+
+    /// Identical distributions give "no change" in at least 95 of 100
+    /// seeded trials.
+    #[test]
+    fn identical_distributions_give_no_change() {
+        let mut quiet = 0;
+        for seed in 0..100 {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1000 + seed);
+            let base = draw(50, 100.0, 10.0, &mut rng);
+            let new = draw(50, 100.0, 10.0, &mut rng);
+            let (_, lo, hi) =
+                bootstrap_relative_change(&base, &new, false, 1000, 0.95, seed).unwrap();
+            quiet += usize::from(time_verdict(lo, hi, 0.03, true) == Verdict::NoChange);
+        }
+        assert!(quiet >= 95, "{quiet} of 100");
+    }
+
+    #[test]
+    fn pairing_narrows_the_interval() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        // Prompts differ a lot from each other; the change is 2% on each.
+        let base = draw(40, 100.0, 30.0, &mut rng);
+        let new: Vec<f64> = base.iter().map(|x| x * 1.02).collect();
+        let (_, lo_p, hi_p) = bootstrap_relative_change(&base, &new, true, 1000, 0.95, 1).unwrap();
+        let (_, lo_u, hi_u) = bootstrap_relative_change(&base, &new, false, 1000, 0.95, 1).unwrap();
+        assert!(
+            hi_p - lo_p < 0.01 && hi_u - lo_u > 0.1,
+            "{lo_p}..{hi_p} vs {lo_u}..{hi_u}"
+        );
+    }
+
+    #[test]
+    fn lower_is_better_flips_the_sides() {
+        assert_eq!(time_verdict(0.05, 0.2, 0.03, false), Verdict::Regressed);
+        assert_eq!(time_verdict(-0.2, -0.05, 0.03, false), Verdict::Improved);
+        assert_eq!(time_verdict(-0.05, 0.01, 0.03, true), Verdict::NoChange);
+    }
+}
