@@ -57,6 +57,23 @@ pub enum Command {
     /// Re-run (a subset of) a recorded run from its manifest and check that
     /// every sample's tokens reproduce (exit 0: reproduced, 1: not).
     Audit(AuditArgs),
+    /// Join the shards of a run (`run --shard K/N`) into one run folder.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shard folders (or run ids under --results-dir), all N of them.
+    #[arg(required = true)]
+    pub shards: Vec<String>,
+    /// The merged run's folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Skip the merged run's report.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +236,11 @@ pub struct RunArgs {
     /// Run only the first N samples of the suite.
     #[arg(long, conflicts_with = "resume")]
     pub limit: Option<usize>,
+    /// Do shard K of N (1-based): the work items (method × prompt × repeat)
+    /// whose position modulo N is K − 1, so that N machines share a run;
+    /// `pdbench merge` joins the shards.
+    #[arg(long, conflicts_with = "resume", value_parser = parse_shard)]
+    pub shard: Option<results::Shard>,
     /// Override the suite's token budget.
     #[arg(long, conflicts_with = "resume")]
     pub max_new_tokens: Option<usize>,
@@ -334,7 +356,28 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Train(a) => cmd_train(a),
         Command::Compare(a) => Ok(cmd_compare(a)),
         Command::Audit(a) => cmd_audit(a),
+        Command::Merge(a) => cmd_merge(a),
     }
+}
+
+fn cmd_merge(a: MergeArgs) -> Result<i32> {
+    let dirs: Vec<PathBuf> = a
+        .shards
+        .iter()
+        .map(|s| resolve_run_dir(&a.results_dir, s))
+        .collect();
+    let merged = crate::merge::merge(&dirs, &a.out, std::env::args().collect(), now_unix_s())?;
+    log_line(&format!(
+        "merged {} shards into {} ({})",
+        dirs.len(),
+        a.out.display(),
+        merged.run_id
+    ));
+    if !a.no_report {
+        let files = crate::report::write_report(&[a.out.clone()], &a.out.join("report"))?;
+        println!("{}", std::fs::read_to_string(&files[0]).unwrap_or_default());
+    }
+    Ok(0)
 }
 
 /// Re-runs the chosen part of a run through `run --resume` on a copy of its
@@ -762,6 +805,10 @@ fn diffuspec_ablations(
             Ok(MethodInstance::new(&m.id, Some(&m.label), &params)?)
         })
         .collect()
+}
+
+fn parse_shard(s: &str) -> Result<results::Shard, String> {
+    results::Shard::parse(s)
 }
 
 /// The first model file whose sha256 differs from the manifest's record.
@@ -1399,6 +1446,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     &setup.score_ctx,
                 )),
                 note: None,
+                shard: a.shard,
             };
             (setup, dir, manifest, false)
         }
@@ -1427,8 +1475,12 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     }
     dir.write_manifest(&manifest)?;
     log_line(&format!(
-        "run {} → {}: suite {} ({} samples), model {}, methods {}, device {} ({} threads){}",
+        "run {}{} → {}: suite {} ({} samples), model {}, methods {}, device {} ({} threads){}",
         manifest.run_id,
+        manifest
+            .shard
+            .map(|sh| format!(" (shard {sh})"))
+            .unwrap_or_default(),
         dir.path.display(),
         setup.suite.def.name,
         prepared.len(),
@@ -1473,6 +1525,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         filter: setup.filter.as_ref(),
         dllm_drafter: setup.dllm_drafter.as_ref(),
         tidar: setup.tidar.as_ref(),
+        shard: manifest.shard,
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod env;
 pub mod fetch;
 pub mod measure;
+pub mod merge;
 pub mod methods;
 pub mod model;
 pub mod report;

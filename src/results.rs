@@ -150,6 +150,46 @@ pub struct Manifest {
     pub scoring: Option<crate::score::ScoringInfo>,
     /// Set when the run stopped early, with the reason.
     pub note: Option<String>,
+    /// The part of the work this run does, when sharded (`--shard K/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// Shard `index` (0-based) of `count`: the work items (method × prompt ×
+/// repeat, in the run's order) whose position modulo `count` is `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `K/N` with 1 ≤ K ≤ N.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected K/N with 1 <= K <= N (such as 2/3), got {s:?}");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if k == 0 || k > n {
+            return Err(bad());
+        }
+        Ok(Self {
+            index: k - 1,
+            count: n,
+        })
+    }
+
+    pub fn holds(&self, item: usize) -> bool {
+        item % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.count)
+    }
 }
 
 /// (method label, sample id, repeat, turn): what a record answers.

@@ -128,6 +128,8 @@ pub struct RunPlan<'a> {
     pub filter: Option<&'a crate::model::filter::LoadedFilter>,
     pub dllm_drafter: Option<&'a LoadedModel>,
     pub tidar: Option<&'a LoadedModel>,
+    /// Only this shard's work items.
+    pub shard: Option<crate::results::Shard>,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -222,15 +224,23 @@ pub fn execute(
     let tok = plan.target.tokenizer.clone();
     let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
     let turns = |s: &PreparedSample| 1 + s.sample.followups.len();
-    for inst in plan.methods {
+    let per_method = plan.samples.len() * plan.repeats;
+    for (method_index, inst) in plan.methods.iter().enumerate() {
         let spec = inst.spec();
         let key = |s: &PreparedSample, repeat: usize, turn: usize| {
             (inst.label.clone(), s.sample.id.clone(), repeat, turn)
         };
+        // Work items in the run's order: method, prompt, repeat.
         let units: Vec<(&PreparedSample, usize)> = plan
             .samples
             .iter()
-            .flat_map(|s| (0..plan.repeats).map(move |r| (s, r)))
+            .enumerate()
+            .flat_map(|(i, s)| (0..plan.repeats).map(move |r| (i, s, r)))
+            .filter(|&(i, _, r)| {
+                plan.shard
+                    .is_none_or(|sh| sh.holds(method_index * per_method + i * plan.repeats + r))
+            })
+            .map(|(_, s, r)| (s, r))
             .collect();
         let total: usize = units.iter().map(|(s, _)| turns(s)).sum();
         let todo = units

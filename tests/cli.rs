@@ -1628,3 +1628,122 @@ fn audit_reruns_from_the_manifest_and_reports_mismatches() {
         ],
     );
 }
+
+/// `run --shard K/N` splits a run's work items over N processes; `merge`
+/// joins them into a run equal to the unsharded one (times aside), and
+/// refuses shards that are missing or that disagree.
+#[test]
+fn three_shards_merge_into_the_unsharded_run() {
+    let w = World::new();
+    let results = w.path("results");
+    let run = |id: &str, extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["run", "--suite", "toy", "--limit", "8", "--warmup", "0"])
+            .args(["--method", "ar", "--method", "pld", "--method", "sps"])
+            .args(["--set", "sps.draft_len=3", "--run-id", id, "--no-report"])
+            .arg("--results-dir")
+            .arg(&results)
+            .args(extra);
+        c
+    };
+    run("whole", &[]).assert().success();
+    // Three processes at once, as three machines would.
+    let mut children: Vec<std::process::Child> = (1..=3)
+        .map(|k| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pdbench"));
+            // The environment `pdbench()` gives every other command here.
+            c.env("PDBENCH_HOME", w.path("store"))
+                .env("HF_HUB_CACHE", w.path("hub"))
+                .env("HF_HUB_OFFLINE", "1")
+                .env("RAYON_NUM_THREADS", "1")
+                .args(["run", "--suite", "toy", "--limit", "8", "--warmup", "0"])
+                .args(["--method", "ar", "--method", "pld", "--method", "sps"])
+                .args(["--set", "sps.draft_len=3", "--no-report", "--shard"])
+                .arg(format!("{k}/3"))
+                .arg("--run-id")
+                .arg(format!("shard{k}"))
+                .arg("--results-dir")
+                .arg(&results)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    let merge = |shards: &[&str], out: &str| {
+        let mut c = w.cmd();
+        c.arg("merge")
+            .args(shards)
+            .arg("--results-dir")
+            .arg(&results)
+            .arg("--out")
+            .arg(results.join(out));
+        c
+    };
+    merge(&["shard1", "shard2", "shard3"], "merged")
+        .assert()
+        .success();
+    // Equal to the unsharded run except for times.
+    let strip = |path: &Path| -> std::collections::BTreeMap<String, serde_json::Value> {
+        read_lines(path)
+            .into_iter()
+            .map(|mut s| {
+                let key = format!("{}/{}/{}", s["method"], s["sample_id"], s["repeat"]);
+                let o = s.as_object_mut().unwrap();
+                for k in [
+                    "wall_ns",
+                    "ttft_ns",
+                    "tokens_per_s",
+                    "decode_tokens_per_s",
+                    "draft_ms_per_step",
+                    "decode_ms_per_token",
+                ] {
+                    o.remove(k);
+                }
+                for st in o["steps"].as_array_mut().unwrap() {
+                    let st = st.as_object_mut().unwrap();
+                    for k in ["t_ns", "draft_ns", "end_ns"] {
+                        st.remove(k);
+                    }
+                }
+                (key, s)
+            })
+            .collect()
+    };
+    let whole = strip(&results.join("whole/samples.jsonl"));
+    let merged = strip(&results.join("merged/samples.jsonl"));
+    assert_eq!(whole.len(), 24);
+    assert_eq!(merged, whole);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("merged/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(m["shard"].is_null() && m["status"] == "complete", "{m}");
+    assert!(results.join("merged/report/report.md").is_file());
+
+    fails_with(
+        &mut merge(&["shard1", "shard3"], "m2"),
+        &["shard(s) 2/3 missing"],
+    );
+    run("other", &["--shard", "2/3", "--seed", "5"])
+        .assert()
+        .success();
+    fails_with(
+        &mut merge(&["shard1", "other", "shard3"], "m3"),
+        &["field `seed`", "other"],
+    );
+    fails_with(
+        &mut merge(&["whole"], "m4"),
+        &["not a shard", "--shard K/N"],
+    );
+    // A malformed --shard is a usage error (clap's exit 2), with the form.
+    let out = run("bad", &["--shard", "4/3"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shard") && err.contains("K/N"), "{err}");
+}
