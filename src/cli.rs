@@ -59,6 +59,29 @@ pub enum Command {
     Audit(AuditArgs),
     /// Join the shards of a run (`run --shard K/N`) into one run folder.
     Merge(MergeArgs),
+    /// Expand a sweep file (a grid over method parameters and suites) into
+    /// runs, one per suite, and report them together.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The sweep file (TOML: name, suites, model, run_args, [[grid]]).
+    pub file: PathBuf,
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Run shard K of N of every suite's run (`pdbench merge` joins them).
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<results::Shard>,
+    /// Run only the first N samples of each suite.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print the configurations and the runs, and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the combined report.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 #[derive(Debug, Args)]
@@ -357,7 +380,93 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Compare(a) => Ok(cmd_compare(a)),
         Command::Audit(a) => cmd_audit(a),
         Command::Merge(a) => cmd_merge(a),
+        Command::Sweep(a) => cmd_sweep(a),
     }
+}
+
+/// Each suite's run goes through `pdbench run` with the sweep's methods
+/// file; a run folder that exists already is resumed, so a second call
+/// finishes an interrupted sweep.
+fn cmd_sweep(a: SweepArgs) -> Result<i32> {
+    let (f, configs) = crate::sweep::load(&a.file)?;
+    let methods = crate::sweep::methods_toml(&configs);
+    let runs: Vec<(String, String)> = f
+        .suites
+        .iter()
+        .map(|s| {
+            let mut id = crate::sweep::run_id(&f.name, s);
+            if let Some(sh) = a.shard {
+                id = format!("{id}-shard{}of{}", sh.index + 1, sh.count);
+            }
+            (s.clone(), id)
+        })
+        .collect();
+    log_line(&format!(
+        "sweep {}: {} configurations × {} suite(s): {}",
+        f.name,
+        configs.len(),
+        runs.len(),
+        configs
+            .iter()
+            .map(|c| c.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if a.dry_run {
+        for (suite, id) in &runs {
+            println!("{suite} → {}", a.results_dir.join(id).display());
+        }
+        println!("\n{methods}");
+        return Ok(0);
+    }
+    std::fs::create_dir_all(&a.results_dir)
+        .with_context(|| format!("creating {}", a.results_dir.display()))?;
+    let methods_file = a.results_dir.join(format!("{}.methods.toml", f.name));
+    results::write_atomic(&methods_file, methods.as_bytes())
+        .with_context(|| format!("writing {}", methods_file.display()))?;
+    let mut dirs = Vec::new();
+    for (suite, id) in &runs {
+        let dir = a.results_dir.join(id);
+        let mut args: Vec<String> = vec!["pdbench".into(), "run".into()];
+        if dir.join(results::MANIFEST).is_file() {
+            args.extend(["--resume".into(), dir.display().to_string()]);
+        } else {
+            args.extend(["--suite".into(), suite.clone()]);
+            if let Some(m) = &f.model {
+                args.extend(["--model".into(), m.clone()]);
+            }
+            args.extend([
+                "--methods-file".into(),
+                methods_file.display().to_string(),
+                "--run-id".into(),
+                id.clone(),
+                "--results-dir".into(),
+                a.results_dir.display().to_string(),
+            ]);
+            if let Some(sh) = a.shard {
+                args.extend(["--shard".into(), sh.to_string()]);
+            }
+            if let Some(n) = a.limit {
+                args.extend(["--limit".into(), n.to_string()]);
+            }
+            args.extend(f.run_args.iter().cloned());
+        }
+        args.push("--no-report".into());
+        let cli = Cli::try_parse_from(&args)
+            .map_err(|e| anyhow::anyhow!("{}: run_args: {e}", a.file.display()))?;
+        let code = dispatch(cli).with_context(|| format!("sweep {}: suite {suite}", f.name))?;
+        if code != 0 {
+            return Ok(code);
+        }
+        dirs.push(dir);
+    }
+    if a.shard.is_none() && !a.no_report {
+        let out = a.results_dir.join(format!("{}-report", f.name));
+        let files = crate::report::write_report(&dirs, &out)?;
+        println!("{}", std::fs::read_to_string(&files[0]).unwrap_or_default());
+        log_line(&format!("sweep report: {}", out.display()));
+    }
+    Ok(0)
 }
 
 fn cmd_merge(a: MergeArgs) -> Result<i32> {

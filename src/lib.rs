@@ -18,6 +18,7 @@ pub mod score;
 pub mod stats;
 pub mod store;
 pub mod suite;
+pub mod sweep;
 pub mod toy;
 pub mod train;
 pub mod util;

@@ -1747,3 +1747,98 @@ fn three_shards_merge_into_the_unsharded_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--shard") && err.contains("K/N"), "{err}");
 }
+
+/// `sweep` expands a grid (arrays are axes) into one run per suite with
+/// every configuration and a combined report with the quality-speed
+/// plane; `--shard` splits each suite's run for `merge`; a bad value names
+/// the grid entry and field.
+#[test]
+fn sweep_expands_a_grid_into_runs_and_shards_them() {
+    let w = World::new();
+    let file = w.path("sweep.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "sw"
+suites = ["toy"]
+model = "toy-target"
+[[grid]]
+method = "ar"
+[[grid]]
+method = "dllm"
+tokens_per_step = [4, 32]
+"#,
+    )
+    .unwrap();
+    let results = w.path("results");
+    let sweep = |extra: &[&str]| {
+        let mut c = w.cmd();
+        c.arg("sweep")
+            .arg(&file)
+            .args(["--limit", "4", "--results-dir"])
+            .arg(&results)
+            .args(extra);
+        c
+    };
+    sweep(&[]).assert().success();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("sw-toy/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let labels: Vec<&str> = m["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["ar", "dllm[tokens_per_step=32]", "dllm[tokens_per_step=4]"]
+    );
+    assert_eq!(m["methods"][1]["params"]["tokens_per_step"], 32);
+    assert!(results.join("sw-report/quality_speed.png").is_file());
+    assert!(results.join("sw-report/report.md").is_file());
+
+    sweep(&["--shard", "1/2"]).assert().success();
+    sweep(&["--shard", "2/2"]).assert().success();
+    let shard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("sw-toy-shard2of2/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shard["shard"]["index"], 1);
+    w.cmd()
+        .args([
+            "merge",
+            "sw-toy-shard1of2",
+            "sw-toy-shard2of2",
+            "--no-report",
+        ])
+        .arg("--results-dir")
+        .arg(&results)
+        .arg("--out")
+        .arg(results.join("sw-merged"))
+        .assert()
+        .success();
+    let ids = |p: &str| -> std::collections::BTreeMap<String, serde_json::Value> {
+        read_lines(&results.join(p).join("samples.jsonl"))
+            .into_iter()
+            .map(|s| {
+                (
+                    format!("{}/{}", s["method"], s["sample_id"]),
+                    s["output_ids"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids("sw-merged"), ids("sw-toy"));
+
+    std::fs::write(
+        &file,
+        "name = \"sw\"\nsuites = [\"toy\"]\n[[grid]]\nmethod = \"dllm\"\ntokens_per_step = [2, 0]\n",
+    )
+    .unwrap();
+    fails_with(
+        &mut sweep(&[]),
+        &["grid entry 1", "dllm", "tokens_per_step"],
+    );
+}
