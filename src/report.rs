@@ -47,9 +47,16 @@ pub struct MethodRow {
     /// Mean over prompts of this method's tokens/s over `ar`'s on the same
     /// prompt and repeat.
     pub speedup_vs_ar: Option<f64>,
+    /// Its bootstrap 95% interval over the paired prompts.
+    pub speedup_ci: Option<(f64, f64)>,
     pub paired: usize,
     /// Mean of the suite scorer's `score` × 100 over scored samples.
     pub score_mean_x100: Option<f64>,
+    /// Its bootstrap 95% interval over the samples.
+    pub score_ci: Option<(f64, f64)>,
+    /// Lossless methods at greedy settings: the share of samples whose
+    /// tokens equal `ar`'s in the same run, percent.
+    pub lossless_pct: Option<f64>,
     /// Mean forwards (target calls) per sample.
     pub forwards_per_sample: f64,
     /// Diffusion LMs: mean canvas positions committed per forward.
@@ -116,6 +123,9 @@ fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>, PolarsError> {
 }
 
 /// Per-method rows of one run.
+/// Bootstrap resamples of the report's intervals.
+const BOOTSTRAP: usize = 2000;
+
 pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsError> {
     let method = strs(df, "method")?;
     let sample = strs(df, "sample_id")?;
@@ -170,6 +180,10 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
             .iter()
             .filter_map(|&i| Some(tps[i]? / ar.get(&key(i))?))
             .collect();
+        let scores: Vec<f64> = rows
+            .iter()
+            .filter_map(|&i| score[i].map(|x| 100.0 * x))
+            .collect();
         out.push(MethodRow {
             run_id: run_id.to_string(),
             method: name.to_string(),
@@ -190,13 +204,11 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
                     .collect::<Vec<_>>(),
             ),
             speedup_vs_ar: stats::mean(&ratios),
+            speedup_ci: stats::bootstrap_mean_ci(&ratios, BOOTSTRAP, 0.95, 1),
             paired: ratios.len(),
-            score_mean_x100: stats::mean(
-                &rows
-                    .iter()
-                    .filter_map(|&i| score[i].map(|x| 100.0 * x))
-                    .collect::<Vec<_>>(),
-            ),
+            score_mean_x100: stats::mean(&scores),
+            score_ci: stats::bootstrap_mean_ci(&scores, BOOTSTRAP, 0.95, 2),
+            lossless_pct: None,
             forwards_per_sample: mean_of(rows, &calls).unwrap_or(f64::NAN),
             canvas_tokens_per_step: mean_of(rows, &canvas),
             decoding_order_tau: mean_of(rows, &order_tau),
@@ -330,7 +342,12 @@ fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
         Column::new("draft_ms_per_step".into(), opt(|r| r.draft_ms_per_step)),
         Column::new("decode_ms_per_token".into(), opt(|r| r.decode_ms_per_token)),
         Column::new("speedup_vs_ar".into(), opt(|r| r.speedup_vs_ar)),
+        Column::new("speedup_ci_low".into(), opt(|r| r.speedup_ci.map(|c| c.0))),
+        Column::new("speedup_ci_high".into(), opt(|r| r.speedup_ci.map(|c| c.1))),
         Column::new("score_mean_x100".into(), opt(|r| r.score_mean_x100)),
+        Column::new("score_ci_low".into(), opt(|r| r.score_ci.map(|c| c.0))),
+        Column::new("score_ci_high".into(), opt(|r| r.score_ci.map(|c| c.1))),
+        Column::new("lossless_pct".into(), opt(|r| r.lossless_pct)),
         Column::new(
             "forwards_per_sample".into(),
             rows.iter()
@@ -403,8 +420,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     if multi {
         s.push_str("run | ");
     }
-    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | draft ms/step | decode ms/token | speedup vs ar | score ×100 |\n|");
-    let ncol = if multi { 12 } else { 11 };
+    s.push_str("method | samples | tokens | tokens/s median | tokens/s IQR | TTFT median (ms) | mean accepted tokens τ | draft ms/step | decode ms/token | speedup vs ar [95% CI] | score ×100 [95% CI] | equal to ar |\n|");
+    let ncol = if multi { 13 } else { 12 };
     for _ in 0..ncol {
         s.push_str("---|");
     }
@@ -415,7 +432,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             s.push_str(&format!("{} | ", r.run_id));
         }
         s.push_str(&format!(
-            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} |\n",
+            "{} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.method,
             r.samples,
             r.tokens,
@@ -426,11 +443,20 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             fmt_opt(r.mean_accepted_tokens, 2),
             fmt_opt(r.draft_ms_per_step, 3),
             fmt_opt(r.decode_ms_per_token, 3),
-            match r.speedup_vs_ar {
-                Some(v) => format!("{v:.2}× ({} prompts)", r.paired),
+            match (r.speedup_vs_ar, r.speedup_ci) {
+                (Some(v), Some((lo, hi))) =>
+                    format!("{v:.2}× [{lo:.2}–{hi:.2}] ({} prompts)", r.paired),
+                (Some(v), None) => format!("{v:.2}× ({} prompts)", r.paired),
+                _ => "–".into(),
+            },
+            match (r.score_mean_x100, r.score_ci) {
+                (Some(v), Some((lo, hi))) => format!("{v:.1} [{lo:.1}–{hi:.1}]"),
+                (v, _) => fmt_opt(v, 1),
+            },
+            match r.lossless_pct {
+                Some(p) => format!("{p:.0}%"),
                 None => "–".into(),
             },
-            fmt_opt(r.score_mean_x100, 1),
         ));
     }
     s.push_str(
@@ -438,7 +464,10 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
          τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
          Draft ms/step is the time a step spent drafting before verification; decode ms/token is decode-step \
          wall time per emitted token, the cost-aware figure beside τ. \
-         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat.\n",
+         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat. \
+         Intervals are percentile bootstraps (2000 resamples) of the mean over prompts. \
+         \"Equal to ar\" is, for lossless methods at greedy settings, the share of samples whose tokens equal `ar`'s; \
+         other methods (lossy ones, or ones that decode with a model of their own) are not held to it.\n",
     );
     let canvas: Vec<&MethodRow> = rows
         .iter()
@@ -476,6 +505,64 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     s
 }
 
+/// The summary as a LaTeX table (booktabs), for papers.
+pub fn latex(manifests: &[Manifest], rows: &[MethodRow]) -> String {
+    let esc = |x: &str| {
+        x.replace('\\', "\\textbackslash{}")
+            .replace('_', "\\_")
+            .replace('&', "\\&")
+            .replace('%', "\\%")
+            .replace('#', "\\#")
+            .replace('$', "\\$")
+            .replace('{', "\\{")
+            .replace('}', "\\}")
+    };
+    let num = |x: Option<f64>, d: usize| match x {
+        Some(v) if v.is_finite() => format!("{v:.d$}"),
+        _ => "--".into(),
+    };
+    let what = match manifests {
+        [m] => format!(
+            "{} on {} ({}, {} threads)",
+            esc(&m.models.target.label),
+            esc(&m.suite.def.name),
+            esc(&m.device.name),
+            m.device.threads
+        ),
+        _ => "pdbench runs".into(),
+    };
+    let mut s = String::from(
+        "% pdbench report: \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n\\small\n\\begin{tabular}{lrrrll}\n\\toprule\n",
+    );
+    s.push_str("Method & $\\tau$ & tokens/s & TTFT (ms) & Speedup [95\\% CI] & Score [95\\% CI] \\\\\n\\midrule\n");
+    for r in rows {
+        let method = if manifests.len() > 1 {
+            format!("{}/{}", esc(&r.run_id), esc(&r.method))
+        } else {
+            esc(&r.method)
+        };
+        let speedup = match (r.speedup_vs_ar, r.speedup_ci) {
+            (Some(v), Some((lo, hi))) => format!("{v:.2}$\\times$ [{lo:.2}, {hi:.2}]"),
+            (Some(v), None) => format!("{v:.2}$\\times$"),
+            _ => "--".into(),
+        };
+        let score = match (r.score_mean_x100, r.score_ci) {
+            (Some(v), Some((lo, hi))) => format!("{v:.1} [{lo:.1}, {hi:.1}]"),
+            (v, _) => num(v, 1),
+        };
+        s.push_str(&format!(
+            "{method} & {} & {:.1} & {} & {speedup} & {score} \\\\\n",
+            num(r.mean_accepted_tokens, 2),
+            r.tokens_per_s_median,
+            num(r.ttft_ms_median, 1),
+        ));
+    }
+    s.push_str(&format!(
+        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{what}. $\\tau$: mean accepted tokens per target forward over decode steps, the bonus token included (Spec-Bench's convention). Tokens/s: median over samples, prefill included. Speedup: mean over prompts of tokens/s relative to AR on the same prompt, with a bootstrap 95\\% interval. Score $\\times 100$, with a bootstrap 95\\% interval.}}\n\\end{{table}}\n"
+    ));
+    s
+}
+
 /// Writes report.md, report.csv and tokens_per_s.{png,svg} into `out`.
 pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut manifests = Vec::new();
@@ -489,7 +576,11 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
             path: dir.samples_path(),
             detail: e.to_string(),
         };
-        let r = summarize(&m.run_id, &df).map_err(read_err)?;
+        let mut r = summarize(&m.run_id, &df).map_err(read_err)?;
+        let (samples, _) = dir.read_samples()?;
+        for row in &mut r {
+            row.lossless_pct = crate::compare::lossless_rate_of(&m, &samples, &row.method);
+        }
         pb_points.extend(parallelbench_points(&m, &df).map_err(read_err)?);
         rows.extend(r);
         manifests.push(m);
@@ -572,7 +663,9 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
             detail,
         }
     })?;
-    files.extend([csv, png, svg]);
+    let tex = out.join("report.tex");
+    std::fs::write(&tex, latex(&manifests, &rows)).map_err(io(&tex))?;
+    files.extend([csv, png, svg, tex]);
     Ok(files)
 }
 

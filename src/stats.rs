@@ -47,6 +47,31 @@ pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
 /// Kendall's τ-b between paired observations (ties in either variable
 /// corrected for); `None` with fewer than two pairs or when either side is
 /// constant. O(n²): decoding orders are a few hundred positions.
+/// The percentile bootstrap interval of the mean of `xs` at `level`
+/// (0.95), from `resamples` draws seeded by `seed`.
+pub fn bootstrap_mean_ci(
+    xs: &[f64],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    use rand::{Rng, SeedableRng};
+    if xs.len() < 2 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let means: Vec<f64> = (0..resamples.max(1))
+        .map(|_| {
+            (0..xs.len())
+                .map(|_| xs[rng.random_range(0..xs.len())])
+                .sum::<f64>()
+                / xs.len() as f64
+        })
+        .collect();
+    let alpha = (1.0 - level) / 2.0;
+    Some((quantile(&means, alpha)?, quantile(&means, 1.0 - alpha)?))
+}
+
 pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
     let n = x.len().min(y.len());
     if n < 2 {

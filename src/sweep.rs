@@ -254,7 +254,10 @@ mod tests {
         )
         .unwrap();
         let e = expand(Path::new("s.toml"), &f).unwrap_err().to_string();
-        assert!(e.contains("grid entry 2") && e.contains("tokens_per_step"), "{e}");
+        assert!(
+            e.contains("grid entry 2") && e.contains("tokens_per_step"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn run_writes_manifest_and_samples_then_report_renders_them() {
     for f in [
         "report.md",
         "report.csv",
+        "report.tex",
         "tokens_per_s.png",
         "tokens_per_s.svg",
     ] {
@@ -159,9 +160,19 @@ fn run_writes_manifest_and_samples_then_report_renders_them() {
         );
     }
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for col in [
+        "tokens_per_s_median",
+        "speedup_ci_low",
+        "score_ci_high",
+        "lossless_pct",
+    ] {
+        assert!(header.contains(col), "{col} missing: {header}");
+    }
+    let tex = std::fs::read_to_string(out.join("report.tex")).unwrap();
     assert!(
-        csv.lines().next().unwrap().contains("tokens_per_s_median"),
-        "{csv}"
+        tex.contains("\\toprule") && tex.contains("Spec-Bench"),
+        "{tex}"
     );
 }
 
@@ -1202,6 +1213,14 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
         .all(|s| s["draft_ms_per_step"].is_null()));
     let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(report.contains("draft ms/step") && report.contains("decode ms/token"));
+    // Lossless methods are marked equal to ar on every sample.
+    for method in ["sps", "pld", "deer", "diffuspec"] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {method} |")))
+            .unwrap();
+        assert!(row.ends_with("| 100% |"), "{row}");
+    }
     // Jacobi reports its iterations per window: at least one per window,
     // at most the window's 16 positions.
     for s in samples.iter().filter(|s| s["method"] == "jacobi") {
