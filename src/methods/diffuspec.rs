@@ -201,33 +201,7 @@ pub(crate) struct DiffusionDrafter {
 
 impl DiffusionDrafter {
     pub(crate) fn new(m: &LoadedModel, method: &str) -> Result<Self, MethodError> {
-        let spec = m.info.diffusion.clone().ok_or_else(|| MethodError::Other {
-            method: method.into(),
-            detail: format!(
-                "model {} is not a masked-diffusion LM: its config.json names no diffusion family",
-                m.info.spec
-            ),
-        })?;
-        if spec.is_tidar() {
-            return Err(MethodError::Other {
-                method: method.into(),
-                detail: format!(
-                    "model {} is a TiDAR model, not a masked-diffusion drafter",
-                    m.info.spec
-                ),
-            });
-        }
-        if spec.mask_token_id as usize >= m.model.config().vocab_size {
-            return Err(MethodError::Other {
-                method: method.into(),
-                detail: format!(
-                    "model {}: mask_token_id {} is outside its vocabulary of {}",
-                    m.info.spec,
-                    spec.mask_token_id,
-                    m.model.config().vocab_size
-                ),
-            });
-        }
+        let spec = super::dllm::masked_diffusion_spec(m, method)?;
         Ok(Self {
             cache: m.model.new_cache(256)?,
             model: m.model.clone(),

@@ -198,6 +198,40 @@ fn build(
     Ok(Box::new(Dllm::new(m, p, "dllm")?))
 }
 
+/// The diffusion spec of a masked-diffusion LM that decodes or drafts:
+/// refused for an AR model, for a TiDAR model (its mask slots need
+/// `tidar`'s layout) and for a mask id outside the vocabulary.
+pub(crate) fn masked_diffusion_spec(
+    m: &crate::model::LoadedModel,
+    method: &str,
+) -> Result<DiffusionSpec, MethodError> {
+    let other = |detail: String| MethodError::Other {
+        method: method.into(),
+        detail,
+    };
+    let spec = m.info.diffusion.clone().ok_or_else(|| {
+        other(format!(
+            "model {} is not a masked-diffusion LM: its config.json names no diffusion family (model_type llada or Dream, or a pdbench diffusion objective with mask_token_id)",
+            m.info.spec
+        ))
+    })?;
+    if spec.is_tidar() {
+        return Err(other(format!(
+            "model {} is a TiDAR model, whose mask slots need the `tidar` method; pass a masked-diffusion LM",
+            m.info.spec
+        )));
+    }
+    if spec.mask_token_id as usize >= m.model.config().vocab_size {
+        return Err(other(format!(
+            "model {}: mask_token_id {} is outside its vocabulary of {}",
+            m.info.spec,
+            spec.mask_token_id,
+            m.model.config().vocab_size
+        )));
+    }
+    Ok(spec)
+}
+
 /// A masked-diffusion model and how to decode with it.
 pub struct Dllm {
     model: Arc<Transformer>,
@@ -219,33 +253,7 @@ impl Dllm {
             method: method.into(),
             detail,
         };
-        let spec = m.info.diffusion.clone().ok_or_else(|| MethodError::Other {
-            method: method.into(),
-            detail: format!(
-                "model {} is not a masked-diffusion LM: its config.json names no diffusion family (model_type llada or Dream, or a pdbench diffusion objective with mask_token_id)",
-                m.info.spec
-            ),
-        })?;
-        if spec.is_tidar() {
-            return Err(MethodError::Other {
-                method: method.into(),
-                detail: format!(
-                    "model {} is a TiDAR model, whose mask slots need the `tidar` method; pass a masked-diffusion LM",
-                    m.info.spec
-                ),
-            });
-        }
-        if spec.mask_token_id as usize >= m.model.config().vocab_size {
-            return Err(MethodError::Other {
-                method: method.into(),
-                detail: format!(
-                    "model {}: mask_token_id {} is outside its vocabulary of {}",
-                    m.info.spec,
-                    spec.mask_token_id,
-                    m.model.config().vocab_size
-                ),
-            });
-        }
+        let spec = masked_diffusion_spec(m, method)?;
         let gen_length = p.gen_length.or(spec.trained_gen_len).unwrap_or(256);
         let block_length = match (p.block_length, spec.block_size) {
             (Some(b), Some(s)) if b != s => {

@@ -100,26 +100,18 @@ fn one_row(q: &[f32], k: &[f32], v: &[f32], len: usize, d: usize, scale: f64, ds
     let mut scores = vec![0f32; len];
     // SAFETY: the pointers and strides describe the slices above.
     unsafe {
-        gemm::gemm(
+        gemm_f32(
             1,
             len,
             d,
             scores.as_mut_ptr(),
-            1,
             len as isize,
-            false,
             q.as_ptr(),
-            1,
             d as isize,
             k.as_ptr(),
             d as isize,
             1,
-            0f32,
             1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     // candle's affine, then its softmax kernel.
@@ -140,28 +132,64 @@ fn one_row(q: &[f32], k: &[f32], v: &[f32], len: usize, d: usize, scale: f64, ds
         *s /= sum;
     }
     unsafe {
-        gemm::gemm(
+        gemm_f32(
             1,
             d,
             len,
             dst.as_mut_ptr(),
-            1,
             d as isize,
-            false,
             scores.as_ptr(),
-            1,
             len as isize,
             v.as_ptr(),
             1,
             d as isize,
-            0f32,
             1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
+}
+
+/// `dst` (`m × n`, row stride `dst_rs`) = `beta` · `lhs` (`m × k`, row
+/// stride `lhs_rs`) · `rhs` (`k × n`, strides `rhs_cs` between columns and
+/// `rhs_rs` between rows), single-threaded: the one gemm call every kernel
+/// here makes.
+///
+/// # Safety
+/// The pointers and strides must describe valid, non-overlapping memory.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        false,
+        lhs,
+        1,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0f32,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// `x` `[m, k]` times `w^T` (`w` is `[n, k]`), one row at a time, with the
@@ -170,26 +198,18 @@ pub(crate) fn rowwise_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize)
     let mut out = vec![0f32; m * n];
     let out_ptr = out.as_mut_ptr() as usize;
     let work = |row: usize| unsafe {
-        gemm::gemm(
+        gemm_f32(
             1,
             n,
             k,
             (out_ptr as *mut f32).add(row * n),
-            1,
             n as isize,
-            false,
             x.as_ptr().add(row * k),
-            1,
             k as isize,
             w.as_ptr(),
             k as isize,
             1,
-            0f32,
             1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
     };
     if m > 1 {
@@ -208,26 +228,18 @@ pub(crate) fn batched_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize)
     let out_ptr = out.as_mut_ptr() as usize;
     let work = |rows: std::ops::Range<usize>| unsafe {
         // SAFETY: each chunk writes its own rows of `out`.
-        gemm::gemm(
+        gemm_f32(
             rows.len(),
             n,
             k,
             (out_ptr as *mut f32).add(rows.start * n),
-            1,
             n as isize,
-            false,
             x.as_ptr().add(rows.start * k),
-            1,
             k as isize,
             w.as_ptr(),
             k as isize,
             1,
-            0f32,
             1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
     };
     if m >= 16 {
@@ -262,26 +274,18 @@ pub(crate) fn attend_uniform(q: &[f32], k: &[f32], v: &[f32], dims: Dims, len: u
         // SAFETY: pointers and strides describe the slices above; each head
         // writes its own d columns of `out`.
         unsafe {
-            gemm::gemm(
+            gemm_f32(
                 n,
                 len,
                 d,
                 scores.as_mut_ptr(),
-                1,
                 len as isize,
-                false,
                 q_h.as_ptr(),
-                1,
                 d as isize,
                 k_g.as_ptr(),
                 d as isize,
                 1,
-                0f32,
                 scale as f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
         for row in scores.chunks_mut(len) {
@@ -294,26 +298,18 @@ pub(crate) fn attend_uniform(q: &[f32], k: &[f32], v: &[f32], dims: Dims, len: u
             row.iter_mut().for_each(|s| *s /= sum);
         }
         unsafe {
-            gemm::gemm(
+            gemm_f32(
                 n,
                 d,
                 len,
                 (out_ptr as *mut f32).add(h * d),
-                1,
                 (n_heads * d) as isize,
-                false,
                 scores.as_ptr(),
-                1,
                 len as isize,
                 v_g.as_ptr(),
                 1,
                 d as isize,
-                0f32,
                 1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     };
