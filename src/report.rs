@@ -217,6 +217,92 @@ pub fn summarize(run_id: &str, df: &DataFrame) -> Result<Vec<MethodRow>, PolarsE
     Ok(out)
 }
 
+/// Spec-Bench's table for one run: per method, the speedup over `ar` in
+/// each category (the mean over its prompts of the paired tokens/s ratio),
+/// then τ and the overall speedup. `None` when the run has fewer than two
+/// categories or no `ar`.
+pub fn category_markdown(df: &DataFrame) -> Result<Option<String>, PolarsError> {
+    let method = strs(df, "method")?;
+    let sample = strs(df, "sample_id")?;
+    let category = df
+        .column("category")?
+        .str()?
+        .into_iter()
+        .map(|c| c.unwrap_or("–").to_string())
+        .collect::<Vec<_>>();
+    let repeat = f64s(df, "repeat")?;
+    let turn = f64s(df, "turn")?;
+    let tps = f64s(df, "tokens_per_s")?;
+    let tau = f64s(df, "mean_accepted_tokens")?;
+    let key = |i: usize| {
+        (
+            sample[i].clone(),
+            repeat[i].unwrap_or(0.0) as i64,
+            turn[i].unwrap_or(0.0) as i64,
+        )
+    };
+    let ar: BTreeMap<_, f64> = (0..method.len())
+        .filter(|&i| method[i] == "ar")
+        .filter_map(|i| tps[i].map(|t| (key(i), t)))
+        .collect();
+    let cats: Vec<String> = category
+        .iter()
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if ar.is_empty() || cats.len() < 2 {
+        return Ok(None);
+    }
+    let mut names: Vec<&str> = method
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    names.sort_by_key(|n| (*n != "ar", n.to_string()));
+    let mut s = String::from("\n## By category (Spec-Bench's table)\n\n| method |");
+    for c in &cats {
+        s.push_str(&format!(" {c} |"));
+    }
+    s.push_str(" mean accepted tokens τ | overall |\n|---|");
+    for _ in 0..cats.len() + 2 {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for name in names {
+        let rows: Vec<usize> = (0..method.len()).filter(|&i| method[i] == name).collect();
+        let ratio = |i: usize| Some(tps[i]? / ar.get(&key(i))?);
+        s.push_str(&format!("| {name} |"));
+        for c in &cats {
+            let r: Vec<f64> = rows
+                .iter()
+                .filter(|&&i| &category[i] == c)
+                .filter_map(|&i| ratio(i))
+                .collect();
+            s.push_str(&format!(" {} |", fmt_times(stats::mean(&r))));
+        }
+        let taus: Vec<f64> = rows.iter().filter_map(|&i| tau[i]).collect();
+        let all: Vec<f64> = rows.iter().filter_map(|&i| ratio(i)).collect();
+        s.push_str(&format!(
+            " {} | {} |\n",
+            fmt_opt(stats::mean(&taus), 2),
+            fmt_times(stats::mean(&all))
+        ));
+    }
+    s.push_str(
+        "\nSpeedup over `ar` per category: the mean over the category's prompts of tokens/s relative to `ar` on the same prompt. τ: tokens per target forward over decode steps, the bonus token included.\n",
+    );
+    Ok(Some(s))
+}
+
+fn fmt_times(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.2}×"),
+        _ => "–".into(),
+    }
+}
+
 /// Per (model/method, task) points of a ParallelBench run: the mean score
 /// × 100 and the mean tokens per target forward, from token ids.
 pub fn parallelbench_points(
@@ -505,6 +591,67 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     s
 }
 
+/// What a reader must know before comparing the rows: which methods are
+/// lossy or decode with a model of their own, and which runs are not
+/// scored for quality.
+fn honesty_notes(manifests: &[Manifest]) -> String {
+    let mut lossy = Vec::new();
+    let mut own = Vec::new();
+    for m in manifests {
+        for inst in &m.methods {
+            let Ok(spec) = crate::methods::find(&inst.id) else {
+                continue;
+            };
+            let own_model = spec.needs.iter().any(|n| {
+                matches!(
+                    n,
+                    crate::methods::Need::TidarModel | crate::methods::Need::ConsistencyModel
+                )
+            });
+            if own_model {
+                own.push(format!("`{}`", inst.label));
+            } else if spec.exactness == crate::methods::Exactness::Lossy {
+                lossy.push(format!("`{}`", inst.label));
+            }
+        }
+    }
+    lossy.dedup();
+    own.dedup();
+    let mut s = String::new();
+    if !lossy.is_empty() {
+        s.push_str(&format!(
+            "- Lossy: {} may emit other tokens than `ar`; judge their speed beside their score.\n",
+            lossy.join(", ")
+        ));
+    }
+    if !own.is_empty() {
+        s.push_str(&format!(
+            "- {} decode with a model of their own (its greedy AR output, not the target's).\n",
+            own.join(", ")
+        ));
+    }
+    let unscored: Vec<String> = manifests
+        .iter()
+        .filter(|m| {
+            m.scoring
+                .as_ref()
+                .is_some_and(|sc| sc.scorer == "none" || sc.unscored_reason.is_some())
+        })
+        .map(|m| format!("`{}` ({})", m.run_id, m.suite.def.name))
+        .collect();
+    if !unscored.is_empty() {
+        s.push_str(&format!(
+            "- Not judged for quality: {} has no quality scorer; its rows compare speed only.\n",
+            unscored.join(", ")
+        ));
+    }
+    if s.is_empty() {
+        s
+    } else {
+        format!("\n## Read with care\n\n{s}")
+    }
+}
+
 /// The summary as a LaTeX table (booktabs), for papers.
 pub fn latex(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     let esc = |x: &str| {
@@ -568,6 +715,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     let mut manifests = Vec::new();
     let mut rows = Vec::new();
     let mut pb_points = Vec::new();
+    let mut by_category = Vec::new();
     for p in runs {
         let dir = RunDir::open(p)?;
         let m = dir.read_manifest()?;
@@ -577,6 +725,9 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
             detail: e.to_string(),
         };
         let mut r = summarize(&m.run_id, &df).map_err(read_err)?;
+        if let Some(t) = category_markdown(&df).map_err(read_err)? {
+            by_category.push((m.run_id.clone(), t));
+        }
         let (samples, _) = dir.read_samples()?;
         for row in &mut r {
             row.lossless_pct = crate::compare::lossless_rate_of(&m, &samples, &row.method);
@@ -595,6 +746,13 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     };
     let md = out.join("report.md");
     let mut text = markdown(&manifests, &rows);
+    for (run_id, t) in &by_category {
+        if by_category.len() > 1 {
+            text.push_str(&format!("\n### run `{run_id}`\n"));
+        }
+        text.push_str(t);
+    }
+    text.push_str(&honesty_notes(&manifests));
     let mut files = vec![md.clone()];
     if !pb_points.is_empty() {
         text.push_str(&parallelbench_markdown(&pb_points));

@@ -1213,6 +1213,13 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
         .all(|s| s["draft_ms_per_step"].is_null()));
     let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(report.contains("draft ms/step") && report.contains("decode ms/token"));
+    // Spec-Bench's per-category table, and the notes on what is lossy.
+    assert!(report.contains("## By category (Spec-Bench's table)"));
+    let careful = report.lines().find(|l| l.starts_with("- Lossy:")).unwrap();
+    assert!(
+        careful.contains("`dllm`") && !careful.contains("`sps`"),
+        "{careful}"
+    );
     // Lossless methods are marked equal to ar on every sample.
     for method in ["sps", "pld", "deer", "diffuspec"] {
         let row = report
