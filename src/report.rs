@@ -869,6 +869,14 @@ where
         .map(|p| p.0)
         .filter(|x| x.is_finite() && *x > 0.0)
         .fold(1.0, f64::min);
+    // The score axis starts below the lowest point (in tens), not at 0,
+    // so that close scores stay apart.
+    let min_y = pts
+        .iter()
+        .map(|p| p.1)
+        .filter(|y| y.is_finite())
+        .fold(100.0, f64::min);
+    let min_y = (((min_y - 5.0) / 10.0).floor() * 10.0).clamp(0.0, 90.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Quality against parallelism (ParallelBench's plane)",
@@ -877,7 +885,7 @@ where
         .margin(20)
         .x_label_area_size(55)
         .y_label_area_size(65)
-        .build_cartesian_2d((min_x * 0.7..max_x * 2.5).log_scale(), 0f64..105.0)
+        .build_cartesian_2d((min_x * 0.7..max_x * 2.5).log_scale(), min_y..105.0)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
