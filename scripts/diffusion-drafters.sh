@@ -31,4 +31,6 @@ mkdir -p "$out/drafters" "$out/deer-init" "$out/tidar"
 cp "results/drafters-$stamp/manifest.json" "$out/drafters/manifest.json"
 cp "results/deer-init-$stamp/manifest.json" "$out/deer-init/manifest.json"
 cp "results/tidar-$stamp/manifest.json" "$out/tidar/manifest.json"
+python3 scripts/drafter_steps.py "results/drafters-$stamp" "results/deer-init-$stamp" \
+  "results/tidar-$stamp" > "$out/steps.md"
 echo "runs: results/drafters-$stamp results/deer-init-$stamp results/tidar-$stamp"
