@@ -44,9 +44,6 @@ pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
     Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
 }
 
-/// Kendall's τ-b between paired observations (ties in either variable
-/// corrected for); `None` with fewer than two pairs or when either side is
-/// constant. O(n²): decoding orders are a few hundred positions.
 /// The percentile bootstrap interval of the mean of `xs` at `level`
 /// (0.95), from `resamples` draws seeded by `seed`.
 pub fn bootstrap_mean_ci(
@@ -72,6 +69,9 @@ pub fn bootstrap_mean_ci(
     Some((quantile(&means, alpha)?, quantile(&means, 1.0 - alpha)?))
 }
 
+/// Kendall's τ-b between paired observations (ties in either variable
+/// corrected for); `None` with fewer than two pairs or when either side is
+/// constant. O(n²): decoding orders are a few hundred positions.
 pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
     let n = x.len().min(y.len());
     if n < 2 {
@@ -122,6 +122,7 @@ mod tests {
             task: task.into(),
             score_x100: score,
             tokens_per_step: tps,
+            speedup: None,
         }
     }
 
@@ -189,6 +190,9 @@ pub struct TaskPoint {
     pub task: String,
     pub score_x100: f64,
     pub tokens_per_step: f64,
+    /// The task's mean tokens/s relative to `ar` on the same prompts, when
+    /// the run has `ar`.
+    pub speedup: Option<f64>,
 }
 
 /// A configuration's averages over tasks.
@@ -198,6 +202,9 @@ pub struct ConfigSummary {
     pub tasks: usize,
     pub mean_score_x100: f64,
     pub mean_tokens_per_step: f64,
+    /// The mean over tasks of the wall-clock speedup over `ar`; `None`
+    /// when a task lacks one.
+    pub mean_speedup: Option<f64>,
     /// Whether it covers every task seen in the input; only those count
     /// for PBx.
     pub complete: bool,
@@ -214,22 +221,34 @@ pub fn pb_scores(
 ) -> (Vec<(f64, Option<f64>)>, Vec<ConfigSummary>) {
     use std::collections::{BTreeMap, BTreeSet};
     let all_tasks: BTreeSet<&str> = points.iter().map(|p| p.task.as_str()).collect();
-    let mut by: BTreeMap<&str, BTreeMap<&str, (Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+    type Cols = (Vec<f64>, Vec<f64>, Vec<Option<f64>>);
+    let mut by: BTreeMap<&str, BTreeMap<&str, Cols>> = BTreeMap::new();
     for p in points {
         let e = by.entry(&p.config).or_default().entry(&p.task).or_default();
         e.0.push(p.score_x100);
         e.1.push(p.tokens_per_step);
+        e.2.push(p.speedup);
     }
     let summaries: Vec<ConfigSummary> = by
         .iter()
         .map(|(config, tasks)| {
             let scores: Vec<f64> = tasks.values().filter_map(|t| mean(&t.0)).collect();
             let tps: Vec<f64> = tasks.values().filter_map(|t| mean(&t.1)).collect();
+            let speedups: Option<Vec<f64>> = tasks
+                .values()
+                .map(|t| {
+                    t.2.iter()
+                        .copied()
+                        .collect::<Option<Vec<f64>>>()
+                        .and_then(|v| mean(&v))
+                })
+                .collect();
             ConfigSummary {
                 config: config.to_string(),
                 tasks: tasks.len(),
                 mean_score_x100: mean(&scores).unwrap_or(f64::NAN),
                 mean_tokens_per_step: mean(&tps).unwrap_or(f64::NAN),
+                mean_speedup: speedups.and_then(|v| mean(&v)),
                 complete: tasks.len() == all_tasks.len(),
             }
         })
@@ -248,4 +267,61 @@ pub fn pb_scores(
         })
         .collect();
     (pb, summaries)
+}
+
+/// d3LLM's AUP (accuracy under parallelism) of one method's curve: points
+/// (ρ tokens per forward, y accuracy ×100), sorted by ρ, keep those with
+/// y ≥ y₁ − `y_min_offset` (y₁ the accuracy at the lowest ρ); then
+/// AUP = ρ₁·y₁ + Σᵢ (ρᵢ − ρᵢ₋₁)·(yᵢ·W(yᵢ) + yᵢ₋₁·W(yᵢ₋₁))/2 with
+/// W(y) = min(exp(−α(1 − y/y_max)), 1). The defaults are α = 3 and an
+/// offset of 5 points. Returns the score and the number of points kept;
+/// `None` without a point with ρ > 0.
+pub fn aup(
+    points: &[(f64, f64)],
+    y_max: f64,
+    alpha: f64,
+    y_min_offset: f64,
+) -> Option<(f64, usize)> {
+    let mut pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(r, y)| *r > 0.0 && r.is_finite() && y.is_finite())
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let y_1 = pts.first()?.1;
+    let kept: Vec<(f64, f64)> = pts
+        .into_iter()
+        .filter(|p| p.1 >= y_1 - y_min_offset)
+        .collect();
+    let w = |y: f64| (-alpha * (1.0 - y / y_max)).exp().min(1.0);
+    let mut score = kept[0].0 * kept[0].1;
+    for pair in kept.windows(2) {
+        let ((r0, y0), (r1, y1)) = (pair[0], pair[1]);
+        score += 0.5 * (r1 - r0) * (y1 * w(y1) + y0 * w(y0));
+    }
+    Some((score, kept.len()))
+}
+
+#[cfg(test)]
+mod aup_tests {
+    use super::aup;
+
+    #[test]
+    fn aup_matches_the_definition_by_hand() {
+        // One point: ρ·y.
+        assert_eq!(aup(&[(1.0, 90.0)], 90.0, 3.0, 5.0), Some((90.0, 1)));
+        // At y_max every weight is 1: a trapezoid.
+        let (s, n) = aup(&[(2.0, 80.0), (1.0, 80.0)], 80.0, 3.0, 5.0).unwrap();
+        assert_eq!(n, 2);
+        assert!((s - (80.0 + 80.0)).abs() < 1e-9, "{s}");
+        // Below y_max the weight discounts: y=70, y_max=80 → W = e^{-3/8}.
+        let (s, _) = aup(&[(1.0, 72.0), (3.0, 70.0)], 80.0, 3.0, 5.0).unwrap();
+        let w = |y: f64| (-3.0 * (1.0 - y / 80.0f64)).exp();
+        let want = 72.0 + 0.5 * 2.0 * (70.0 * w(70.0) + 72.0 * w(72.0));
+        assert!((s - want).abs() < 1e-9, "{s} vs {want}");
+        // A point more than 5 points below y₁ is left out.
+        let (s, n) = aup(&[(1.0, 90.0), (4.0, 80.0)], 90.0, 3.0, 5.0).unwrap();
+        assert_eq!((s, n), (90.0, 1));
+        assert_eq!(aup(&[], 90.0, 3.0, 5.0), None);
+    }
 }

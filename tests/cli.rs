@@ -149,6 +149,7 @@ fn run_writes_manifest_and_samples_then_report_renders_them() {
     for f in [
         "report.md",
         "report.csv",
+        "report.parquet",
         "report.tex",
         "tokens_per_s.png",
         "tokens_per_s.svg",
@@ -1212,9 +1213,76 @@ fn the_embedded_default_runs_the_toy_suite_on_the_zoo() {
         .filter(|s| s["method"] == "ar")
         .all(|s| s["draft_ms_per_step"].is_null()));
     let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
-    assert!(report.contains("draft ms/step") && report.contains("decode ms/token"));
+    assert!(report.contains("draft ms/step") && report.contains("decode ms per accepted token"));
     // Spec-Bench's per-category table, and the notes on what is lossy.
     assert!(report.contains("## By category (Spec-Bench's table)"));
+    assert!(report.contains("## Acceptance by draft position"));
+    assert!(
+        report.contains("| family | AUP | points kept |"),
+        "{report}"
+    );
+    // Every figure, as PNG and SVG, linked from the report.
+    for stem in [
+        "tokens_per_s",
+        "speedup",
+        "tau_distribution",
+        "acceptance_by_position",
+        "step_time",
+        "quality_speed",
+        "quality_wallclock",
+    ] {
+        for ext in ["png", "svg"] {
+            let f = run.join(format!("report/{stem}.{ext}"));
+            assert!(
+                std::fs::metadata(&f).is_ok_and(|m| m.len() > 1000),
+                "{} missing or empty",
+                f.display()
+            );
+        }
+        assert!(
+            report.contains(&format!("]({stem}.png)")),
+            "{stem} not linked"
+        );
+    }
+    // The per-category rows in Parquet: one row per method over all
+    // categories and one per method × category, with acceptance by
+    // position for drafting methods only.
+    use polars::prelude::SerReader;
+    let frame = polars::prelude::ParquetReader::new(
+        std::fs::File::open(run.join("report/report.parquet")).unwrap(),
+    )
+    .finish()
+    .unwrap();
+    let methods: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .map(|s| s["method"].as_str().unwrap())
+        .collect();
+    let cats: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .map(|s| s["category"].as_str().unwrap())
+        .collect();
+    assert!(cats.len() > 1);
+    assert_eq!(frame.height(), methods.len() * (1 + cats.len()));
+    let method = frame.column("method").unwrap().str().unwrap().clone();
+    let category = frame.column("category").unwrap().str().unwrap().clone();
+    let pos1 = frame
+        .column("acceptance_pos1")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .clone();
+    for i in 0..frame.height() {
+        let (m, c, a) = (
+            method.get(i).unwrap(),
+            category.get(i).unwrap(),
+            pos1.get(i),
+        );
+        match m {
+            "ar" | "dllm" | "learn2pd" => assert_eq!(a, None, "{m}/{c}"),
+            "sps" if c == "all" => assert!(a.is_some_and(|a| a > 0.0 && a <= 1.0), "{a:?}"),
+            _ => {}
+        }
+    }
     let careful = report.lines().find(|l| l.starts_with("- Lossy:")).unwrap();
     assert!(
         careful.contains("`dllm`") && !careful.contains("`sps`"),

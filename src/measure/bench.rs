@@ -304,6 +304,7 @@ fn harness_ns_per_token(
             probe.commit(super::StepObservation {
                 kind: super::StepKind::Decode,
                 proposed: 0,
+                draft_depth: None,
                 accepted: 0,
                 tokens: &[t],
                 target_calls: 1,

@@ -75,6 +75,9 @@ pub struct StepObservation<'a> {
     pub kind: StepKind,
     /// Draft tokens put up for verification.
     pub proposed: usize,
+    /// The longest draft path, when `proposed` counts the nodes of a tree;
+    /// `None` when the draft is one chain of `proposed` tokens.
+    pub draft_depth: Option<usize>,
     /// Of those, how many the verifier kept.
     pub accepted: usize,
     /// Tokens the step adds to the output (accepted drafts plus any bonus
@@ -99,6 +102,9 @@ pub struct StepObservation<'a> {
 pub struct StepRecord {
     pub kind: StepKind,
     pub proposed: usize,
+    /// Tree drafts: the longest path (`proposed` counts nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_depth: Option<usize>,
     pub accepted: usize,
     /// Tokens added to the output after the stop rule.
     pub emitted: usize,
@@ -262,6 +268,7 @@ impl<'a> Probe<'a> {
         self.steps.push(StepRecord {
             kind: obs.kind,
             proposed: obs.proposed,
+            draft_depth: obs.draft_depth,
             accepted: obs.accepted,
             emitted,
             target_calls: obs.target_calls,
@@ -405,6 +412,7 @@ mod tests {
         StepObservation {
             kind: StepKind::Decode,
             proposed: tokens.len().saturating_sub(1),
+            draft_depth: None,
             accepted: tokens.len().saturating_sub(1),
             tokens,
             target_calls: 1,
@@ -506,6 +514,7 @@ mod tests {
         m.steps.push(StepRecord {
             kind: StepKind::Decode,
             proposed: 1,
+            draft_depth: None,
             accepted: 2,
             emitted: 2,
             target_calls: 1,

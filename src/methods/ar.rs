@@ -109,6 +109,7 @@ impl Decoder for Ar {
             let flow = ctx.probe.commit(StepObservation {
                 kind,
                 proposed: 0,
+                draft_depth: None,
                 accepted: 0,
                 tokens: &[tok],
                 target_calls: 1,

@@ -41,6 +41,7 @@ pub fn prefill_with_taps(
     let flow = ctx.probe.commit(StepObservation {
         kind: StepKind::Prefill,
         proposed: 0,
+        draft_depth: None,
         accepted: 0,
         tokens: &[first],
         target_calls: 1,

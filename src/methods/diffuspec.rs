@@ -512,6 +512,7 @@ impl Decoder for Diffuspec {
             let flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: drafts.len(),
+                draft_depth: None,
                 accepted: v.accepted,
                 tokens: &emitted,
                 target_calls: 1,

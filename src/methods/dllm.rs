@@ -606,6 +606,7 @@ impl Dllm {
             probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: 0,
+                draft_depth: None,
                 accepted: 0,
                 tokens: s.tokens,
                 target_calls: 1,

@@ -242,6 +242,7 @@ impl Eagle {
         };
         let counts = StepCounts {
             proposed: k,
+            draft_depth: None,
             accepted: v.accepted,
             draft_calls: k as u32,
             verify_width: k + 1,
@@ -401,6 +402,7 @@ impl Eagle {
         emitted.push(verdict.next);
         let counts = StepCounts {
             proposed: chosen.len(),
+            draft_depth: Some(chosen.iter().map(|n| n.depth).max().unwrap_or(0)),
             accepted: verdict.path.len(),
             draft_calls,
             verify_width: chunk.len(),
@@ -418,6 +420,8 @@ impl Eagle {
 
 struct StepCounts {
     proposed: usize,
+    /// Tree steps: the longest path drafted.
+    draft_depth: Option<usize>,
     accepted: usize,
     draft_calls: u32,
     verify_width: usize,
@@ -473,6 +477,7 @@ impl Decoder for Eagle {
             let flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: counts.proposed,
+                draft_depth: counts.draft_depth,
                 accepted: counts.accepted,
                 tokens: &emitted,
                 target_calls: 1,

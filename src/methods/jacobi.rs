@@ -112,6 +112,7 @@ impl Decoder for Jacobi {
                 flow = ctx.probe.commit(StepObservation {
                     kind: StepKind::Decode,
                     proposed: guesses.len(),
+                    draft_depth: None,
                     accepted,
                     tokens: &emitted,
                     target_calls: 1,

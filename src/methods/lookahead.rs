@@ -256,6 +256,7 @@ impl Decoder for Lookahead {
             flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: cands.iter().map(Vec::len).max().unwrap_or(0),
+                draft_depth: None,
                 accepted,
                 tokens: &emitted,
                 target_calls: 1,

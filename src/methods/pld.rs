@@ -140,6 +140,7 @@ impl Decoder for Pld {
             flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: drafts.len(),
+                draft_depth: None,
                 accepted: v.accepted,
                 tokens: &emitted,
                 target_calls: 1,

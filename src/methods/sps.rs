@@ -174,6 +174,7 @@ impl Decoder for Sps {
             let flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: k,
+                draft_depth: None,
                 accepted,
                 tokens: &emitted,
                 target_calls: 1,

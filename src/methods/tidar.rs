@@ -252,6 +252,7 @@ impl Decoder for Tidar {
             let flow = ctx.probe.commit(StepObservation {
                 kind: StepKind::Decode,
                 proposed: m,
+                draft_depth: None,
                 accepted: v.accepted,
                 tokens: &emitted,
                 target_calls: 1,
