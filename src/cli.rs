@@ -1556,6 +1556,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 )),
                 note: None,
                 shard: a.shard,
+                energy: None,
             };
             (setup, dir, manifest, false)
         }
@@ -1642,12 +1643,25 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     };
     let clock = MonotonicClock::new();
     let device = setup.target.model.device().clone();
+    // Energy and memory meters; the powercap root can be pointed elsewhere
+    // (tests give a fake one).
+    let powercap = std::env::var_os("PDBENCH_POWERCAP_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/sys/class/powercap"));
+    let (mut meters, mut energy) =
+        crate::measure::energy::Meters::open(&manifest.device.name, &powercap);
+    if manifest.energy.is_none() {
+        meters.idle_watts(&mut energy, std::time::Duration::from_secs(2));
+        manifest.energy = Some(energy);
+        dir.write_manifest(&manifest)?;
+    }
     let result = runner::execute(
         &plan,
         &dir,
         &done,
         &clock,
         &device,
+        &mut meters,
         &INTERRUPT,
         &mut |ev| match ev {
             Event::MethodStart {

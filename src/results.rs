@@ -150,6 +150,9 @@ pub struct Manifest {
     pub scoring: Option<crate::score::ScoringInfo>,
     /// Set when the run stopped early, with the reason.
     pub note: Option<String>,
+    /// Energy and memory sources of the run, or why there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<crate::measure::energy::EnergyInfo>,
     /// The part of the work this run does, when sharded (`--shard K/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
@@ -242,6 +245,26 @@ pub struct SampleRecord {
     /// and the position: 1 is strictly left to right.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoding_order_tau: Option<f64>,
+    /// GPU energy over the sample (NVML), J; absent without a source (the
+    /// manifest's `energy` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_energy_j: Option<f64>,
+    /// CPU package energy over the sample (RAPL), J.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_energy_j: Option<f64>,
+    /// Energy per generated token (GPU where measured, else CPU), J.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joules_per_token: Option<f64>,
+    /// Mean power over the sample's wall time (same source), W.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_mem_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Meters that failed on this sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub energy_errors: Vec<String>,
     pub output_ids: Vec<u32>,
     pub output_text: String,
     /// The suite scorer's headline score in [0, 1]; `None` when unscored.

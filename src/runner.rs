@@ -218,6 +218,7 @@ pub fn execute(
     done: &HashMap<SampleKey, String>,
     clock: &dyn Clock,
     device: &dyn DeviceSync,
+    meters: &mut crate::measure::energy::Meters,
     interrupt: &AtomicBool,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Outcome, RunError> {
@@ -323,8 +324,9 @@ pub fn execute(
                     ),
                 };
                 let mut rng = ChaCha20Rng::seed_from_u64(seed);
-                let mut probe =
-                    Probe::start(clock, device, &detok, &plan.rule).with_interrupt(interrupt);
+                let mut probe = Probe::start(clock, device, &detok, &plan.rule)
+                    .with_interrupt(interrupt)
+                    .with_meters(meters);
                 decoder.generate(
                     prompt_ids,
                     &mut GenContext {
@@ -470,6 +472,21 @@ fn make_record(
         canvas_tokens_per_step: (canvas_forwards > 0 && !order.0.is_empty())
             .then(|| order.0.len() as f64 / canvas_forwards as f64),
         decoding_order_tau: crate::stats::kendall_tau_b(&order.0, &order.1),
+        gpu_energy_j: m.energy.gpu_j,
+        cpu_energy_j: m.energy.cpu_j,
+        joules_per_token: m
+            .energy
+            .gpu_j
+            .or(m.energy.cpu_j)
+            .and_then(|j| (n > 0).then(|| j / n as f64)),
+        mean_watts: m
+            .energy
+            .gpu_j
+            .or(m.energy.cpu_j)
+            .and_then(|j| (secs > 0.0).then(|| j / secs)),
+        peak_gpu_mem_bytes: m.energy.peak_gpu_mem_bytes,
+        peak_rss_bytes: m.energy.peak_rss_bytes,
+        energy_errors: m.energy_errors.clone(),
         output_ids: m.output.clone(),
         output_text: text,
         score: None,

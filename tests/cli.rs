@@ -1793,6 +1793,13 @@ fn three_shards_merge_into_the_unsharded_run() {
                     "decode_tokens_per_s",
                     "draft_ms_per_step",
                     "decode_ms_per_token",
+                    // Measurements like times: memory and energy.
+                    "peak_rss_bytes",
+                    "peak_gpu_mem_bytes",
+                    "cpu_energy_j",
+                    "gpu_energy_j",
+                    "joules_per_token",
+                    "mean_watts",
                 ] {
                     o.remove(k);
                 }
@@ -1935,4 +1942,69 @@ tokens_per_step = [4, 32]
         &mut sweep(&[]),
         &["grid entry 1", "dllm", "tokens_per_step"],
     );
+}
+
+/// Without an energy source (no NVML, no readable RAPL: this machine and
+/// CI) the manifest records why and the report says so; with a readable
+/// powercap tree (a fake one here) every sample carries its CPU energy,
+/// and the report shows the source.
+#[test]
+fn energy_is_recorded_where_a_source_exists_and_explained_where_not() {
+    let w = World::new();
+    w.run(&["--method", "ar", "--run-id", "plain", "--no-report"])
+        .env("PDBENCH_POWERCAP_ROOT", w.path("no-powercap"))
+        .assert()
+        .success();
+    let run = w.path("results/plain");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert!(m["energy"]["gpu"]["source"].is_null());
+    assert!(m["energy"]["gpu"]["unavailable_reason"]
+        .as_str()
+        .unwrap()
+        .contains("not a GPU"));
+    assert!(m["energy"]["cpu"]["unavailable_reason"]
+        .as_str()
+        .unwrap()
+        .contains("no RAPL package zone"));
+    for s in read_lines(&run.join("samples.jsonl")) {
+        assert!(s.get("cpu_energy_j").is_none() && s.get("joules_per_token").is_none());
+    }
+    let out = w.path("rep-plain");
+    w.cmd()
+        .args([
+            "report",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Energy and memory"), "{md}");
+    assert!(
+        md.contains("CPU energy unavailable: no RAPL package zone"),
+        "{md}"
+    );
+
+    // A powercap tree with one package whose counter reads.
+    let pc = w.path("powercap/intel-rapl:0");
+    std::fs::create_dir_all(&pc).unwrap();
+    std::fs::write(pc.join("energy_uj"), "123456789\n").unwrap();
+    std::fs::write(pc.join("max_energy_range_uj"), "262143328850\n").unwrap();
+    w.run(&["--method", "ar", "--run-id", "rapl", "--no-report"])
+        .env("PDBENCH_POWERCAP_ROOT", w.path("powercap"))
+        .assert()
+        .success();
+    let run = w.path("results/rapl");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["energy"]["cpu"]["source"], "rapl");
+    assert_eq!(m["energy"]["cpu"]["detail"], "RAPL intel-rapl:0");
+    // The fake counter stands still: an idle power of 0 W, read, not assumed.
+    assert_eq!(m["energy"]["cpu"]["idle_watts"].as_f64(), Some(0.0));
+    for s in read_lines(&run.join("samples.jsonl")) {
+        assert_eq!(s["cpu_energy_j"].as_f64(), Some(0.0));
+        assert!(s["joules_per_token"].as_f64().is_some());
+    }
 }

@@ -5,6 +5,7 @@
 //! keeps the per-step records.
 
 pub mod bench;
+pub mod energy;
 
 use std::time::Instant;
 
@@ -170,6 +171,8 @@ pub struct Probe<'a> {
     sync_error: Option<String>,
     interrupt: Option<&'a std::sync::atomic::AtomicBool>,
     interrupted: bool,
+    meters: Option<&'a mut energy::Meters>,
+    meter_errors: Vec<String>,
 }
 
 /// What a finished sample measured.
@@ -180,6 +183,10 @@ pub struct Measured {
     pub steps: Vec<StepRecord>,
     pub wall_ns: u64,
     pub ttft_ns: Option<u64>,
+    /// Energy and memory over the sample, where the run has meters.
+    pub energy: energy::EnergyReading,
+    /// Meters that failed to read (the figure is left out, not zeroed).
+    pub energy_errors: Vec<String>,
 }
 
 impl<'a> Probe<'a> {
@@ -207,7 +214,20 @@ impl<'a> Probe<'a> {
             sync_error,
             interrupt: None,
             interrupted: false,
+            meters: None,
+            meter_errors: Vec::new(),
         }
+    }
+
+    /// Reads `meters` at the sample's start and end, outside the timed
+    /// interval: the clock restarts after they are read.
+    pub fn with_meters(mut self, meters: &'a mut energy::Meters) -> Self {
+        self.meter_errors = meters.begin();
+        self.meters = Some(meters);
+        let now = self.stamp();
+        self.start_ns = now;
+        self.last_ns = now;
+        self
     }
 
     /// Stops the sample at the next step once `flag` is set (Ctrl-C).
@@ -350,6 +370,11 @@ impl<'a> Probe<'a> {
     /// Ends the sample.
     pub fn finish(mut self) -> Result<Measured, String> {
         let now = self.stamp();
+        let (energy, mut energy_errors) = match self.meters.take() {
+            Some(m) => m.end(),
+            None => Default::default(),
+        };
+        energy_errors.splice(0..0, self.meter_errors);
         if let Some(e) = self.sync_error {
             return Err(format!("device synchronisation failed: {e}"));
         }
@@ -359,6 +384,8 @@ impl<'a> Probe<'a> {
             steps: self.steps,
             wall_ns: now - self.start_ns,
             ttft_ns: self.first_token_ns,
+            energy,
+            energy_errors,
         })
     }
 }
@@ -508,6 +535,8 @@ mod tests {
             steps: vec![],
             wall_ns: 1,
             ttft_ns: None,
+            energy: Default::default(),
+            energy_errors: vec![],
         };
         let e = check_invariants("fancy", &m, &rule).unwrap_err();
         assert!(e.contains("`fancy`") && e.contains("emitted 0"), "{e}");

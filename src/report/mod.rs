@@ -52,6 +52,10 @@ fn sample_schema() -> Schema {
         Field::new("score".into(), DataType::Float64),
         Field::new("canvas_tokens_per_step".into(), DataType::Float64),
         Field::new("decoding_order_tau".into(), DataType::Float64),
+        Field::new("joules_per_token".into(), DataType::Float64),
+        Field::new("mean_watts".into(), DataType::Float64),
+        Field::new("peak_rss_bytes".into(), DataType::Int64),
+        Field::new("peak_gpu_mem_bytes".into(), DataType::Int64),
     ])
 }
 
@@ -321,6 +325,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         }
         text.push_str(t);
     }
+    text.push_str(&table::energy_markdown(&manifests, &rows));
     text.push_str(&honesty_notes(&manifests));
     let md = out.join("report.md");
     let mut files = vec![md.clone()];

@@ -55,6 +55,13 @@ pub struct MethodRow {
     /// Diffusion LMs: mean Kendall τ-b of the decoding order against left
     /// to right.
     pub decoding_order_tau: Option<f64>,
+    /// Mean energy per generated token, J, and mean power, W, where the
+    /// run had an energy source.
+    pub joules_per_token: Option<f64>,
+    pub mean_watts: Option<f64>,
+    /// Largest peak resident memory and GPU memory of the samples, bytes.
+    pub peak_rss_bytes: Option<f64>,
+    pub peak_gpu_mem_bytes: Option<f64>,
     /// What the decode steps add up to.
     pub steps: StepStats,
 }
@@ -148,6 +155,10 @@ struct Cols {
     calls: Vec<Option<f64>>,
     canvas: Vec<Option<f64>>,
     order_tau: Vec<Option<f64>>,
+    jpt: Vec<Option<f64>>,
+    watts: Vec<Option<f64>>,
+    rss: Vec<Option<f64>>,
+    gpu_mem: Vec<Option<f64>>,
 }
 
 type Key = (String, i64, i64);
@@ -184,6 +195,10 @@ impl Cols {
             calls: f64s(df, "target_calls")?,
             canvas: f64s(df, "canvas_tokens_per_step")?,
             order_tau: f64s(df, "decoding_order_tau")?,
+            jpt: f64s(df, "joules_per_token")?,
+            watts: f64s(df, "mean_watts")?,
+            rss: f64s(df, "peak_rss_bytes")?,
+            gpu_mem: f64s(df, "peak_gpu_mem_bytes")?,
         })
     }
 
@@ -288,6 +303,10 @@ fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -
         forwards_per_sample: stats::mean(&c.of(rows, &c.calls)).unwrap_or(f64::NAN),
         canvas_tokens_per_step: stats::mean(&c.of(rows, &c.canvas)),
         decoding_order_tau: stats::mean(&c.of(rows, &c.order_tau)),
+        joules_per_token: stats::mean(&c.of(rows, &c.jpt)),
+        mean_watts: stats::mean(&c.of(rows, &c.watts)),
+        peak_rss_bytes: c.of(rows, &c.rss).into_iter().reduce(f64::max),
+        peak_gpu_mem_bytes: c.of(rows, &c.gpu_mem).into_iter().reduce(f64::max),
         steps,
     }
 }
@@ -511,6 +530,80 @@ fn diffusion_markdown(rows: &[&MethodRow], multi: bool) -> String {
          step that committed a position and the position; 1 is left to right.\n",
         md_table(&header, &cells)
     )
+}
+
+/// Energy per token, mean power (and above idle) and peak memory per
+/// method, with each run's sources; a run without an energy source says
+/// why instead of showing zeros.
+pub fn energy_markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
+    let multi = manifests.len() > 1;
+    let mut s = String::from("\n## Energy and memory\n\n");
+    for m in manifests {
+        let Some(e) = &m.energy else {
+            s.push_str(&format!(
+                "- run `{}`: not recorded (the run predates energy metering)\n",
+                m.run_id
+            ));
+            continue;
+        };
+        let src = |name: &str, x: &crate::measure::energy::SourceInfo| match (
+            &x.source,
+            &x.unavailable_reason,
+        ) {
+            (Some(src), _) => format!(
+                "{name} energy from {src:?}{}{}",
+                x.detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
+                x.idle_watts
+                    .map(|w| format!(", idle {w:.1} W"))
+                    .unwrap_or_default()
+            ),
+            (None, Some(why)) => format!("{name} energy unavailable: {why}"),
+            (None, None) => format!("{name} energy unavailable"),
+        };
+        s.push_str(&format!(
+            "- run `{}`: {}; {}; peak RSS: {}\n",
+            m.run_id,
+            src("GPU", &e.gpu),
+            src("CPU", &e.cpu),
+            e.peak_rss
+        ));
+    }
+    let idle = |r: &MethodRow| {
+        let m = manifests.iter().find(|m| m.run_id == r.run_id)?;
+        let e = m.energy.as_ref()?;
+        e.gpu.idle_watts.or(e.cpu.idle_watts)
+    };
+    let mib = |b: Option<f64>| fmt_opt(b.map(|x| x / (1024.0 * 1024.0)), 0);
+    let header = [
+        "method",
+        "J per token",
+        "mean W",
+        "W above idle",
+        "peak RSS (MiB)",
+        "peak GPU memory (MiB)",
+    ]
+    .map(String::from);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| r.category.is_none())
+        .map(|r| {
+            vec![
+                row_label(r, multi),
+                fmt_opt(r.joules_per_token, 4),
+                fmt_opt(r.mean_watts, 1),
+                fmt_opt(r.mean_watts.zip(idle(r)).map(|(w, i)| w - i), 1),
+                mib(r.peak_rss_bytes),
+                mib(r.peak_gpu_mem_bytes),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&md_table(&header, &cells));
+    s.push_str("\nEnergy is the GPU's where measured (NVML), else the CPU packages' (RAPL), over each sample's timed interval; – where the run has no source.\n");
+    s
 }
 
 /// Spec-Bench's table for one run (speedup per category, then τ and the
