@@ -89,10 +89,13 @@ pub struct OverheadRow {
     pub paired_pct_median: f64,
 }
 
-/// Token ids away from the special tokens at either end of the vocabulary.
+/// Token ids away from the special tokens at either end of the
+/// vocabulary (a tenth of it, at most 100 below and 1000 above; small
+/// vocabularies such as the toy zoo's 70 keep their middle).
 fn random_tokens(n: usize, vocab: usize, rng: &mut ChaCha20Rng) -> Vec<u32> {
-    let hi = vocab.saturating_sub(1000).max(200);
-    (0..n).map(|_| rng.random_range(100..hi) as u32).collect()
+    let lo = (vocab / 10).min(100);
+    let hi = vocab.saturating_sub((vocab / 10).min(1000)).max(lo + 1);
+    (0..n).map(|_| rng.random_range(lo..hi) as u32).collect()
 }
 
 fn time_ns(
@@ -469,4 +472,20 @@ pub fn markdown(r: &BenchReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod random_token_tests {
+    use super::*;
+
+    #[test]
+    fn random_tokens_stay_inside_small_and_large_vocabularies() {
+        let mut rng = ChaCha20Rng::seed_from_u64(0);
+        for vocab in [2usize, 70, 49_152, 151_936] {
+            let t = random_tokens(500, vocab, &mut rng);
+            assert!(t.iter().all(|&x| (x as usize) < vocab), "{vocab}");
+        }
+        let big = random_tokens(500, 151_936, &mut rng);
+        assert!(big.iter().all(|&x| (100..150_936).contains(&x)));
+    }
 }

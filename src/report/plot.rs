@@ -170,6 +170,55 @@ fn with_note_room(top: f64, plot_px: u32, note_chars: usize) -> f64 {
 
 const BAR_WIDTH: u32 = 1150;
 
+type BarChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordi32>,
+    >,
+>;
+
+/// Horizontal bars' frame: one row per label, the first on top, values
+/// from 0 to `max_x`.
+fn bar_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    labels: &[String],
+    max_x: f64,
+) -> Result<BarChart<'a, DB>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let n = labels.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", CAPTION))
+        .margin(16)
+        .x_label_area_size(70)
+        .y_label_area_size(label_width(labels))
+        .build_cartesian_2d(0f64..max_x, (0..n as i32 - 1).into_segmented())
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(x_desc)
+        .x_labels(6)
+        .x_label_formatter(&tick)
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => {
+                labels.get(n - 1 - *i as usize).cloned().unwrap_or_default()
+            }
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", LABEL))
+        .axis_desc_style(("sans-serif", NOTE))
+        .draw()
+        .map_err(pe)?;
+    Ok(chart)
+}
+
 fn bar_height(n: usize) -> u32 {
     150 + 52 * n as u32
 }
@@ -200,31 +249,7 @@ impl Figure for HBars {
             .max()
             .unwrap_or(0);
         let max_x = with_note_room(top, BAR_WIDTH - label_width(&labels) - 40, note);
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", CAPTION))
-            .margin(16)
-            .x_label_area_size(70)
-            .y_label_area_size(label_width(&labels))
-            .build_cartesian_2d(0f64..max_x, (0..n as i32 - 1).into_segmented())
-            .map_err(pe)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .x_desc(self.x_desc.as_str())
-            .x_labels(6)
-            .x_label_formatter(&tick)
-            .y_labels(n)
-            .y_label_formatter(&|v| match v {
-                // The first bar on top.
-                SegmentValue::CenterOf(i) => {
-                    labels.get(n - 1 - *i as usize).cloned().unwrap_or_default()
-                }
-                _ => String::new(),
-            })
-            .label_style(("sans-serif", LABEL))
-            .axis_desc_style(("sans-serif", NOTE))
-            .draw()
-            .map_err(pe)?;
+        let mut chart = bar_chart(root, &self.title, &self.x_desc, &labels, max_x)?;
         let fill = color(0);
         let row = |i: usize| (n - 1 - i) as i32;
         chart
@@ -407,31 +432,7 @@ impl Figure for Stacked {
             BAR_WIDTH - legend_w - label_width(&labels) - 40,
             note,
         );
-        let mut chart = ChartBuilder::on(&plot_area)
-            .caption(&self.title, ("sans-serif", CAPTION))
-            .margin(16)
-            .x_label_area_size(70)
-            .y_label_area_size(label_width(&labels))
-            .build_cartesian_2d(0f64..max_x, (0..n as i32 - 1).into_segmented())
-            .map_err(pe)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .x_desc(self.x_desc.as_str())
-            .x_labels(6)
-            .x_label_formatter(&tick)
-            .y_labels(n)
-            .y_label_formatter(&|v| match v {
-                // The first bar on top.
-                SegmentValue::CenterOf(i) => {
-                    labels.get(n - 1 - *i as usize).cloned().unwrap_or_default()
-                }
-                _ => String::new(),
-            })
-            .label_style(("sans-serif", LABEL))
-            .axis_desc_style(("sans-serif", NOTE))
-            .draw()
-            .map_err(pe)?;
+        let mut chart = bar_chart(&plot_area, &self.title, &self.x_desc, &labels, max_x)?;
         for j in 0..self.parts.len() {
             let c = self.colors[j % self.colors.len()];
             chart

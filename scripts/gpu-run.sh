@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (no Rust, no internet), from the repository
+# root, after scripts/gpu-bundle.sh's dist/gpu/ was carried there; writes
+# everything under $OUT (the device tool brings it back) or out/gpu.
+#
+#   1. unpacks the binary, checks SHA256SUMS, finds the CUDA 13 libraries;
+#   2. records the GPU (nvidia-smi);
+#   3. the toy suite with every zoo method on cuda:0, and the report;
+#   4. the AR backbone's prefill/decode speed on the toy target (bench), and
+#      PyTorch/transformers eager on the same weights (scripts/torch_decode.py);
+#   5. with the SmolLM2 parts present (reassembled and sha256-checked), its
+#      bench, and ar and pld on the smoke suite (pld must equal ar).
+#
+# usage: scripts/gpu-run.sh [--dry-run]   --dry-run: CPU, 5 prompts (tests the
+#                                          script on a machine without a GPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dry=false
+[ "${1:-}" = "--dry-run" ] && dry=true
+out=${OUT:-out/gpu}
+mkdir -p "$out"
+work=$(mktemp -d)
+( cd dist/gpu && sha256sum -c --quiet SHA256SUMS )
+xz -dc dist/gpu/bin/pdbench-cuda.xz > "$work/pdbench"
+chmod +x "$work/pdbench"
+bin=$work/pdbench
+export PDBENCH_HOME=$work/home
+
+if $dry; then
+  device=cpu
+  limit=(--limit 5)
+else
+  device=cuda:0
+  limit=()
+  lib=$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1 || true)
+  [ -n "$lib" ] && export LD_LIBRARY_PATH=$(dirname "$lib"):${LD_LIBRARY_PATH:-}
+  nvidia-smi --query-gpu=name,uuid,driver_version,power.limit,clocks.sm,clocks.mem \
+    --format=csv > "$out/nvidia-smi.csv" 2>&1 || true
+fi
+
+"$bin" run --device "$device" "${limit[@]}" --results-dir "$work/results" --run-id toy --no-report \
+  2>&1 | tail -5
+"$bin" report "$work/results/toy" --out "$out/toy" > /dev/null
+cp "$work/results/toy/manifest.json" "$out/toy/"
+"$bin" bench --device "$device" --threads 1 --prefill 16 --decode 32 --model models/toy/toy-target --out "$out/bench-toy" \
+  2>&1 | tail -3 || echo "bench on the toy target failed" | tee -a "$out/errors.txt"
+
+# The peer: PyTorch/transformers eager on the same weights, where torch imports.
+if python3 -c "import torch, transformers" 2> /dev/null; then
+  python3 scripts/torch_decode.py models/toy/toy-target --device "${device%%:*}" \
+    --out "$out/torch-toy.json" > /dev/null || echo "torch peer failed" | tee -a "$out/errors.txt"
+else
+  echo "torch/transformers not importable here: no peer figure" | tee -a "$out/errors.txt"
+fi
+
+parts=(dist/gpu/smollm2/part*)
+if [ -e "${parts[0]}" ]; then
+  mkdir -p "$work/smollm2"
+  cat "${parts[@]}" > "$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  whole=$(cut -d' ' -f1 dist/gpu/smollm2/WHOLE.sha256)
+  echo "$whole  $work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
+  gguf=$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  "$bin" bench --device "$device" --threads 1 --model "$gguf" --out "$out/bench-smollm2" 2>&1 | tail -3 || true
+  "$bin" run --device "$device" --model "$gguf" --suite smoke \
+    --method ar --method pld --results-dir "$work/results" --run-id smollm2 --no-report 2>&1 | tail -3 || true
+  [ -d "$work/results/smollm2" ] && "$bin" report "$work/results/smollm2" --out "$out/smollm2" > /dev/null
+fi
+echo "wrote $out"
