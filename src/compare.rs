@@ -261,13 +261,15 @@ pub fn lossless_rate_of(m: &Manifest, samples: &[SampleRecord], label: &str) -> 
     lossless_rate(m, &by_method(samples.to_vec()), label)
 }
 
-/// Time figures: (metric, value of a sample, higher is better).
+/// Time (and energy) figures: (metric, value of a sample, higher is
+/// better). Energy is compared only where both runs recorded it.
 type TimeMetric = (&'static str, fn(&SampleRecord) -> Option<f64>, bool);
 
 const TIME_METRICS: &[TimeMetric] = &[
     ("tokens_per_s", |s| Some(s.tokens_per_s), true),
     ("ttft_ms", |s| s.ttft_ns.map(|t| t as f64 / 1e6), false),
     ("decode_ms_per_token", |s| s.decode_ms_per_token, false),
+    ("joules_per_token", |s| s.joules_per_token, false),
 ];
 
 /// Every method label both runs hold, compared metric by metric.
