@@ -207,9 +207,9 @@ pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
 }
 
 /// Per label, the samples keyed by (sample id, repeat, turn).
-type ByMethod = BTreeMap<String, BTreeMap<(String, usize, usize), SampleRecord>>;
+pub(crate) type ByMethod = BTreeMap<String, BTreeMap<(String, usize, usize), SampleRecord>>;
 
-fn by_method(samples: Vec<SampleRecord>) -> ByMethod {
+pub(crate) fn by_method(samples: Vec<SampleRecord>) -> ByMethod {
     let mut out: ByMethod = BTreeMap::new();
     for s in samples {
         out.entry(s.method.clone())
@@ -222,7 +222,7 @@ fn by_method(samples: Vec<SampleRecord>) -> ByMethod {
 /// The share of a lossless method's samples whose tokens equal `ar`'s in
 /// the same run, in percent; `None` without a greedy `ar` to compare with
 /// or for methods not registered as lossless.
-fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Option<f64> {
+pub(crate) fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Option<f64> {
     let inst = m.methods.iter().find(|i| i.label == label)?;
     let spec = crate::methods::find(&inst.id).ok()?;
     // Methods that decode with a model of their own (TiDAR's) match that

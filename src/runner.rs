@@ -446,6 +446,8 @@ fn make_record(
     {
         text.truncate(cut);
     }
+    // The GPU's energy where measured, else the CPU packages'.
+    let joules = m.energy.gpu_j.or(m.energy.cpu_j);
     Ok(SampleRecord {
         method: inst.label.clone(),
         method_id: inst.id.clone(),
@@ -474,16 +476,8 @@ fn make_record(
         decoding_order_tau: crate::stats::kendall_tau_b(&order.0, &order.1),
         gpu_energy_j: m.energy.gpu_j,
         cpu_energy_j: m.energy.cpu_j,
-        joules_per_token: m
-            .energy
-            .gpu_j
-            .or(m.energy.cpu_j)
-            .and_then(|j| (n > 0).then(|| j / n as f64)),
-        mean_watts: m
-            .energy
-            .gpu_j
-            .or(m.energy.cpu_j)
-            .and_then(|j| (secs > 0.0).then(|| j / secs)),
+        joules_per_token: joules.and_then(|j| (n > 0).then(|| j / n as f64)),
+        mean_watts: joules.and_then(|j| (secs > 0.0).then(|| j / secs)),
         peak_gpu_mem_bytes: m.energy.peak_gpu_mem_bytes,
         peak_rss_bytes: m.energy.peak_rss_bytes,
         energy_errors: m.energy_errors.clone(),

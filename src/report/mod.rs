@@ -92,44 +92,27 @@ pub fn parallelbench_points(
     if !suite.starts_with("parallelbench/") && !per_category {
         return Ok(vec![]);
     }
-    let method = table::strs(df, "method", "")?;
-    let category = table::strs(df, "category", "–")?;
-    let sample = table::strs(df, "sample_id", "")?;
-    let repeat = table::f64s(df, "repeat")?;
-    let turn = table::f64s(df, "turn")?;
-    let score = table::f64s(df, "score")?;
-    let tokens = table::f64s(df, "new_tokens")?;
-    let calls = table::f64s(df, "target_calls")?;
-    let tps = table::f64s(df, "tokens_per_s")?;
-    let key = |i: usize| {
-        (
-            sample[i].as_str(),
-            repeat[i].unwrap_or(0.0) as i64,
-            turn[i].unwrap_or(0.0) as i64,
-        )
-    };
-    let ar: BTreeMap<_, f64> = (0..method.len())
-        .filter(|&i| method[i] == "ar")
-        .filter_map(|i| Some((key(i), tps[i]?)))
-        .collect();
-    type Cols = (Vec<f64>, Vec<f64>, Vec<f64>);
-    let mut by: BTreeMap<(&str, &str), Cols> = BTreeMap::new();
-    for i in 0..method.len() {
+    let c = table::Cols::read(df)?;
+    let ar = c.ar_tokens_per_s();
+    // Per (method, task): scores, tokens per forward, speedups.
+    type Series = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut by: BTreeMap<(&str, &str), Series> = BTreeMap::new();
+    for i in 0..c.method.len() {
         let task = if per_category {
-            category[i].as_str()
+            c.category[i].as_str()
         } else {
             suite.as_str()
         };
-        let e = by.entry((method[i].as_str(), task)).or_default();
-        if let Some(sc) = score[i] {
+        let e = by.entry((c.method[i].as_str(), task)).or_default();
+        if let Some(sc) = c.score[i] {
             e.0.push(100.0 * sc);
         }
-        if let (Some(t), Some(c)) = (tokens[i], calls[i]) {
-            if c > 0.0 {
-                e.1.push(t / c);
+        if let (Some(t), Some(calls)) = (c.tokens[i], c.calls[i]) {
+            if calls > 0.0 {
+                e.1.push(t / calls);
             }
         }
-        if let (Some(t), Some(a)) = (tps[i], ar.get(&key(i))) {
+        if let (Some(t), Some(a)) = (c.tps[i], ar.get(&c.key(i))) {
             e.2.push(t / a);
         }
     }

@@ -139,20 +139,20 @@ impl StepStats {
 }
 
 /// The scalar columns of a run's samples, read once.
-struct Cols {
-    method: Vec<String>,
+pub(super) struct Cols {
+    pub(super) method: Vec<String>,
     sample: Vec<String>,
-    category: Vec<String>,
+    pub(super) category: Vec<String>,
     repeat: Vec<Option<f64>>,
     turn: Vec<Option<f64>>,
-    tps: Vec<Option<f64>>,
+    pub(super) tps: Vec<Option<f64>>,
     ttft: Vec<Option<f64>>,
     tau: Vec<Option<f64>>,
     draft_ms: Vec<Option<f64>>,
     ms_per_token: Vec<Option<f64>>,
-    tokens: Vec<Option<f64>>,
-    score: Vec<Option<f64>>,
-    calls: Vec<Option<f64>>,
+    pub(super) tokens: Vec<Option<f64>>,
+    pub(super) score: Vec<Option<f64>>,
+    pub(super) calls: Vec<Option<f64>>,
     canvas: Vec<Option<f64>>,
     order_tau: Vec<Option<f64>>,
     jpt: Vec<Option<f64>>,
@@ -161,14 +161,14 @@ struct Cols {
     gpu_mem: Vec<Option<f64>>,
 }
 
-type Key = (String, i64, i64);
+pub(super) type Key = (String, i64, i64);
 
-pub(super) fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, PolarsError> {
+fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, PolarsError> {
     let c = df.column(name)?.cast(&DataType::Float64)?;
     Ok(c.f64()?.into_iter().collect())
 }
 
-pub(super) fn strs(df: &DataFrame, name: &str, missing: &str) -> Result<Vec<String>, PolarsError> {
+fn strs(df: &DataFrame, name: &str, missing: &str) -> Result<Vec<String>, PolarsError> {
     Ok(df
         .column(name)?
         .str()?
@@ -178,7 +178,7 @@ pub(super) fn strs(df: &DataFrame, name: &str, missing: &str) -> Result<Vec<Stri
 }
 
 impl Cols {
-    fn read(df: &DataFrame) -> Result<Self, PolarsError> {
+    pub(super) fn read(df: &DataFrame) -> Result<Self, PolarsError> {
         Ok(Self {
             method: strs(df, "method", "")?,
             sample: strs(df, "sample_id", "")?,
@@ -202,7 +202,7 @@ impl Cols {
         })
     }
 
-    fn key(&self, i: usize) -> Key {
+    pub(super) fn key(&self, i: usize) -> Key {
         (
             self.sample[i].clone(),
             self.repeat[i].unwrap_or(0.0) as i64,
@@ -212,6 +212,15 @@ impl Cols {
 
     fn of(&self, rows: &[usize], col: &[Option<f64>]) -> Vec<f64> {
         rows.iter().filter_map(|&i| col[i]).collect()
+    }
+
+    /// `ar`'s tokens/s per prompt (sample, repeat, turn): what speedups
+    /// are paired with.
+    pub(super) fn ar_tokens_per_s(&self) -> BTreeMap<Key, f64> {
+        (0..self.method.len())
+            .filter(|&i| self.method[i] == "ar")
+            .filter_map(|i| Some((self.key(i), self.tps[i]?)))
+            .collect()
     }
 }
 
@@ -231,10 +240,7 @@ pub fn summarize(
     samples: &[SampleRecord],
 ) -> Result<Vec<MethodRow>, PolarsError> {
     let c = Cols::read(df)?;
-    let ar: BTreeMap<Key, f64> = (0..c.method.len())
-        .filter(|&i| c.method[i] == "ar")
-        .filter_map(|i| c.tps[i].map(|t| (c.key(i), t)))
-        .collect();
+    let ar = c.ar_tokens_per_s();
     let cats: BTreeSet<&str> = c.category.iter().map(String::as_str).collect();
     let mut groups: Vec<Option<&str>> = vec![None];
     if cats.len() > 1 {
@@ -244,11 +250,13 @@ pub fn summarize(
     for group in groups {
         // The lossless rate compares a method with `ar` on the group's
         // samples.
-        let group_samples: Vec<SampleRecord> = samples
-            .iter()
-            .filter(|s| group.is_none_or(|g| s.category.as_deref().unwrap_or("–") == g))
-            .cloned()
-            .collect();
+        let runs = crate::compare::by_method(
+            samples
+                .iter()
+                .filter(|s| group.is_none_or(|g| s.category.as_deref().unwrap_or("–") == g))
+                .cloned()
+                .collect(),
+        );
         for name in ordered(c.method.iter().map(String::as_str)) {
             let rows: Vec<usize> = (0..c.method.len())
                 .filter(|&i| c.method[i] == name && group.is_none_or(|g| c.category[i] == g))
@@ -257,7 +265,7 @@ pub fn summarize(
                 continue;
             }
             let mut steps = StepStats::default();
-            for s in group_samples.iter().filter(|s| s.method == name) {
+            for s in runs.get(name).into_iter().flat_map(|r| r.values()) {
                 steps.add(&s.steps);
             }
             let mut row = row_of(&c, &ar, &rows, steps);
@@ -265,7 +273,7 @@ pub fn summarize(
             row.suite = m.suite.def.name.clone();
             row.method = name.to_string();
             row.category = group.map(str::to_string);
-            row.lossless_pct = crate::compare::lossless_rate_of(m, &group_samples, name);
+            row.lossless_pct = crate::compare::lossless_rate(m, &runs, name);
             out.push(row);
         }
     }
