@@ -109,6 +109,9 @@ fn kv_truncate_then_forward_equals_fresh_forward_on_smollm2() {
     )
     .unwrap();
     let quant = common::load("smollm2-135m");
+    // What `run --resume` reads back to load the weights the same way.
+    assert_eq!(dense.info.format, "gguf (dequantized)");
+    assert_eq!(quant.info.format, "gguf");
     let p = &common::chat_prompts(&quant)[0];
     let (a, rest) = p.split_at(20);
     kv_property(&dense, a, rest, &tokens(5, 9, 40_000), 0.0);

@@ -233,7 +233,12 @@ pub fn load_resolved(
                 model,
                 tok,
                 files,
-                "gguf",
+                // `--resume` reads this back to load the weights alike.
+                if opts.dequantize {
+                    "gguf (dequantized)"
+                } else {
+                    "gguf"
+                },
                 types.into_iter().collect(),
                 DType::F32,
                 None,
