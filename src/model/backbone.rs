@@ -302,7 +302,7 @@ impl Attention {
         cache.write(layer, start, &k, &v)?;
         let total = key_len;
         let scale = 1.0 / (d as f64).sqrt();
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let y = if host_attention(x.device(), x.dtype()) {
             let (kc, vc) = cache.layer(layer);
             let dims = Dims {
                 n,
@@ -352,6 +352,14 @@ impl Attention {
         };
         Ok(self.o.forward(&y)?)
     }
+}
+
+/// Whether attention runs our row-wise CPU kernel, which reads each row's
+/// keys from the mask, rather than candle's batched ops, which need the
+/// mask as an additive bias. Other dtypes on the CPU take candle's path
+/// too, so the bias is built exactly when this is false.
+pub(crate) fn host_attention(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
@@ -682,7 +690,7 @@ impl Transformer {
         } else {
             req.mask.keys(req.start, n)?
         };
-        let bias = if self.device.is_cpu() {
+        let bias = if host_attention(&self.device, self.dtype) {
             None
         } else {
             req.mask.bias(req.start, n, self.dtype, &self.device)?

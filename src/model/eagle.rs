@@ -257,7 +257,7 @@ impl EagleHead {
         cache.truncate(req.start)?;
         cache.ensure_capacity(total)?;
         let keys = req.mask.keys(req.start, n)?;
-        let bias = if self.device.is_cpu() {
+        let bias = if super::backbone::host_attention(&self.device, self.dtype) {
             None
         } else {
             req.mask.bias(req.start, n, self.dtype, &self.device)?

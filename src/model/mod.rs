@@ -256,7 +256,7 @@ pub fn load_resolved(
             let tok = TextTokenizer::from_hf_dir(&tok_path)?;
             let dtype = match opts.dtype {
                 Some(d) => d,
-                // candle's CPU matmul has no bf16 kernel.
+                // Our fast, row-invariant CPU kernels are f32.
                 None if opts.device.is_cpu() => DType::F32,
                 None => DType::BF16,
             };
