@@ -62,6 +62,10 @@ pub enum Command {
     /// Expand a sweep file (a grid over method parameters and suites) into
     /// runs, one per suite, and report them together.
     Sweep(SweepArgs),
+    /// Check a device against the CPU: logits within the precision's
+    /// tolerance, greedy tokens, and every lossless method equal to `ar`
+    /// there (exit 0: pass, 1: fail).
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +385,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Audit(a) => cmd_audit(a),
         Command::Merge(a) => cmd_merge(a),
         Command::Sweep(a) => cmd_sweep(a),
+        Command::Check(a) => crate::check::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! methods of language models, under matched settings.
 
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod compare;
 pub mod env;

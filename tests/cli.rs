@@ -2008,3 +2008,111 @@ fn energy_is_recorded_where_a_source_exists_and_explained_where_not() {
         assert!(s["joules_per_token"].as_f64().is_some());
     }
 }
+
+/// `pdbench check` on the CPU against itself: parity is exact, and every
+/// lossless method of the registry decodes the zoo's prompts to `ar`'s
+/// tokens (TiDAR to its own model's); the JSON records each of them.
+#[test]
+fn check_passes_every_lossless_zoo_method_on_the_cpu() {
+    let w = World::new();
+    let out = w.path("check/toy.json");
+    w.cmd()
+        .args(["check", "--prompts", "3", "--tokens", "16", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PASS"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["device"], "cpu");
+    let c = &v["check"];
+    assert_eq!(c["tolerance"]["precision"], "f32");
+    assert_eq!(c["parity"]["prefill"]["max_abs_diff"], 0.0);
+    assert_eq!(c["parity"]["decode"]["rows"], 3 * 15);
+    assert_eq!(c["parity"]["greedy_equal_prompts"], 3);
+    let want: Vec<&str> = pdbench::methods::METHODS
+        .iter()
+        .filter(|m| m.exactness == pdbench::methods::Exactness::Lossless && m.id != "ar")
+        .map(|m| m.id)
+        .collect();
+    let checked = c["lossless"].as_array().unwrap();
+    let got: Vec<&str> = checked
+        .iter()
+        .map(|l| l["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want);
+    for l in checked {
+        assert_eq!(l["equal_prompts"], 3, "{l}");
+        assert!(l["failures"].as_array().unwrap().is_empty(), "{l}");
+        let ar_of = if l["method"] == "tidar" {
+            "toy-tidar"
+        } else {
+            "toy-target"
+        };
+        assert_eq!(l["ar_model"], ar_of);
+    }
+    // Drafting methods do draft: some steps carry several tokens.
+    let sps = checked.iter().find(|l| l["method"] == "sps").unwrap();
+    assert!(sps["tokens_per_step"].as_f64().unwrap() > 1.2, "{sps}");
+}
+
+/// Half precision on the CPU runs candle's batched attention with the mask
+/// as a bias: the path CUDA takes. Its logits stay within the f16 bound of
+/// the f32 reference, and every lossless method still equals `ar` (before
+/// the bias was built for it, that path attended to every position).
+#[test]
+fn check_passes_the_device_attention_path_in_f16_on_the_cpu() {
+    let w = World::new();
+    let out = w.path("f16.json");
+    w.cmd()
+        .args([
+            "check",
+            "--dtype",
+            "f16",
+            "--prompts",
+            "3",
+            "--tokens",
+            "16",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let c = &v["check"];
+    assert_eq!(c["tolerance"]["precision"], "f16");
+    let rel = c["parity"]["decode"]["max_rel_diff"].as_f64().unwrap();
+    // Half precision does differ from f32, and within its bound.
+    assert!(rel > 0.0 && rel < 1e-2 * 3.2, "{rel}");
+    for l in c["lossless"].as_array().unwrap() {
+        assert!(l["failures"].as_array().unwrap().is_empty(), "{l}");
+    }
+}
+
+/// A model outside the zoo brings no drafters: the methods that need none
+/// are checked; bad flags are errors that name them.
+#[test]
+fn check_on_a_hub_folder_and_its_errors() {
+    let w = World::new();
+    w.cmd()
+        .args(["check", "--prompts", "2", "--tokens", "8", "--model"])
+        .arg(w.model())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("| pld |").and(predicate::str::contains("sps").not()));
+    fails_with(
+        w.cmd()
+            .args(["check", "--tokens", "100000", "--model"])
+            .arg(w.model()),
+        &["--tokens 100000", "context of 256"],
+    );
+    fails_with(w.cmd().args(["check", "--dtype", "f64"]), &["--dtype f64"]);
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            w.cmd().args(["check", "--device", "cuda:0"]),
+            &["--device cuda:0", "built without CUDA"],
+        );
+    }
+}
