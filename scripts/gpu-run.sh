@@ -5,11 +5,14 @@
 #
 #   1. unpacks the binary, checks SHA256SUMS, finds the CUDA 13 libraries;
 #   2. records the GPU (nvidia-smi);
-#   3. the toy suite with every zoo method on cuda:0, and the report;
-#   4. the AR backbone's prefill/decode speed on the toy target (bench), and
+#   3. `pdbench check` on cuda:0 against the CPU: the toy zoo in f32 and in
+#      bf16 (what `run` uses there), logits within tolerance and every
+#      lossless method equal to ar (exit 1 is recorded, not fatal);
+#   4. the toy suite with every zoo method on cuda:0, and the report;
+#   5. the AR backbone's prefill/decode speed on the toy target (bench), and
 #      PyTorch/transformers eager on the same weights (scripts/torch_decode.py);
-#   5. with the SmolLM2 parts present (reassembled and sha256-checked), its
-#      bench, and ar and pld on the smoke suite (pld must equal ar).
+#   6. with the SmolLM2 parts present (reassembled and sha256-checked), its
+#      check (quantized), bench, and ar and pld on the smoke suite.
 #
 # usage: scripts/gpu-run.sh [--dry-run]   --dry-run: CPU, 5 prompts (tests the
 #                                          script on a machine without a GPU)
@@ -38,6 +41,16 @@ else
     --format=csv > "$out/nvidia-smi.csv" 2>&1 || true
 fi
 
+# A failed check is a finding to bring back, not a reason to stop.
+check() {
+  local name=$1; shift
+  "$bin" check --device "$device" --out "$out/check-$name.json" "$@" > "$out/check-$name.md" 2> "$out/check-$name.log" \
+    || echo "check $name: exit $? (see check-$name.md)" | tee -a "$out/errors.txt"
+  tail -3 "$out/check-$name.md"
+}
+check toy-f32 --dtype f32 --prompts 8 --tokens 32
+check toy-bf16 --dtype bf16 --prompts 8 --tokens 32
+
 "$bin" run --device "$device" "${limit[@]}" --results-dir "$work/results" --run-id toy --no-report \
   2>&1 | tail -5
 "$bin" report "$work/results/toy" --out "$out/toy" > /dev/null
@@ -60,6 +73,7 @@ if [ -e "${parts[0]}" ]; then
   whole=$(cut -d' ' -f1 dist/gpu/smollm2/WHOLE.sha256)
   echo "$whole  $work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
   gguf=$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  check smollm2-q4_1 --model "$gguf" --prompts 4 --tokens 32
   "$bin" bench --device "$device" --threads 1 --model "$gguf" --out "$out/bench-smollm2" 2>&1 | tail -3 || true
   "$bin" run --device "$device" --model "$gguf" --suite smoke \
     --method ar --method pld --results-dir "$work/results" --run-id smollm2 --no-report 2>&1 | tail -3 || true

@@ -228,7 +228,7 @@ pub fn judge_parity(
     for (name, s) in [("prefill", prefill), ("decode", decode)] {
         if !(s.max_rel_diff <= tol.max_rel_diff) {
             why.push(format!(
-                "{name} logits differ by {:.3e} of their scale (max |diff| {:.3e}); the {} bound is {:.0e}",
+                "{name} logits differ by {:.3e} of their scale (max |diff| {:.3e}); the {} bound is {:.2e}",
                 s.max_rel_diff, s.max_abs_diff, tol.precision, tol.max_rel_diff
             ));
         }
@@ -770,7 +770,7 @@ pub fn markdown(r: &CheckReport) -> String {
     let p = &c.parity;
     let t = &c.tolerance;
     let mut s = format!(
-        "# pdbench check: {} on {} against {}\n\n{} ({}), {} tolerance: max relative logit difference {:.0e}, argmax agreement ≥ {:.0}%, greedy tokens {}. Why: {}.\n\n",
+        "# pdbench check: {} on {} against {}\n\n{} ({}), {} tolerance: max relative logit difference {:.2e}, argmax agreement ≥ {:.0}%, greedy tokens {}. Why: {}.\n\n",
         c.model,
         r.device,
         r.reference,
