@@ -2102,6 +2102,23 @@ fn check_on_a_hub_folder_and_its_errors() {
         .assert()
         .success()
         .stdout(predicate::str::contains("| pld |").and(predicate::str::contains("sps").not()));
+    // Its 4 query heads share 2 KV heads: f16 takes the grouped attention
+    // that devices run.
+    w.cmd()
+        .args([
+            "check",
+            "--dtype",
+            "f16",
+            "--prompts",
+            "2",
+            "--tokens",
+            "8",
+            "--model",
+        ])
+        .arg(w.model())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("f16 tolerance"));
     fails_with(
         w.cmd()
             .args(["check", "--tokens", "100000", "--model"])

@@ -332,21 +332,26 @@ impl Attention {
             })???;
             Tensor::from_vec(out, (1, n, nh * d), x.device())?
         } else {
-            // Devices: candle's batched ops over the cache, KV heads
-            // repeated for grouped-query attention.
+            // Devices: candle's batched ops over the cache. The query heads
+            // that share a KV head are stacked as rows (`[nkv, rep·n, d]`),
+            // so keys and values are read in place of being copied once per
+            // query head (a copy kernel per head and layer, on a GPU).
             let (k_all, v_all) = cache.view(layer, total)?;
             let rep = nh / nkv;
-            let (k_all, v_all) = (
-                repeat_kv(&k_all.contiguous()?, rep)?,
-                repeat_kv(&v_all.contiguous()?, rep)?,
-            );
+            let k_all = k_all.contiguous()?.squeeze(0)?;
+            let v_all = v_all.contiguous()?.squeeze(0)?;
+            let q = q.reshape((nkv, rep * n, d))?;
             let att = (q.matmul(&k_all.t()?)? * scale)?;
             let att = match bias {
                 None => att,
-                Some(b) => att.broadcast_add(b)?,
+                Some(b) => att
+                    .reshape((nkv, rep, n, total))?
+                    .broadcast_add(b)?
+                    .reshape((nkv, rep * n, total))?,
             };
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             att.matmul(&v_all)?
+                .reshape((1, nh, n, d))?
                 .transpose(1, 2)?
                 .reshape((1, n, nh * d))?
         };
