@@ -9,8 +9,9 @@
 #      bf16 (what `run` uses there), logits within tolerance and every
 #      lossless method equal to ar (exit 1 is recorded, not fatal);
 #   4. the toy suite with every zoo method on cuda:0, and the report;
-#   5. the AR backbone's prefill/decode speed on the toy target (bench), and
-#      PyTorch/transformers eager on the same weights (scripts/torch_decode.py);
+#   5. the AR backbone's prefill/decode speed on the toy target in f32 and
+#      bf16 with a per-phase profile (bench --profile), and PyTorch/
+#      transformers eager on the same weights and dtype (scripts/torch_decode.py);
 #   6. with the SmolLM2 parts present (reassembled and sha256-checked), its
 #      check (quantized), bench, and ar and pld on the smoke suite.
 #
@@ -55,16 +56,21 @@ check toy-bf16 --dtype bf16 --prompts 8 --tokens 32
   2>&1 | tail -5
 "$bin" report "$work/results/toy" --out "$out/toy" > /dev/null
 cp "$work/results/toy/manifest.json" "$out/toy/"
-"$bin" bench --device "$device" --threads 1 --prefill 16 --decode 32 --model models/toy/toy-target --out "$out/bench-toy" \
-  2>&1 | tail -3 || echo "bench on the toy target failed" | tee -a "$out/errors.txt"
-
-# The peer: PyTorch/transformers eager on the same weights, where torch imports.
-if python3 -c "import torch, transformers" 2> /dev/null; then
-  python3 scripts/torch_decode.py models/toy/toy-target --device "${device%%:*}" \
-    --out "$out/torch-toy.json" > /dev/null || echo "torch peer failed" | tee -a "$out/errors.txt"
-else
-  echo "torch/transformers not importable here: no peer figure" | tee -a "$out/errors.txt"
-fi
+# ar's backbone against the peer, PyTorch/transformers eager (where torch
+# imports), on the same weights in the same dtype; --profile says where a
+# decoded token's time goes.
+for dt in f32 bf16; do
+  "$bin" bench --device "$device" --dtype "$dt" --threads 1 --prefill 16 --decode 32 --profile \
+    --model models/toy/toy-target --out "$out/bench-toy-$dt" \
+    2>&1 | tail -3 || echo "bench on the toy target ($dt) failed" | tee -a "$out/errors.txt"
+  torch_dt=$([ "$dt" = bf16 ] && echo bfloat16 || echo float32)
+  if python3 -c "import torch, transformers" 2> /dev/null; then
+    python3 scripts/torch_decode.py models/toy/toy-target --device "${device%%:*}" --dtype "$torch_dt" \
+      --out "$out/torch-toy-$dt.json" > /dev/null || echo "torch peer ($dt) failed" | tee -a "$out/errors.txt"
+  else
+    echo "torch/transformers not importable here: no peer figure ($dt)" | tee -a "$out/errors.txt"
+  fi
+done
 
 parts=(dist/gpu/smollm2/part*)
 if [ -e "${parts[0]}" ]; then
@@ -74,7 +80,7 @@ if [ -e "${parts[0]}" ]; then
   echo "$whole  $work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
   gguf=$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   check smollm2-q4_1 --model "$gguf" --prompts 4 --tokens 32
-  "$bin" bench --device "$device" --threads 1 --model "$gguf" --out "$out/bench-smollm2" 2>&1 | tail -3 || true
+  "$bin" bench --device "$device" --threads 1 --profile --model "$gguf" --out "$out/bench-smollm2" 2>&1 | tail -3 || true
   "$bin" run --device "$device" --model "$gguf" --suite smoke \
     --method ar --method pld --results-dir "$work/results" --run-id smollm2 --no-report 2>&1 | tail -3 || true
   [ -d "$work/results/smollm2" ] && "$bin" report "$work/results/smollm2" --out "$out/smollm2" > /dev/null

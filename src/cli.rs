@@ -801,7 +801,7 @@ fn recorded_grammar(
     }
 }
 
-fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+pub(crate) fn parse_dtype(s: &str) -> Result<candle_core::DType> {
     Ok(match s {
         "f32" => candle_core::DType::F32,
         "bf16" => candle_core::DType::BF16,

@@ -2133,3 +2133,75 @@ fn check_on_a_hub_folder_and_its_errors() {
         );
     }
 }
+
+/// `pdbench bench` measures prefill and decode per thread count (each in a
+/// child process), and `--profile` splits a decoded token's time into the
+/// forward's phases: each per-layer phase once per layer and token, and
+/// the phases adding up to no more than the profiled wall time.
+#[test]
+fn bench_measures_and_profiles_a_decode() {
+    let w = World::new();
+    let out = w.path("bench/tiny");
+    w.cmd()
+        .args([
+            "bench",
+            "--threads",
+            "1,2",
+            "--prefill",
+            "8",
+            "--decode",
+            "6",
+        ])
+        .args([
+            "--repeats",
+            "1",
+            "--overhead",
+            "false",
+            "--profile",
+            "--dtype",
+            "f32",
+        ])
+        .arg("--model")
+        .arg(w.model())
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Where a decoded token's time goes",
+        ));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("bench/tiny.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "pp and tg per thread count");
+    for r in rows {
+        assert_eq!(r["dtype"], "f32");
+        assert!(r["tokens_per_s_mean"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let profiles = v["profile"].as_array().unwrap();
+    assert_eq!(profiles.len(), 2, "one per thread count");
+    let layers = pdbench::model::random::tiny_config(Architecture::Llama).num_hidden_layers as u64;
+    for p in profiles {
+        let phases = p["phases"].as_array().unwrap();
+        let marks = |name: &str| {
+            phases
+                .iter()
+                .find(|x| x["phase"] == name)
+                .unwrap_or_else(|| panic!("no {name} phase in {p}"))["marks"]
+                .as_u64()
+                .unwrap()
+        };
+        for name in ["qkv", "attention", "o_proj", "mlp"] {
+            assert_eq!(marks(name), layers * 6, "{name}");
+        }
+        assert_eq!(marks("norm"), 2 * layers * 6);
+        assert_eq!(marks("lm_head"), 6);
+        assert_eq!(marks("argmax+copy"), 6);
+        let total: u64 = phases.iter().map(|x| x["total_ns"].as_u64().unwrap()).sum();
+        let wall = p["profiled_ns_per_token"].as_f64().unwrap() * 6.0;
+        assert!(
+            total > 0 && total as f64 <= wall,
+            "{total} ns in phases, {wall} ns wall"
+        );
+    }
+}

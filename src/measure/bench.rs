@@ -42,6 +42,15 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also profile a decode: the device is synchronised at the end of
+    /// every phase of each forward (embedding, norms, projections,
+    /// attention, MLP, LM head, argmax), to show where a token's time goes.
+    #[arg(long)]
+    pub profile: bool,
+    /// Compute dtype for safetensors models (f32, bf16, f16; default: what
+    /// `run` uses on the device), to match a peer's.
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +58,9 @@ pub struct BenchRow {
     pub model: String,
     pub model_sha256: String,
     pub weight_types: Vec<(String, usize)>,
+    /// Compute dtype of the activations (`f32` for GGUF).
+    #[serde(default)]
+    pub dtype: String,
     pub threads: usize,
     pub test: String,
     pub tokens: usize,
@@ -68,6 +80,22 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
     #[serde(default)]
     pub overhead: Vec<OverheadRow>,
+    #[serde(default)]
+    pub profile: Vec<ProfileRow>,
+}
+
+/// Where a decode's time goes (`--profile`), per token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileRow {
+    pub model: String,
+    pub dtype: String,
+    pub threads: usize,
+    /// Tokens decoded after the prompt while profiling.
+    pub tokens: usize,
+    pub phases: Vec<super::phase::PhaseTime>,
+    /// The profiled decode's wall time per token (slowed by the
+    /// synchronisations); compare with the unprofiled tg test.
+    pub profiled_ns_per_token: f64,
 }
 
 /// The harness's own cost while decoding with `ar`, two ways.
@@ -124,6 +152,7 @@ fn row(m: &LoadedModel, threads: usize, test: &str, tokens: usize, samples_ns: &
             .map(|f| f.sha256.clone())
             .unwrap_or_default(),
         weight_types: m.info.weight_types.clone(),
+        dtype: m.info.dtype.clone(),
         threads,
         test: test.into(),
         tokens,
@@ -132,6 +161,41 @@ fn row(m: &LoadedModel, threads: usize, test: &str, tokens: usize, samples_ns: &
         tokens_per_s_sd: stats::std_dev(&tps).unwrap_or(0.0),
         tokens_per_s_all: tps,
     }
+}
+
+/// Decodes `a.decode` tokens after the prompt with every phase of each
+/// forward timed (see [`super::phase`]).
+fn profile_decode(
+    a: &BenchArgs,
+    m: &LoadedModel,
+    threads: usize,
+    prompt: &[u32],
+) -> Result<ProfileRow> {
+    let clock = MonotonicClock::new();
+    let dev = m.model.device().clone();
+    let mut cache = m.model.new_cache(prompt.len() + a.decode + 8)?;
+    let out = m.model.forward(&mut cache, &Forward::causal(prompt, 0))?;
+    let mut tok = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
+    super::phase::start();
+    let ns = time_ns(&clock, &dev, &mut || {
+        for _ in 0..a.decode {
+            let pos = cache.len();
+            let out = m.model.forward(&mut cache, &Forward::causal(&[tok], pos))?;
+            tok = argmax_rows(out.logits.as_ref().expect("logits"))?[0];
+            super::phase::mark(&dev, "argmax+copy");
+        }
+        Ok(())
+    });
+    let phases = super::phase::finish();
+    let ns = ns?;
+    Ok(ProfileRow {
+        model: m.info.label.clone(),
+        dtype: m.info.dtype.clone(),
+        threads,
+        tokens: a.decode,
+        phases,
+        profiled_ns_per_token: ns as f64 / a.decode as f64,
+    })
 }
 
 fn bench_model(
@@ -323,19 +387,20 @@ fn harness_ns_per_token(
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
-    let (rows, overhead) = match a.threads.as_slice() {
+    let (rows, overhead, profile) = match a.threads.as_slice() {
         [] => anyhow::bail!("--threads: expected at least one thread count"),
         [t] => bench_in_process(&a, *t)?,
         many => {
             // candle sizes its thread pools once per process, so each thread
             // count gets a process of its own.
-            let (mut rows, mut overhead) = (Vec::new(), Vec::new());
+            let (mut rows, mut overhead, mut profile) = (Vec::new(), Vec::new(), Vec::new());
             for &t in many {
-                let (r, o) = bench_in_child(&a, t)?;
+                let (r, o, p) = bench_in_child(&a, t)?;
                 rows.extend(r);
                 overhead.extend(o);
+                profile.extend(p);
             }
-            (rows, overhead)
+            (rows, overhead, profile)
         }
     };
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
@@ -347,6 +412,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         device: spec.name(),
         rows,
         overhead,
+        profile,
     };
     let md = markdown(&report);
     println!("{md}");
@@ -373,7 +439,9 @@ fn with_suffix(path: &std::path::Path, ext: &str) -> PathBuf {
 
 /// Runs `pdbench bench` for one thread count in a child process and returns
 /// its rows.
-fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<OverheadRow>)> {
+type Measurements = (Vec<BenchRow>, Vec<OverheadRow>, Vec<ProfileRow>);
+
+fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     let tmp = std::env::temp_dir().join(format!("pdbench-bench-{}-t{threads}", std::process::id()));
     let exe = std::env::current_exe().context("locating the pdbench binary")?;
     let mut cmd = std::process::Command::new(exe);
@@ -392,8 +460,14 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<O
         .arg("--overhead")
         .arg(a.overhead.to_string())
         .arg("--device")
-        .arg(&a.device)
-        .arg("--out")
+        .arg(&a.device);
+    if let Some(d) = &a.dtype {
+        cmd.arg("--dtype").arg(d);
+    }
+    if a.profile {
+        cmd.arg("--profile");
+    }
+    cmd.arg("--out")
         .arg(&tmp)
         .stdout(std::process::Stdio::null());
     let status = cmd.status().context("starting a bench child process")?;
@@ -407,15 +481,15 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<O
     let _ = std::fs::remove_file(with_suffix(&tmp, "md"));
     let report: BenchReport =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-    Ok((report.rows, report.overhead))
+    Ok((report.rows, report.overhead, report.profile))
 }
 
-fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec<OverheadRow>)> {
+fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     let threads = crate::env::set_threads(Some(threads));
     let store = Store::from_env();
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
     let device = spec.open()?;
-    let (mut rows, mut overhead) = (Vec::new(), Vec::new());
+    let (mut rows, mut overhead, mut profile) = (Vec::new(), Vec::new(), Vec::new());
     for spec_str in &a.models {
         let m = model::load(
             spec_str,
@@ -423,12 +497,22 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec
             FetchPolicy::Auto,
             &LoadOptions {
                 device: device.clone(),
+                dtype: a
+                    .dtype
+                    .as_deref()
+                    .map(crate::cli::parse_dtype)
+                    .transpose()?,
                 ..Default::default()
             },
             &mut |s| eprintln!("{s}"),
         )?;
         let (r, o) = bench_model(a, &m, threads)?;
         overhead.extend(o);
+        if a.profile {
+            let mut rng = ChaCha20Rng::seed_from_u64(1234);
+            let prompt = random_tokens(a.prefill, m.model.config().vocab_size, &mut rng);
+            profile.push(profile_decode(a, &m, threads, &prompt)?);
+        }
         for x in &r {
             eprintln!(
                 "{} t={} {}: {:.1} ± {:.1} tokens/s",
@@ -437,12 +521,12 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<(Vec<BenchRow>, Vec
         }
         rows.extend(r);
     }
-    Ok((rows, overhead))
+    Ok((rows, overhead, profile))
 }
 
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = format!(
-        "pdbench {} ({}), {} on {} ({} logical cores)\n\n| model | threads | test | tokens/s | ± sd |\n|---|---|---|---|---|\n",
+        "pdbench {} ({}), {} on {} ({} logical cores)\n\n| model | dtype | threads | test | tokens/s | ± sd |\n|---|---|---|---|---|---|\n",
         r.pdbench_version,
         r.git.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("unknown commit"),
         r.device,
@@ -451,8 +535,8 @@ pub fn markdown(r: &BenchReport) -> String {
     );
     for x in &r.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} |\n",
-            x.model, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
+            "| {} | {} | {} | {} | {:.1} | {:.1} |\n",
+            x.model, x.dtype, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
         ));
     }
     if !r.overhead.is_empty() {
@@ -468,6 +552,26 @@ pub fn markdown(r: &BenchReport) -> String {
                 o.decode_ns_per_token / 1e6,
                 o.harness_pct,
                 o.paired_pct_median
+            ));
+        }
+    }
+    for p in &r.profile {
+        let total: u64 = p.phases.iter().map(|x| x.total_ns).sum();
+        s.push_str(&format!(
+            "\nWhere a decoded token's time goes: {} ({}, {} thread(s)), {} tokens after the prompt, the device synchronised after every phase ({:.1} µs/token profiled):\n\n| phase | µs/token | share | marks/token |\n|---|---|---|---|\n",
+            p.model,
+            p.dtype,
+            p.threads,
+            p.tokens,
+            p.profiled_ns_per_token / 1e3
+        ));
+        for x in &p.phases {
+            s.push_str(&format!(
+                "| {} | {:.1} | {:.1}% | {:.0} |\n",
+                x.phase,
+                x.total_ns as f64 / 1e3 / p.tokens as f64,
+                100.0 * x.total_ns as f64 / total.max(1) as f64,
+                x.marks as f64 / p.tokens as f64
             ));
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod energy;
+pub mod phase;
 
 use std::time::Instant;
 

@@ -10,6 +10,7 @@ use super::kv::KvCache;
 use super::mask::Mask;
 use super::weights::{Embedding, Linear, Weights};
 use super::ModelError;
+use crate::measure::phase::{self, mark};
 
 /// Which positions of a forward chunk get logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,9 +298,11 @@ impl Attention {
             .reshape((1, n, nkv, d))?
             .transpose(1, 2)?
             .contiguous()?;
+        mark(x.device(), "qkv");
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?;
         cache.write(layer, start, &k, &v)?;
+        mark(x.device(), "rope+cache");
         let total = key_len;
         let scale = 1.0 / (d as f64).sqrt();
         let y = if host_attention(x.device(), x.dtype()) {
@@ -355,7 +358,10 @@ impl Attention {
                 .transpose(1, 2)?
                 .reshape((1, n, nh * d))?
         };
-        Ok(self.o.forward(&y)?)
+        mark(x.device(), "attention");
+        let o = self.o.forward(&y)?;
+        mark(x.device(), "o_proj");
+        Ok(o)
     }
 }
 
@@ -467,12 +473,18 @@ impl Block {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
+        mark(x.device(), "norm");
         let a = self
             .attn
             .forward(&h, cache, layer, start, rope, cos, sin, keys, bias, key_len)?;
         let x1 = (x + a)?;
-        let m = self.mlp.forward(&self.post_norm.forward(&x1)?)?;
-        Ok((x1 + m)?)
+        let h2 = self.post_norm.forward(&x1)?;
+        mark(x.device(), "norm");
+        let m = self.mlp.forward(&h2)?;
+        mark(x.device(), "mlp");
+        let y = (x1 + m)?;
+        mark(x.device(), "residual");
+        Ok(y)
     }
 
     /// The differentiable form of [`Block::forward`] over a padded batch
@@ -702,8 +714,10 @@ impl Transformer {
         };
         let (cos, sin) = self.rope.select(req.start, n, positions.as_ref())?;
 
+        phase::begin(&self.device);
         let ids = Tensor::new(req.tokens, &self.device)?;
         let mut x = self.embed.forward(&ids, self.dtype)?.unsqueeze(0)?;
+        mark(&self.device, "embed");
         let mut hidden: Vec<Option<Tensor>> = vec![None; req.taps.len()];
         let record = |hidden: &mut Vec<Option<Tensor>>,
                       tap: HiddenTap,
@@ -762,6 +776,7 @@ impl Transformer {
                 Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
             }
         };
+        mark(&self.device, "lm_head");
         Ok(ForwardOutput { logits, hidden })
     }
 
