@@ -387,6 +387,24 @@ fn harness_ns_per_token(
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
+    if a.prefill == 0 {
+        anyhow::bail!("--prefill 0: expected at least 1 prompt token");
+    }
+    if a.decode < 1 + usize::from(a.overhead) {
+        anyhow::bail!(
+            "--decode {}: expected at least {} tokens{}",
+            a.decode,
+            1 + usize::from(a.overhead),
+            if a.overhead {
+                " (the overhead test decodes after the first)"
+            } else {
+                ""
+            }
+        );
+    }
+    if a.repeats == 0 {
+        anyhow::bail!("--repeats 0: expected at least 1 measured repetition");
+    }
     let (rows, overhead, profile) = match a.threads.as_slice() {
         [] => anyhow::bail!("--threads: expected at least one thread count"),
         [t] => bench_in_process(&a, *t)?,

@@ -6,8 +6,10 @@
 //! the previous mark to its phase, so a GPU's queued kernels are paid by
 //! the phase that launched them. The synchronisations slow the forward
 //! down; the profile says where time goes, not how fast a step is (bench's
-//! unprofiled tests say that). Outside a profile a mark is one
-//! thread-local read.
+//! unprofiled tests say that). The forward's set-up before its first
+//! phase (request checks, mask and rope tables) is charged to no phase, so
+//! the phases add up to a little less than the profiled wall time.
+//! Outside a profile a mark is one thread-local read.
 
 use std::cell::RefCell;
 
@@ -32,7 +34,8 @@ thread_local! {
 pub struct PhaseTime {
     pub phase: String,
     pub total_ns: u64,
-    /// How many times the phase ended (per layer phases: layers × steps).
+    /// How many times the phase ended: per forward for `embed` and
+    /// `lm_head`, per layer and forward for the others (`norm` twice).
     pub marks: u64,
 }
 

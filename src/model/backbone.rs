@@ -337,8 +337,8 @@ impl Attention {
         } else {
             // Devices: candle's batched ops over the cache. The query heads
             // that share a KV head are stacked as rows (`[nkv, rep·n, d]`),
-            // so keys and values are read in place of being copied once per
-            // query head (a copy kernel per head and layer, on a GPU).
+            // so keys and values are copied once per layer (the cache view
+            // made contiguous) instead of once per query head.
             let (k_all, v_all) = cache.view(layer, total)?;
             let rep = nh / nkv;
             let k_all = k_all.contiguous()?.squeeze(0)?;
@@ -589,6 +589,20 @@ impl Transformer {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Whether a row's logits are bit-identical however many rows a forward
+    /// computes: attention on our CPU kernel and every projection on a
+    /// row-invariant one. Lossless methods then equal AR bit for bit.
+    pub fn row_invariant(&self) -> bool {
+        host_attention(&self.device, self.dtype)
+            && self.lm_head.row_invariant()
+            && self.blocks.iter().all(|b| {
+                let (a, m) = (&b.attn, &b.mlp);
+                [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+                    .iter()
+                    .all(|l| l.row_invariant())
+            })
     }
 
     /// A cache for this model with room for `capacity` positions; it grows

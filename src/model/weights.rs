@@ -420,6 +420,14 @@ impl Linear {
         }
     }
 
+    /// Whether each output row depends on its input row alone, bit for
+    /// bit, whatever the other rows: our CPU kernels. candle's matmuls may
+    /// switch kernels with the row count.
+    pub(crate) fn row_invariant(&self) -> bool {
+        self.fast.is_some()
+            || matches!(&self.weight, QMatMul::Tensor(w) if w.device().is_cpu() && w.dtype() == DType::F32)
+    }
+
     pub fn qmatmul(&self) -> &QMatMul {
         &self.weight
     }
