@@ -13,7 +13,8 @@
 #      bf16 with a per-phase profile (bench --profile), and PyTorch/
 #      transformers eager on the same weights and dtype (scripts/torch_decode.py);
 #   6. with the SmolLM2 parts present (reassembled and sha256-checked), its
-#      check (quantized), bench, and ar and pld on the smoke suite.
+#      check (quantized), bench, its export to the HF layout benched against
+#      PyTorch as in 5, and ar and pld on the smoke suite.
 #
 # usage: scripts/gpu-run.sh [--dry-run]   --dry-run: CPU, 5 prompts (tests the
 #                                          script on a machine without a GPU)
@@ -58,19 +59,24 @@ check toy-bf16 --dtype bf16 --prompts 8 --tokens 32
 cp "$work/results/toy/manifest.json" "$out/toy/"
 # ar's backbone against the peer, PyTorch/transformers eager (where torch
 # imports), on the same weights in the same dtype; --profile says where a
-# decoded token's time goes.
-for dt in f32 bf16; do
-  "$bin" bench --device "$device" --dtype "$dt" --threads 1 --prefill 16 --decode 32 --profile \
-    --model models/toy/toy-target --out "$out/bench-toy-$dt" \
-    2>&1 | tail -3 || echo "bench on the toy target ($dt) failed" | tee -a "$out/errors.txt"
-  torch_dt=$([ "$dt" = bf16 ] && echo bfloat16 || echo float32)
-  if python3 -c "import torch, transformers" 2> /dev/null; then
-    python3 scripts/torch_decode.py models/toy/toy-target --device "${device%%:*}" --dtype "$torch_dt" \
-      --out "$out/torch-toy-$dt.json" > /dev/null || echo "torch peer ($dt) failed" | tee -a "$out/errors.txt"
-  else
-    echo "torch/transformers not importable here: no peer figure ($dt)" | tee -a "$out/errors.txt"
-  fi
-done
+# decoded token's time goes.  usage: versus NAME MODEL_DIR PREFILL DECODE
+versus() {
+  local name=$1 dir=$2 pp=$3 tg=$4 dt torch_dt
+  for dt in f32 bf16; do
+    "$bin" bench --device "$device" --dtype "$dt" --threads 1 --prefill "$pp" --decode "$tg" --profile \
+      --model "$dir" --out "$out/bench-$name-$dt" \
+      2>&1 | tail -3 || echo "bench on $name ($dt) failed" | tee -a "$out/errors.txt"
+    torch_dt=$([ "$dt" = bf16 ] && echo bfloat16 || echo float32)
+    if python3 -c "import torch, transformers" 2> /dev/null; then
+      python3 scripts/torch_decode.py "$dir" --device "${device%%:*}" --dtype "$torch_dt" \
+        --prefill "$pp" --decode "$tg" --out "$out/torch-$name-$dt.json" > /dev/null \
+        || echo "torch peer on $name ($dt) failed" | tee -a "$out/errors.txt"
+    else
+      echo "torch/transformers not importable here: no peer figure ($name, $dt)" | tee -a "$out/errors.txt"
+    fi
+  done
+}
+versus toy models/toy/toy-target 16 32
 
 parts=(dist/gpu/smollm2/part*)
 if [ -e "${parts[0]}" ]; then
@@ -80,6 +86,12 @@ if [ -e "${parts[0]}" ]; then
   echo "$whole  $work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
   gguf=$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   check smollm2-q4_1 --model "$gguf" --prompts 4 --tokens 32
+  # The same weights dequantized in the HF layout: the real-model peer figure.
+  if "$bin" models export "$gguf" --out "$work/smollm2-hf" --dtype f32 > "$out/smollm2-export.json"; then
+    if $dry; then versus smollm2-hf "$work/smollm2-hf" 16 16; else versus smollm2-hf "$work/smollm2-hf" 64 128; fi
+  else
+    echo "models export of SmolLM2 failed" | tee -a "$out/errors.txt"
+  fi
   "$bin" bench --device "$device" --threads 1 --profile --model "$gguf" --out "$out/bench-smollm2" 2>&1 | tail -3 || true
   "$bin" run --device "$device" --model "$gguf" --suite smoke \
     --method ar --method pld --results-dir "$work/results" --run-id smollm2 --no-report 2>&1 | tail -3 || true

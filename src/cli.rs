@@ -359,6 +359,18 @@ pub enum ModelsAction {
     },
     /// Check fetched models and data sets against their sha256.
     Verify { names: Vec<String> },
+    /// Write a GGUF model as a Hugging Face folder with dequantized weights
+    /// (config.json, model.safetensors, tokenizer files), for peers such as
+    /// transformers to run the same weights.
+    Export {
+        spec: String,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype in model.safetensors: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -1889,6 +1901,17 @@ fn cmd_models(a: ModelsArgs) -> Result<i32> {
         None => cmd_list(ListArgs {
             what: "models".into(),
         }),
+        Some(ModelsAction::Export { spec, out, dtype }) => {
+            let dtype = parse_dtype(&dtype)?;
+            let r = model::source::resolve(&spec, &store, FetchPolicy::Auto, &mut |s| log_line(s))?;
+            let model::source::ModelFiles::Gguf { file, .. } = &r.files else {
+                bail!("models export {spec}: expected a GGUF model; this one is already a Hugging Face folder");
+            };
+            let e = model::export::gguf_to_hf(file, &out, dtype)
+                .with_context(|| format!("models export {spec} --out {}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&e)?);
+            Ok(0)
+        }
         Some(ModelsAction::Show { spec, tokenizer }) => {
             let opts = LoadOptions {
                 tokenizer,

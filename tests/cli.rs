@@ -2044,6 +2044,9 @@ fn check_passes_every_lossless_zoo_method_on_the_cpu() {
     assert_eq!(got, want);
     for l in checked {
         assert_eq!(l["equal_prompts"], 3, "{l}");
+        // CPU f32: bit-exact is required, and nothing is a near tie.
+        assert_eq!(l["row_invariant"], true, "{l}");
+        assert!(l["near_ties"].as_array().unwrap().is_empty(), "{l}");
         assert!(l["failures"].as_array().unwrap().is_empty(), "{l}");
         let ar_of = if l["method"] == "tidar" {
             "toy-tidar"
@@ -2084,10 +2087,12 @@ fn check_passes_the_device_attention_path_in_f16_on_the_cpu() {
     let c = &v["check"];
     assert_eq!(c["tolerance"]["precision"], "f16");
     let rel = c["parity"]["decode"]["max_rel_diff"].as_f64().unwrap();
-    // Half precision does differ from f32, and within its bound.
-    assert!(rel > 0.0 && rel < 1e-2 * 3.2, "{rel}");
+    // Half precision does differ from f32 (the check compared something).
+    assert!(rel > 0.0, "{rel}");
     for l in c["lossless"].as_array().unwrap() {
         assert!(l["failures"].as_array().unwrap().is_empty(), "{l}");
+        // candle's batched kernels: held to the same-device tie bound.
+        assert_eq!(l["row_invariant"], false, "{l}");
     }
 }
 
@@ -2204,4 +2209,38 @@ fn bench_measures_and_profiles_a_decode() {
             "{total} ns in phases, {wall} ns wall"
         );
     }
+}
+
+/// Bad `bench` and `models export` input: errors that name the flag.
+#[test]
+fn bench_and_export_errors_name_the_flag() {
+    let w = World::new();
+    fails_with(
+        w.cmd()
+            .args(["bench", "--prefill", "0", "--model"])
+            .arg(w.model()),
+        &["--prefill 0"],
+    );
+    fails_with(
+        w.cmd()
+            .args(["bench", "--decode", "1", "--model"])
+            .arg(w.model()),
+        &["--decode 1", "at least 2"],
+    );
+    // A GGUF computes in f32: --dtype bf16 is refused, not ignored.
+    let gguf = common::fetched("smollm2-135m");
+    fails_with(
+        w.cmd()
+            .args(["bench", "--dtype", "bf16", "--threads", "1", "--model"])
+            .arg(&gguf),
+        &["--dtype bf16", "GGUF"],
+    );
+    fails_with(
+        w.cmd()
+            .args(["models", "export"])
+            .arg(w.model())
+            .arg("--out")
+            .arg(w.path("x")),
+        &["models export", "already a Hugging Face folder"],
+    );
 }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod diffusion;
 pub mod eagle;
+pub mod export;
 pub mod filter;
 pub(crate) mod fused;
 pub(crate) mod kernels;
@@ -79,6 +80,8 @@ pub enum ModelError {
     ContextOverflow { needed: usize, context: usize },
     #[error("bad forward request: {0}")]
     BadRequest(String),
+    #[error("{flag}: {detail}")]
+    BadOption { flag: String, detail: String },
     #[error("KV cache: {0}")]
     Cache(String),
     #[error("tokenizer {path}: {detail}")]
@@ -205,6 +208,15 @@ pub fn load_resolved(
     };
     let (model, tokenizer, mut files, format, weight_types, dtype, diffusion) = match &r.files {
         ModelFiles::Gguf { file, tokenizer } => {
+            if let Some(d) = opts.dtype.filter(|d| *d != DType::F32) {
+                return Err(ModelError::BadOption {
+                    flag: format!("--dtype {}", format!("{d:?}").to_lowercase()),
+                    detail: format!(
+                        "{} is a GGUF model, whose activations are f32 (its weights stay quantized, or f32 with --dequantize); --dtype applies to safetensors models",
+                        file.display()
+                    ),
+                });
+            }
             let mut f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
             let content = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Corrupt {
                 path: file.clone(),
