@@ -25,6 +25,7 @@ dry=false
 out=${OUT:-out/gpu}
 mkdir -p "$out"
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 ( cd dist/gpu && sha256sum -c --quiet SHA256SUMS )
 xz -dc dist/gpu/bin/pdbench-cuda.xz > "$work/pdbench"
 chmod +x "$work/pdbench"
