@@ -91,23 +91,29 @@ fn kv_truncate_then_forward_equals_fresh_forward_on_random_models() {
     }
 }
 
-/// On the real GGUF, quantized and dequantized. The backbone's arithmetic is
-/// row-invariant, so the property holds bit for bit.
-#[test]
-fn kv_truncate_then_forward_equals_fresh_forward_on_smollm2() {
+/// SmolLM2's GGUF with its weights dequantized to f32.
+fn smollm2_dequantized() -> LoadedModel {
     common::fetched("smollm2-135m");
     let opts = pdbench::model::LoadOptions {
         dequantize: true,
         ..Default::default()
     };
-    let dense = pdbench::model::load(
+    pdbench::model::load(
         "smollm2-135m",
         &common::store(),
         pdbench::model::FetchPolicy::Never,
         &opts,
         &mut |_| {},
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// On the real GGUF, quantized and dequantized. The backbone's arithmetic is
+/// row-invariant, so the property holds bit for bit.
+#[test]
+fn kv_truncate_then_forward_equals_fresh_forward_on_smollm2() {
+    common::fetched("smollm2-135m");
+    let dense = smollm2_dequantized();
     let quant = common::load("smollm2-135m");
     // What `run --resume` reads back to load the weights the same way.
     assert_eq!(dense.info.format, "gguf (dequantized)");
@@ -317,18 +323,7 @@ fn a_gguf_exported_to_the_hf_layout_is_the_same_model() {
     assert!(e.unpermuted_qk, "a llama GGUF stores q/k permuted");
     assert!(e.parameters > 100_000_000, "{}", e.parameters);
     let hf = common::load_dir(&out);
-    let opts = pdbench::model::LoadOptions {
-        dequantize: true,
-        ..Default::default()
-    };
-    let dense = pdbench::model::load(
-        "smollm2-135m",
-        &common::store(),
-        pdbench::model::FetchPolicy::Never,
-        &opts,
-        &mut |_| {},
-    )
-    .unwrap();
+    let dense = smollm2_dequantized();
     assert_eq!(hf.info.format, "safetensors");
     assert!(!hf.info.config.rope_interleaved);
     let mut want = dense.info.config.clone();

@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 
 use pdbench::fetch;
-use pdbench::measure::{MonotonicClock, NoSync, Probe, StopRule};
-use pdbench::methods::{GenContext, MethodInstance, MethodModels};
+use pdbench::methods::{MethodInstance, MethodModels};
 use pdbench::model::{self, FetchPolicy, LoadOptions, LoadedModel};
 use pdbench::store::Store;
-use rand::SeedableRng;
 
 /// The store tests use: `$PDBENCH_HOME` (CI caches it), else `.pdbench`.
 pub fn store() -> Store {
@@ -79,27 +77,9 @@ pub fn decode_with_models(
     seed: u64,
 ) -> pdbench::measure::Measured {
     let inst = MethodInstance::new(method, None, &params).expect("method");
-    let mut dec = (inst.spec().build)(&inst.params, models).expect("build");
-    let rule = StopRule {
-        max_new_tokens: n,
-        eos_ids: vec![],
-        stop_strings: vec![],
-    };
-    let clock = MonotonicClock::new();
-    let detok = |_: &[u32]| String::new();
-    let mut probe = Probe::start(&clock, &NoSync, &detok, &rule);
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    dec.generate(
-        prompt,
-        &mut GenContext {
-            probe: &mut probe,
-            rng: &mut rng,
-        },
-    )
-    .expect("generate");
-    let measured = probe.finish().expect("finish");
-    pdbench::measure::check_invariants(method, &measured, &rule).expect("invariants");
-    measured
+    // The check command's decode: EOS ignored, the probe's invariants held.
+    pdbench::check::decode(&inst, models, prompt, n, seed)
+        .unwrap_or_else(|e| panic!("{method} {params}: {e:#}"))
 }
 
 /// Chat-formatted prompts for real instruct models.
