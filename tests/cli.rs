@@ -2244,3 +2244,23 @@ fn bench_and_export_errors_name_the_flag() {
         &["models export", "already a Hugging Face folder"],
     );
 }
+
+/// A report says when its run was not on the row-invariant CPU f32 path
+/// (equal-to-ar rates may then reflect near ties), and only then.
+#[test]
+fn report_flags_runs_off_the_bit_exact_path() {
+    let w = World::new();
+    let note = "Equal to ar: on `half` (cpu, f16)";
+    w.run(&[
+        "--run-id", "half", "--dtype", "f16", "--method", "ar", "--method", "pld",
+    ])
+    .assert()
+    .success();
+    let md = std::fs::read_to_string(w.path("results/half/report/report.md")).unwrap();
+    assert!(md.contains(note), "{md}");
+    w.run(&["--run-id", "full", "--method", "ar", "--method", "pld"])
+        .assert()
+        .success();
+    let md = std::fs::read_to_string(w.path("results/full/report/report.md")).unwrap();
+    assert!(!md.contains("Equal to ar: on"), "{md}");
+}

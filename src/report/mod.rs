@@ -259,6 +259,23 @@ fn honesty_notes(manifests: &[Manifest]) -> String {
             unscored.join(", ")
         ));
     }
+    // Bit-exactness with `ar` is by construction only on the CPU in f32.
+    let inexact: Vec<String> = manifests
+        .iter()
+        .filter(|m| m.device.name != "cpu" || m.models.target.dtype != "f32")
+        .map(|m| {
+            format!(
+                "`{}` ({}, {})",
+                m.run_id, m.device.name, m.models.target.dtype
+            )
+        })
+        .collect();
+    if !inexact.is_empty() {
+        s.push_str(&format!(
+            "- Equal to ar: on {}, a verify forward of several rows may round differently from `ar`'s one-row steps, so a lossless method's rate below 100% can come from near ties; `pdbench check --device …` tells ties from bugs.\n",
+            inexact.join(", ")
+        ));
+    }
     if s.is_empty() {
         s
     } else {
