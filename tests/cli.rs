@@ -2264,3 +2264,53 @@ fn report_flags_runs_off_the_bit_exact_path() {
     let md = std::fs::read_to_string(w.path("results/full/report/report.md")).unwrap();
     assert!(!md.contains("Equal to ar: on"), "{md}");
 }
+
+/// Every zoo method on candle's batched path (f16 on the CPU: the kernels
+/// a GPU runs, masks as additive biases): each decodes, `ar` still solves
+/// the toy tasks, and every lossless method's tokens stay within `ar`'s
+/// (a wrong mask or cache on this path garbles all of them).
+#[test]
+fn every_zoo_method_runs_on_the_device_path_in_f16() {
+    let w = World::new();
+    w.cmd()
+        .args([
+            "run",
+            "--dtype",
+            "f16",
+            "--limit",
+            "6",
+            "--run-id",
+            "f16",
+            "--no-report",
+        ])
+        .arg("--results-dir")
+        .arg(w.path("results"))
+        .assert()
+        .success();
+    let samples = read_lines(&w.path("results/f16/samples.jsonl"));
+    let mut by_method: std::collections::BTreeMap<String, Vec<&serde_json::Value>> =
+        Default::default();
+    for s in &samples {
+        by_method
+            .entry(s["method"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    let registered = pdbench::methods::METHODS.len();
+    assert_eq!(by_method.len(), registered, "{:?}", by_method.keys());
+    for (m, ss) in &by_method {
+        assert_eq!(ss.len(), 6, "{m}");
+    }
+    let score = |m: &str| {
+        let ss = &by_method[m];
+        ss.iter().map(|s| s["score"].as_f64().unwrap()).sum::<f64>() / ss.len() as f64
+    };
+    assert!(score("ar") >= 5.0 / 6.0, "ar scores {} in f16", score("ar"));
+    for m in ["sps", "eagle", "pld", "deer", "diffuspec"] {
+        assert!(
+            score(m) >= score("ar") - 1.0 / 6.0,
+            "{m} scores {}",
+            score(m)
+        );
+    }
+}
