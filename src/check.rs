@@ -735,14 +735,7 @@ pub fn run(a: CheckArgs) -> Result<i32> {
     let dtype = a
         .dtype
         .as_deref()
-        .map(|d| match d {
-            "f32" => Ok(DType::F32),
-            "bf16" => Ok(DType::BF16),
-            "f16" => Ok(DType::F16),
-            other => Err(anyhow::anyhow!(
-                "--dtype {other}: expected f32, bf16 or f16"
-            )),
-        })
+        .map(crate::cli::parse_dtype)
         .transpose()?;
     let ref_opts = LoadOptions {
         device: ref_spec.open()?,
