@@ -548,16 +548,7 @@ pub fn lossless(
 ) -> Result<Vec<LosslessCheck>> {
     let ar = MethodInstance::new("ar", None, &serde_json::json!({}))?;
     let ar_outputs = |m: &LoadedModel| -> Result<Vec<Vec<u32>>> {
-        let models = MethodModels {
-            target: m,
-            draft: None,
-            head: None,
-            consistency: None,
-            dllm: None,
-            filter: None,
-            dllm_drafter: None,
-            tidar: None,
-        };
+        let models = MethodModels::target_only(m);
         prompts
             .iter()
             .enumerate()

@@ -17,14 +17,8 @@ const EOS: u32 = 2;
 
 fn with(dllm: &LoadedModel) -> MethodModels<'_> {
     MethodModels {
-        target: dllm,
-        draft: None,
-        head: None,
-        consistency: None,
         dllm: Some(dllm),
-        filter: None,
-        dllm_drafter: None,
-        tidar: None,
+        ..MethodModels::target_only(dllm)
     }
 }
 

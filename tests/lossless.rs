@@ -52,14 +52,9 @@ fn assert_equals_ar_with(
         assert_eq!(want.len(), n);
         for p in params {
             let models = pdbench::methods::MethodModels {
-                target,
                 draft,
                 head,
-                consistency: None,
-                dllm: None,
-                filter: None,
-                dllm_drafter: None,
-                tidar: None,
+                ..pdbench::methods::MethodModels::target_only(target)
             };
             let got =
                 common::decode_with_models(method, p.clone(), &models, prompt, n, 7 + i as u64);
@@ -415,14 +410,8 @@ fn eagle_sampling_keeps_the_target_distribution() {
         let (mut kept, mut rejected) = (0usize, 0usize);
         for seed in 0..n {
             let models = pdbench::methods::MethodModels {
-                target: &target,
-                draft: None,
                 head: Some(&head),
-                consistency: None,
-                dllm: None,
-                filter: None,
-                dllm_drafter: None,
-                tidar: None,
+                ..pdbench::methods::MethodModels::target_only(&target)
             };
             let s = common::decode_with_models(
                 "eagle",
@@ -526,14 +515,8 @@ fn eagle_heads_load_from_pytorch_state_dicts() {
     let prompt = target.tokenizer.encode("a prompt for both heads").unwrap();
     let run = |h: &LoadedHead| {
         let models = pdbench::methods::MethodModels {
-            target: &target,
-            draft: None,
             head: Some(h),
-            consistency: None,
-            dllm: None,
-            filter: None,
-            dllm_drafter: None,
-            tidar: None,
+            ..pdbench::methods::MethodModels::target_only(&target)
         };
         let m = common::decode_with_models(
             "eagle",
@@ -586,14 +569,10 @@ fn diffusion_models<'a>(
     tidar: Option<&'a LoadedModel>,
 ) -> pdbench::methods::MethodModels<'a> {
     pdbench::methods::MethodModels {
-        target,
-        draft: None,
-        head: None,
-        consistency: None,
         dllm,
-        filter: None,
         dllm_drafter,
         tidar,
+        ..pdbench::methods::MethodModels::target_only(target)
     }
 }
 

@@ -249,19 +249,7 @@ fn bench_model(
         // with the runner's probe: the gap is the harness's own cost. The
         // two alternate, so that drift in the machine's speed hits both.
         let inst = MethodInstance::new("ar", None, &serde_json::Value::Null)?;
-        let mut decoder = (inst.spec().build)(
-            &inst.params,
-            &MethodModels {
-                target: m,
-                draft: None,
-                head: None,
-                consistency: None,
-                dllm: None,
-                filter: None,
-                dllm_drafter: None,
-                tidar: None,
-            },
-        )?;
+        let mut decoder = (inst.spec().build)(&inst.params, &MethodModels::target_only(m))?;
         let rule = StopRule {
             max_new_tokens: a.decode,
             eos_ids: vec![],

@@ -68,6 +68,23 @@ pub struct MethodModels<'a> {
     pub tidar: Option<&'a LoadedModel>,
 }
 
+impl<'a> MethodModels<'a> {
+    /// A target and nothing else (what `ar` and the drafter-free methods
+    /// need); struct update adds the rest.
+    pub fn target_only(target: &'a LoadedModel) -> Self {
+        Self {
+            target,
+            draft: None,
+            head: None,
+            consistency: None,
+            dllm: None,
+            filter: None,
+            dllm_drafter: None,
+            tidar: None,
+        }
+    }
+}
+
 /// Per-sample state a method may use besides the probe.
 pub struct GenContext<'p, 'a> {
     pub probe: &'p mut Probe<'a>,

@@ -55,14 +55,8 @@ pub fn decode_with_draft(
     seed: u64,
 ) -> pdbench::measure::Measured {
     let models = MethodModels {
-        target: m,
         draft,
-        head: None,
-        consistency: None,
-        dllm: None,
-        filter: None,
-        dllm_drafter: None,
-        tidar: None,
+        ..MethodModels::target_only(m)
     };
     decode_with_models(method, params, &models, prompt, n, seed)
 }
