@@ -31,6 +31,7 @@ use clap::Args;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::cli::{load_companion, load_head};
 use crate::measure::{MonotonicClock, NoSync, Probe, StopRule};
 use crate::methods::{self, Exactness, GenContext, MethodInstance, MethodModels, Need};
 use crate::model::eagle::LoadedHead;
@@ -396,9 +397,8 @@ fn trace(m: &LoadedModel, prompt: &[u32], n: usize, feed: &[u32]) -> Result<Trac
         &Forward::causal(prompt, 0).with_logits(LogitsAt::All),
     )?;
     let logits = out.logits.context("a forward that asked for logits")?;
-    let prefill: Vec<Vec<f32>> = (0..prompt.len())
-        .map(|i| row(&logits, i))
-        .collect::<Result<_>>()?;
+    // One copy to the host for all rows, not one per row.
+    let prefill: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
     let mut steps = vec![prefill.last().cloned().unwrap_or_default()];
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
@@ -691,25 +691,6 @@ fn device_name(d: &candle_core::Device) -> String {
     }
 }
 
-/// Loads a drafter or companion and checks it shares `target`'s vocabulary.
-fn companion(
-    spec: &str,
-    flag: &str,
-    target: &LoadedModel,
-    store: &Store,
-    policy: FetchPolicy,
-    opts: &LoadOptions,
-) -> Result<LoadedModel> {
-    let m = load(spec, store, policy, opts, flag)?;
-    if let Err(why) = target.tokenizer.same_vocab(&m.tokenizer) {
-        bail!(
-            "{flag} {spec} and --model {} do not share a tokenizer: {why}",
-            target.info.spec
-        );
-    }
-    Ok(m)
-}
-
 pub fn run(a: CheckArgs) -> Result<i32> {
     crate::env::set_threads(a.threads);
     let store = Store::from_env();
@@ -768,22 +749,17 @@ pub fn run(a: CheckArgs) -> Result<i32> {
                 .filter(|n| model::source::zoo_model(n).is_some())
         };
         let draft = match a.draft.as_deref().or_else(|| zoo_companion("toy-draft")) {
-            Some(d) => Some(companion(d, "--draft", &target, &store, policy, &dev_opts)?),
+            Some(d) => Some(load_companion(
+                &store, "--draft", d, &target, &dev_opts, policy,
+            )?),
             None => None,
         };
-        let head = match zoo_companion("toy-eagle") {
-            Some(h) => {
-                let dir = model::source::resolve_head_dir(h)?;
-                let head =
-                    model::eagle::EagleHead::load_dir(&dir, target.model.dtype(), &dev_opts.device)
-                        .with_context(|| format!("loading the zoo's EAGLE head {h}"))?;
-                Some(head)
-            }
-            None => None,
-        };
+        let head = zoo_companion("toy-eagle")
+            .map(|h| load_head(h, &target, &dev_opts))
+            .transpose()?;
         let comp = |name: &'static str, flag: &str| -> Result<Option<LoadedModel>> {
             zoo_companion(name)
-                .map(|n| companion(n, flag, &target, &store, policy, &dev_opts))
+                .map(|n| load_companion(&store, flag, n, &target, &dev_opts, policy))
                 .transpose()
         };
         let companions = Companions {

@@ -1047,7 +1047,11 @@ fn load_models(
 }
 
 /// Loads `--draft-head` (a folder or a zoo name) for `target`.
-fn load_head(spec: &str, target: &LoadedModel, opts: &LoadOptions) -> Result<LoadedHead> {
+pub(crate) fn load_head(
+    spec: &str,
+    target: &LoadedModel,
+    opts: &LoadOptions,
+) -> Result<LoadedHead> {
     let dir =
         model::source::resolve_head_dir(spec).with_context(|| format!("--draft-head {spec}"))?;
     let dtype = target.model.dtype();
@@ -1066,7 +1070,7 @@ fn load_head(spec: &str, target: &LoadedModel, opts: &LoadOptions) -> Result<Loa
 
 /// Loads a model that decodes in the target's place (`--cllm`, `--dllm`)
 /// and checks that it shares the target's vocabulary.
-fn load_companion(
+pub(crate) fn load_companion(
     store: &Store,
     flag: &str,
     spec: &str,

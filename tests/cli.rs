@@ -73,6 +73,12 @@ impl World {
             .arg(self.path("results"));
         c
     }
+    /// `pdbench report RUN --out OUT`.
+    fn report(&self, run: &Path, out: &Path) -> Command {
+        let mut c = self.cmd();
+        c.arg("report").arg(run).arg("--out").arg(out);
+        c
+    }
     fn run(&self, extra: &[&str]) -> Command {
         let mut c = self.cmd();
         c.arg("run")
@@ -136,13 +142,7 @@ fn run_writes_manifest_and_samples_then_report_renders_them() {
     }
 
     let out = w.path("rep");
-    w.cmd()
-        .args([
-            "report",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+    w.report(&run, &out)
         .assert()
         .success()
         .stdout(predicate::str::contains("| ar"));
@@ -1971,15 +1971,7 @@ fn energy_is_recorded_where_a_source_exists_and_explained_where_not() {
         assert!(s.get("cpu_energy_j").is_none() && s.get("joules_per_token").is_none());
     }
     let out = w.path("rep-plain");
-    w.cmd()
-        .args([
-            "report",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
+    w.report(&run, &out).assert().success();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Energy and memory"), "{md}");
     assert!(
