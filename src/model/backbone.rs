@@ -337,12 +337,13 @@ impl Attention {
         } else {
             // Devices: candle's batched ops over the cache. The query heads
             // that share a KV head are stacked as rows (`[nkv, rep·n, d]`),
-            // so keys and values are copied once per layer (the cache view
-            // made contiguous) instead of once per query head.
+            // so no head's keys are copied. The cache view is strided (its
+            // batch stride is the capacity), which cuBLAS and gemm read in
+            // place: no copy of the cache per layer and token either.
             let (k_all, v_all) = cache.view(layer, total)?;
             let rep = nh / nkv;
-            let k_all = k_all.contiguous()?.squeeze(0)?;
-            let v_all = v_all.contiguous()?.squeeze(0)?;
+            let k_all = k_all.squeeze(0)?;
+            let v_all = v_all.squeeze(0)?;
             let q = q.reshape((nkv, rep * n, d))?;
             let att = (q.matmul(&k_all.t()?)? * scale)?;
             let att = match bias {
