@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run methods over a suite and record every sample (the main job).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Turn results folders into a Markdown/CSV table and a chart.
     Report(ReportArgs),
     /// List the registered methods, the suites, and the fetchable models.
@@ -385,7 +385,7 @@ pub struct FetchArgs {
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Report(a) => cmd_report(a),
         Command::List(a) => cmd_list(a),
         Command::Models(a) => cmd_models(a),
@@ -500,7 +500,8 @@ fn cmd_merge(a: MergeArgs) -> Result<i32> {
         merged.run_id
     ));
     if !a.no_report {
-        let files = crate::report::write_report(&[a.out.clone()], &a.out.join("report"))?;
+        let files =
+            crate::report::write_report(std::slice::from_ref(&a.out), &a.out.join("report"))?;
         println!("{}", std::fs::read_to_string(&files[0]).unwrap_or_default());
     }
     Ok(0)
@@ -1122,6 +1123,7 @@ fn load_filter(spec: &str) -> Result<model::filter::LoadedFilter> {
     model::filter::Filter::load_dir(&dir).with_context(|| format!("loading --filter {spec}"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_needs(
     methods: &[MethodInstance],
     draft: Option<&LoadedModel>,
@@ -1743,7 +1745,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     dir.write_manifest(&manifest)?;
     if !a.no_report {
         let out = dir.path.join("report");
-        let files = crate::report::write_report(&[dir.path.clone()], &out)?;
+        let files = crate::report::write_report(std::slice::from_ref(&dir.path), &out)?;
         let md = std::fs::read_to_string(&files[0]).unwrap_or_default();
         println!("{md}");
         log_line(&format!(

@@ -212,6 +212,7 @@ fn later_turn_ids(
     Ok(ids)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn execute(
     plan: &RunPlan<'_>,
     dir: &RunDir,
@@ -354,7 +355,7 @@ pub fn execute(
                     seed,
                     &measured,
                     &plan.rule,
-                    &*plan.target.tokenizer,
+                    &plan.target.tokenizer,
                 )?;
                 score_record(&mut record, &s.sample, plan)?;
                 dir.append_sample(&record)?;

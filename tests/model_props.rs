@@ -142,8 +142,8 @@ fn save_restore_and_compact() {
     let next = all_logits(&m, &mut cache, &seq[8..], 8, Mask::Causal);
     let mut fresh = m.model.new_cache(16).unwrap();
     let want = all_logits(&m, &mut fresh, &seq, 0, Mask::Causal);
-    assert!(max_diff(&next, &want[8..].to_vec()) < 1e-4);
-    assert!(max_diff(&base, &want[..8].to_vec()) < 1e-4);
+    assert!(max_diff(&next, &want[8..]) < 1e-4);
+    assert!(max_diff(&base, &want[..8]) < 1e-4);
 
     // A "tree" forward of 4 candidate tokens at positions 8..12 where only
     // nodes 1 and 3 form the accepted path; compact keeps exactly those.
@@ -173,14 +173,14 @@ fn save_restore_and_compact() {
         .unwrap();
     let tree = rows(&out.logits.unwrap());
     assert!(
-        max_diff(&[tree[0].clone(), tree[2].clone()], &want[8..10].to_vec()) < 1e-4,
+        max_diff(&[tree[0].clone(), tree[2].clone()], &want[8..10]) < 1e-4,
         "tree path logits equal the sequential ones"
     );
     cache.compact(8, &[8, 10]).unwrap();
     assert_eq!(cache.len(), 10);
     let after = all_logits(&m, &mut cache, &seq[10..], 10, Mask::Causal);
     assert!(
-        max_diff(&after, &want[10..].to_vec()) < 1e-4,
+        max_diff(&after, &want[10..]) < 1e-4,
         "compacted cache continues the path exactly"
     );
     assert!(cache.compact(8, &[9, 8]).is_err(), "positions must ascend");
@@ -206,7 +206,7 @@ fn masks_behave() {
     // Bidirectional: earlier rows see the change.
     let b1 = run(&seq, Mask::Bidirectional);
     let b2 = run(&seq2, Mask::Bidirectional);
-    assert!(max_diff(&b1[..9].to_vec(), &b2[..9].to_vec()) > 1e-3);
+    assert!(max_diff(&b1[..9], &b2[..9]) > 1e-3);
     assert!(
         max_diff(&b1, &c1) > 1e-3,
         "bidirectional differs from causal"
@@ -220,11 +220,11 @@ fn masks_behave() {
     let k2 = run(&seq2, Mask::Block { size: 5, start: 0 });
     assert_eq!(k1[..5], k2[..5], "the first block does not see the second");
     assert!(
-        max_diff(&k1[5..].to_vec(), &k2[5..].to_vec()) > 1e-3,
+        max_diff(&k1[5..], &k2[5..]) > 1e-3,
         "the second block sees its own change"
     );
     assert!(
-        max_diff(&k1[..5].to_vec(), &c1[..5].to_vec()) > 1e-3,
+        max_diff(&k1[..5], &c1[..5]) > 1e-3,
         "inside a block attention is bidirectional"
     );
     // A mask with a row that sees nothing is refused.
@@ -295,7 +295,7 @@ fn positions_and_taps() {
     let picked = rows(&out.logits.unwrap());
     let all = rows(&head);
     assert!(
-        max_diff(&picked, &vec![all[1].clone(), all[4].clone()]) < 1e-5,
+        max_diff(&picked, &[all[1].clone(), all[4].clone()]) < 1e-5,
         "logit rows come from the last block's states"
     );
     assert_eq!(picked, vec![default[1].clone(), default[4].clone()]);

@@ -28,11 +28,9 @@ fn reference_greedy(mut fwd: impl FnMut(&[u32], usize) -> Tensor, prompt: &[u32]
         last = Some(fwd(&[t], pos));
     }
     let mut tok = argmax(&last.expect("a non-empty prompt"));
-    let mut pos = prompt.len();
-    for _ in 0..N {
+    for pos in prompt.len()..prompt.len() + N {
         out.push(tok);
         tok = argmax(&fwd(&[tok], pos));
-        pos += 1;
     }
     out
 }

@@ -106,7 +106,12 @@ mod tests {
         let mut accepted = 0;
         for _ in 0..n {
             let d = sample_from(&q0, &mut rng);
-            let v = speculative_verdict(&[d], &[q0.clone()], &[p0.clone(), p1.clone()], &mut rng);
+            let v = speculative_verdict(
+                &[d],
+                std::slice::from_ref(&q0),
+                &[p0.clone(), p1.clone()],
+                &mut rng,
+            );
             let first = if v.accepted == 1 { d } else { v.next };
             accepted += v.accepted;
             counts[first as usize] += 1;

@@ -88,16 +88,22 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, detail: String },
     #[error("chat template: {0}")]
     ChatTemplate(String),
-    #[error("hub model {repo}@{revision} is not in the hf-hub cache at {cache_dir} and the hub cannot be reached; missing: {}. Download those files on a machine with access (`huggingface-cli download {repo}`) and place them in {snapshot_dir} with refs/{revision} naming the commit, or pass a local folder to --model", missing.join(", "))]
-    HubUnavailable {
-        repo: String,
-        revision: String,
-        missing: Vec<String>,
-        cache_dir: PathBuf,
-        snapshot_dir: PathBuf,
-    },
+    #[error(transparent)]
+    HubUnavailable(Box<HubUnavailable>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// A hub model that is neither cached nor downloadable (boxed: the largest
+/// variant sets the size of every `Result` that carries a `ModelError`).
+#[derive(Debug, thiserror::Error)]
+#[error("hub model {repo}@{revision} is not in the hf-hub cache at {cache_dir} and the hub cannot be reached; missing: {}. Download those files on a machine with access (`huggingface-cli download {repo}`) and place them in {snapshot_dir} with refs/{revision} naming the commit, or pass a local folder to --model", missing.join(", "))]
+pub struct HubUnavailable {
+    pub repo: String,
+    pub revision: String,
+    pub missing: Vec<String>,
+    pub cache_dir: PathBuf,
+    pub snapshot_dir: PathBuf,
 }
 
 impl ModelError {

@@ -369,13 +369,15 @@ fn resolve_hub(spec: &str, id: &HubId) -> Result<ResolvedModel, ModelError> {
             .join(repo.folder_name())
             .join("snapshots")
             .join("<commit>");
-        return Err(ModelError::HubUnavailable {
-            repo: id.repo.clone(),
-            revision: id.revision.clone(),
-            missing,
-            cache_dir: cache.path().clone(),
-            snapshot_dir,
-        });
+        return Err(ModelError::HubUnavailable(Box::new(
+            super::HubUnavailable {
+                repo: id.repo.clone(),
+                revision: id.revision.clone(),
+                missing,
+                cache_dir: cache.path().clone(),
+                snapshot_dir,
+            },
+        )));
     }
     let first = cached.get(&wanted[0]).expect("found above or downloaded");
     let files = match &id.file {
@@ -450,17 +452,19 @@ pub fn resolve_head_dir(spec: &str) -> Result<PathBuf, ModelError> {
                 missing.push("config.json".to_string());
             }
             missing.push("model.safetensors or pytorch_model.bin".to_string());
-            Err(ModelError::HubUnavailable {
-                repo: id.repo.clone(),
-                revision: id.revision.clone(),
-                missing,
-                cache_dir: cache.path().clone(),
-                snapshot_dir: cache
-                    .path()
-                    .join(repo.folder_name())
-                    .join("snapshots")
-                    .join("<commit>"),
-            })
+            Err(ModelError::HubUnavailable(Box::new(
+                super::HubUnavailable {
+                    repo: id.repo.clone(),
+                    revision: id.revision.clone(),
+                    missing,
+                    cache_dir: cache.path().clone(),
+                    snapshot_dir: cache
+                        .path()
+                        .join(repo.folder_name())
+                        .join("snapshots")
+                        .join("<commit>"),
+                },
+            )))
         }
     }
 }

@@ -160,7 +160,7 @@ impl HBars {
 /// The end of a bar chart's value axis: `top` plus room on the right for
 /// notes of `note_chars` characters, given the plot's pixel width.
 fn with_note_room(top: f64, plot_px: u32, note_chars: usize) -> f64 {
-    if !(top > 0.0) {
+    if top.is_nan() || top <= 0.0 {
         return 1.0;
     }
     let plot = plot_px as f64;

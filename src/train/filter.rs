@@ -303,16 +303,18 @@ pub(crate) fn train_learn2pd_filter(
         let prompt = super::encode(&tok, &it.prompt)?;
         for s in replay(&mut dllm, &prompt, block)? {
             let acc = lf.filter.accept(&s.conf);
-            for j in 0..block {
-                if !s.masked[j] {
+            for ((&masked, &is_final), &accepted) in
+                s.masked.iter().zip(&s.is_final).zip(&acc).take(block)
+            {
+                if !masked {
                     continue;
                 }
-                if s.is_final[j] {
+                if is_final {
                     pos += 1;
-                    hit += usize::from(acc[j]);
+                    hit += usize::from(accepted);
                 } else {
                     neg += 1;
-                    fa += usize::from(acc[j]);
+                    fa += usize::from(accepted);
                 }
             }
         }

@@ -973,7 +973,7 @@ pub(crate) fn optimise(
         acc = (acc.0 + l, acc.1 + 1, acc.2 + norm);
         step += 1;
         steps_since_log += 1;
-        if step % r.log_every == 0 || step == r.optim.steps {
+        if step.is_multiple_of(r.log_every) || step == r.optim.steps {
             let mean = acc.0 / acc.1 as f64;
             loss_curve.push(LossPoint {
                 step,
@@ -993,7 +993,7 @@ pub(crate) fn optimise(
             last_log = Instant::now();
             steps_since_log = 0;
         }
-        if step % r.checkpoint_every == 0 && step < r.optim.steps {
+        if step.is_multiple_of(r.checkpoint_every) && step < r.optim.steps {
             save_checkpoint(
                 step,
                 &opt,
