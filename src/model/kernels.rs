@@ -1,4 +1,4 @@
-//! CPU matmul kernels for GGUF block types (Q4_1, Q5_0, Q4_K, Q6_K).
+//! CPU matmul kernels for GGUF block types (Q4_1, Q5_0, Q8_0, Q4_K, Q6_K).
 //!
 //! They compute exactly what candle computes when it decodes one token on
 //! an AVX2 machine: activations are quantized by candle's own `from_float`,
@@ -141,6 +141,16 @@ struct TileQ6K {
     qh: [[[u8; 32]; 8]; 2],
 }
 
+/// One block of 8 Q8_0 columns, regrouped like candle's single-row kernel
+/// reads it: `qs[l]` holds `[column][4 bytes]`, elements `4l..4l+4` of
+/// each column (one 32-bit lane of candle's sums per column).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TileQ8_0 {
+    d: [u16; TILE],
+    qs: [[u8; 32]; 8],
+}
+
 /// One activation block prepared for the tiles: each half of the quants
 /// duplicated into both 128-bit lanes (a lane per column of a pair), the
 /// scale, and the offset term (Q8_1's `s`, or 16 × the quant sum for Q5_0).
@@ -197,6 +207,7 @@ fn isa() -> Isa {
 enum Packed {
     Q4_1(Arc<Vec<TileQ4_1>>),
     Q5_0(Arc<Vec<TileQ5_0>>),
+    Q8_0(Arc<Vec<TileQ8_0>>),
     Q4K(Arc<Vec<TileQ4K>>),
     Q6K(Arc<Vec<TileQ6K>>),
 }
@@ -206,6 +217,7 @@ impl std::fmt::Debug for Packed {
         f.write_str(match self {
             Packed::Q4_1(_) => "Q4_1",
             Packed::Q5_0(_) => "Q5_0",
+            Packed::Q8_0(_) => "Q8_0",
             Packed::Q4K(_) => "Q4K",
             Packed::Q6K(_) => "Q6K",
         })
@@ -227,6 +239,7 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 /// Activations in the format a weight type's kernel reads.
 enum Acts {
     Small(Vec<Act>),
+    Q8_0(Vec<Q8_0>),
     K(Vec<Q8K>),
 }
 
@@ -278,6 +291,13 @@ impl FastQ {
         if weight.dtype() == GgmlDType::Q4K && n % 16 != 0 {
             return None;
         }
+        // Where k is a whole number of 256-blocks candle may take its own
+        // repacked Q8_0 kernel (AVX-VNNI hosts), whose sums are grouped
+        // otherwise; ours reproduces its per-column `vec_dot`, which it
+        // runs for the rest (the LM heads of SmolLM2 and Qwen2.5-0.5B).
+        if weight.dtype() == GgmlDType::Q8_0 && k % 256 == 0 {
+            return None;
+        }
         let nb = k / block;
         let data = weight.data().ok()?;
         let packed = match weight.dtype() {
@@ -310,6 +330,28 @@ impl FastQ {
                     }
                 }
                 Packed::Q5_0(Arc::new(tiles))
+            }
+            GgmlDType::Q8_0 => {
+                let b = cast_blocks::<Q8_0>(&data);
+                let mut tiles = Vec::with_capacity(n / TILE * nb);
+                for g in 0..n / TILE {
+                    for blk in 0..nb {
+                        let col = |c: usize| &b[(g * TILE + c) * nb + blk];
+                        let mut qs = [[0u8; 32]; 8];
+                        for (l, lane) in qs.iter_mut().enumerate() {
+                            for c in 0..TILE {
+                                for i in 0..4 {
+                                    lane[4 * c + i] = col(c).qs[4 * l + i] as u8;
+                                }
+                            }
+                        }
+                        tiles.push(TileQ8_0 {
+                            d: std::array::from_fn(|c| col(c).d),
+                            qs,
+                        });
+                    }
+                }
+                Packed::Q8_0(Arc::new(tiles))
             }
             GgmlDType::Q4K => {
                 let b = cast_blocks::<Q4K>(&data);
@@ -406,6 +448,7 @@ impl FastQ {
         let acts = match &self.packed {
             Packed::Q4_1(_) => Acts::Small(prepare_q8_1(&lhs, m, self.k)),
             Packed::Q5_0(_) => Acts::Small(prepare_q8_0(&lhs, m, self.k)),
+            Packed::Q8_0(_) => Acts::Q8_0(quantize_q8_0(&lhs, m, self.k)),
             Packed::Q4K(_) | Packed::Q6K(_) => Acts::K(prepare_q8k(&lhs, m, self.k)),
         };
         self.run(&acts, m, &mut dst);
@@ -441,6 +484,14 @@ impl FastQ {
                         &mut out,
                     ),
                     (Packed::Q5_0(t), Acts::Small(a)) => tile_q5_0(
+                        isa,
+                        &t[g * nb..(g + 1) * nb],
+                        &a[r0 * nb..(r0 + rows) * nb],
+                        nb,
+                        rows,
+                        &mut out,
+                    ),
+                    (Packed::Q8_0(t), Acts::Q8_0(a)) => tile_q8_0(
                         isa,
                         &t[g * nb..(g + 1) * nb],
                         &a[r0 * nb..(r0 + rows) * nb],
@@ -537,6 +588,24 @@ fn prepare_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
     out
 }
 
+/// Q8_0 activations as candle quantizes them for a Q8_0 weight.
+fn quantize_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Q8_0> {
+    let nb = k / 32;
+    let mut blocks = vec![BlockQ8_0::zeros(); m * nb];
+    for r in 0..m {
+        BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut blocks[r * nb..(r + 1) * nb]);
+    }
+    let mut blocks = std::mem::ManuallyDrop::new(blocks);
+    // SAFETY: identical size and alignment (asserted above), plain data.
+    unsafe {
+        Vec::from_raw_parts(
+            blocks.as_mut_ptr() as *mut Q8_0,
+            blocks.len(),
+            blocks.capacity(),
+        )
+    }
+}
+
 /// Q8_K activations, quantized by candle's own code.
 fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     let nb = k / 256;
@@ -583,6 +652,23 @@ fn tile_q6k(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::q6k_avx2(t, acts, nb, rows, out) },
+        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
+    }
+}
+
+fn tile_q8_0(
+    isa: Isa,
+    t: &[TileQ8_0],
+    acts: &[Q8_0],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q8_0_vnni(t, acts, nb, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q8_0_avx2(t, acts, nb, rows, out) },
         Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
     }
 }
@@ -926,15 +1012,92 @@ mod x86 {
             }
         }
         for r in 0..rows {
-            // candle's hsum_float_8: (x4 + x0, x5 + x1, x6 + x2, x7 + x3), then
-            // (r0 + r2) + (r1 + r3).
-            let a = &acc[r];
-            let r0 = _mm256_add_ps(a[4], a[0]);
-            let r1 = _mm256_add_ps(a[5], a[1]);
-            let r2 = _mm256_add_ps(a[6], a[2]);
-            let r3 = _mm256_add_ps(a[7], a[3]);
-            let s = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
-            _mm256_storeu_ps(out[r].as_mut_ptr(), s);
+            hsum8_store(&acc[r], &mut out[r]);
+        }
+    }
+
+    /// candle's single-row Q8_0 kernel (`vec_dot_q8_0_q8_0`), per column:
+    /// lane `l` sums the products of elements `4l..4l+4` of each block as
+    /// candle does (`|w|` times `a` carrying `w`'s sign; the pairs stay
+    /// within i16, so VNNI's sums are the same integers),
+    /// `acc_l = fma(x.d * y.d, lane_l, acc_l)`, then candle's horizontal
+    /// sum of the eight lanes.
+    #[inline(always)]
+    unsafe fn q8_0<const VNNI: bool, const R: usize>(
+        t: &[TileQ8_0],
+        acts: &[Q8_0],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 8]; R];
+        for (b, tile) in t.iter().enumerate() {
+            prefetch_ahead(tile);
+            let xd = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+            let mut d = [_mm256_setzero_ps(); R];
+            for (r, d) in d.iter_mut().enumerate() {
+                *d = _mm256_mul_ps(xd, _mm256_set1_ps(h(acts[r * nb + b].d)));
+            }
+            for l in 0..8 {
+                let w = _mm256_loadu_si256(tile.qs[l].as_ptr() as *const __m256i);
+                let aw = _mm256_sign_epi8(w, w);
+                for r in 0..R {
+                    let sa = _mm256_sign_epi8(bcast4(&acts[r * nb + b].qs, 4 * l), w);
+                    let lane = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sa)
+                    } else {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones)
+                    };
+                    acc[r][l] = _mm256_fmadd_ps(d[r], _mm256_cvtepi32_ps(lane), acc[r][l]);
+                }
+            }
+        }
+        for r in 0..R {
+            hsum8_store(&acc[r], &mut out[r]);
+        }
+    }
+
+    /// candle's hsum_float_8 for 8 columns at once, one column per lane:
+    /// (x4 + x0, x5 + x1, x6 + x2, x7 + x3), then (r0 + r2) + (r1 + r3).
+    #[inline(always)]
+    unsafe fn hsum8_store(a: &[__m256; 8], out: &mut [f32; TILE]) {
+        let r0 = _mm256_add_ps(a[4], a[0]);
+        let r1 = _mm256_add_ps(a[5], a[1]);
+        let r2 = _mm256_add_ps(a[6], a[2]);
+        let r3 = _mm256_add_ps(a[7], a[3]);
+        let s = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+    }
+
+    #[target_feature(enable = "avx2,f16c,fma")]
+    pub unsafe fn q8_0_avx2(
+        t: &[TileQ8_0],
+        a: &[Q8_0],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q8_0::<false, 1>(t, a, nb, out),
+            2 => q8_0::<false, 2>(t, a, nb, out),
+            3 => q8_0::<false, 3>(t, a, nb, out),
+            _ => q8_0::<false, 4>(t, a, nb, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
+    pub unsafe fn q8_0_vnni(
+        t: &[TileQ8_0],
+        a: &[Q8_0],
+        nb: usize,
+        rows: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        match rows {
+            1 => q8_0::<true, 1>(t, a, nb, out),
+            2 => q8_0::<true, 2>(t, a, nb, out),
+            3 => q8_0::<true, 3>(t, a, nb, out),
+            _ => q8_0::<true, 4>(t, a, nb, out),
         }
     }
 
@@ -1147,6 +1310,51 @@ mod tests {
         }
     }
 
+    /// Q8_0 where candle runs its per-column `vec_dot` (k not a whole
+    /// number of 256-blocks): SmolLM2's and Qwen2.5-0.5B's LM heads.
+    #[test]
+    fn q8_0_bit_identical_to_candle_single_rows() {
+        for (m, k, n) in [
+            (1, 576, 64),
+            (1, 896, 40),
+            (5, 96, 16),
+            (17, 160, 24),
+            (4, 32, 8),
+        ] {
+            let w = Tensor::from_vec(random(n * k, 11 + k as u64), (n, k), &Device::Cpu).unwrap();
+            let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+            let x = Tensor::from_vec(random(m * k, 5 + n as u64), (1, m, k), &Device::Cpu).unwrap();
+            let qm = QMatMul::from_arc(q.clone()).unwrap();
+            let mut want: Vec<u32> = Vec::new();
+            for r in 0..m {
+                let row = qm.forward(&x.narrow(1, r, 1).unwrap()).unwrap();
+                want.extend(
+                    row.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.to_bits()),
+                );
+            }
+            for isa in isas() {
+                let fast = FastQ::with_isa(&q, isa).expect("Q8_0 with k % 256 != 0 is taken");
+                let got: Vec<u32> = fast
+                    .forward(&x)
+                    .unwrap()
+                    .expect("taken")
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect();
+                assert_eq!(got, want, "Q8_0 m={m} k={k} n={n} isa={isa:?}");
+            }
+        }
+    }
+
     #[test]
     fn unsupported_shapes_fall_back() {
         let w = Tensor::from_vec(random(12 * 64, 3), (12, 64), &Device::Cpu).unwrap();
@@ -1155,7 +1363,11 @@ mod tests {
             FastQ::new(&q).is_none(),
             "12 columns is not a whole number of tiles"
         );
+        let w = Tensor::from_vec(random(16 * 256, 3), (16, 256), &Device::Cpu).unwrap();
         let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-        assert!(FastQ::new(&q).is_none());
+        assert!(
+            FastQ::new(&q).is_none(),
+            "Q8_0 over whole 256-blocks is left to candle's own kernels"
+        );
     }
 }
