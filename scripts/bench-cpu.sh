@@ -5,11 +5,11 @@
 # run, so both see the same machine state.
 #
 # usage: scripts/bench-cpu.sh [OUT_DIR]     (default reports/cpu)
-# env:   MODELS="smollm2-135m qwen2.5-coder-1.5b"  THREADS=1,2  REPEATS=5
+# env:   MODELS="smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"  THREADS=1,2  REPEATS=5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-reports/cpu}
-models=${MODELS:-"smollm2-135m qwen2.5-coder-1.5b"}
+models=${MODELS:-"smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"}
 threads=${THREADS:-1,2}
 repeats=${REPEATS:-5}
 cache=${PDBENCH_CACHE:-$HOME/.cache/pdbench}
