@@ -22,6 +22,8 @@
 #
 # usage: scripts/gpu-run.sh [toy|smollm2|all] [--dry-run]
 #        --dry-run: CPU and 5 prompts (tests the script without a GPU)
+# env:   PYTHON: the interpreter with torch and transformers (default
+#        python3; a dry run here can point it at a venv that has them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase=all
@@ -34,6 +36,7 @@ for a in "$@"; do
   esac
 done
 final=${OUT:-out/gpu}
+python=${PYTHON:-python3}
 mkdir -p "$final"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -77,8 +80,8 @@ versus() {
       --model "$dir" --out "$out/bench-$name-$dt" 2>&1 | tail -3 \
       || note "bench on $name ($dt) failed"
     torch_dt=$([ "$dt" = bf16 ] && echo bfloat16 || echo float32)
-    if python3 -c "import torch, transformers" 2> /dev/null; then
-      python3 scripts/torch_decode.py "$dir" --device "${device%%:*}" --dtype "$torch_dt" \
+    if "$python" -c "import torch, transformers" 2> /dev/null; then
+      "$python" scripts/torch_decode.py "$dir" --device "${device%%:*}" --dtype "$torch_dt" \
         --prefill "$pp" --decode "$tg" --out "$out/torch-$name-$dt.json" > /dev/null \
         || note "torch peer on $name ($dt) failed"
     else
