@@ -539,89 +539,121 @@ fn split_halves(qs: &[i8; 32]) -> ([i8; 32], [i8; 32]) {
     (lo, hi)
 }
 
-/// Q8_1 activations, quantized by candle's own code so the blocks match.
-fn prepare_q8_1(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
-    let nb = k / 32;
-    let mut blocks = vec![BlockQ8_1::zeros(); nb];
-    let mut out = Vec::with_capacity(m * nb);
-    for r in 0..m {
-        BlockQ8_1::from_float(&lhs[r * k..(r + 1) * k], &mut blocks);
-        // SAFETY: identical size and alignment (asserted above), plain data.
-        let view: &[Q8_1] =
-            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q8_1, nb) };
-        for b in view {
-            let (lo, hi) = split_halves(&b.qs);
-            out.push(Act {
-                lo,
-                hi,
-                d: h(b.d),
-                offset: h(b.s),
-                offset_i: 0,
-            });
+/// Fills `out`, `m` rows of `per_row` items, with `f(row, row's items)`;
+/// the rows of a prefill spread over candle's pool, since quantizing them
+/// one after another is serial work beside parallel matmuls (spread, a
+/// 64-token prefill of Qwen2.5-0.5B on 2 threads runs 7% faster).
+fn for_rows<T: Send>(out: &mut [T], m: usize, per_row: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    debug_assert_eq!(out.len(), m * per_row);
+    if m < 2 || per_row == 0 {
+        for (r, o) in out.chunks_mut(per_row.max(1)).enumerate() {
+            f(r, o);
         }
+        return;
     }
+    let ptr = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+        for r in rows {
+            // SAFETY: rows are disjoint slices of `out`, each given to one call.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut((ptr as *mut T).add(r * per_row), per_row)
+            };
+            f(r, o);
+        }
+    });
+}
+
+/// Activations of the small-block weight types: candle quantizes each row
+/// to `B` (Q8_1 or Q8_0) with its own code, so the blocks match, and
+/// `to_act` lays each block out for the tiles.
+fn prepare_small<B: GgmlType + Send + Sync>(
+    lhs: &[f32],
+    m: usize,
+    k: usize,
+    to_act: impl Fn(&B) -> Act + Sync,
+) -> Vec<Act> {
+    let nb = k / 32;
+    let zero = Act {
+        lo: [0; 32],
+        hi: [0; 32],
+        d: 0.0,
+        offset: 0.0,
+        offset_i: 0,
+    };
+    let mut out = vec![zero; m * nb];
+    for_rows(&mut out, m, nb, |r, acts| {
+        let mut blocks = vec![B::zeros(); nb];
+        B::from_float(&lhs[r * k..(r + 1) * k], &mut blocks);
+        for (a, b) in acts.iter_mut().zip(&blocks) {
+            *a = to_act(b);
+        }
+    });
     out
 }
 
-/// Q8_0 activations; `offset_i` is 16 × the quant sum, for Q5_0's -16.
-fn prepare_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
-    let nb = k / 32;
-    let mut blocks = vec![BlockQ8_0::zeros(); nb];
-    let mut out = Vec::with_capacity(m * nb);
-    for r in 0..m {
-        BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut blocks);
+/// Q8_1 activations (for Q4_1 weights).
+fn prepare_q8_1(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
+    prepare_small::<BlockQ8_1>(lhs, m, k, |b| {
         // SAFETY: identical size and alignment (asserted above), plain data.
-        let view: &[Q8_0] =
-            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q8_0, nb) };
-        for b in view {
-            let (lo, hi) = split_halves(&b.qs);
-            let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
-            out.push(Act {
-                lo,
-                hi,
-                d: h(b.d),
-                offset: 0.0,
-                offset_i: 16 * sum,
-            });
+        let b: &Q8_1 = unsafe { &*(b as *const BlockQ8_1 as *const Q8_1) };
+        let (lo, hi) = split_halves(&b.qs);
+        Act {
+            lo,
+            hi,
+            d: h(b.d),
+            offset: h(b.s),
+            offset_i: 0,
         }
+    })
+}
+
+/// Q8_0 activations for Q5_0 weights; `offset_i` is 16 × the quant sum,
+/// for Q5_0's -16.
+fn prepare_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
+    prepare_small::<BlockQ8_0>(lhs, m, k, |b| {
+        // SAFETY: identical size and alignment (asserted above), plain data.
+        let b: &Q8_0 = unsafe { &*(b as *const BlockQ8_0 as *const Q8_0) };
+        let (lo, hi) = split_halves(&b.qs);
+        let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+        Act {
+            lo,
+            hi,
+            d: h(b.d),
+            offset: 0.0,
+            offset_i: 16 * sum,
+        }
+    })
+}
+
+/// Rows quantized block by block by candle's `from_float`, reinterpreted
+/// as our mirror `T` of candle's block type `B`.
+fn quantize_rows<B: GgmlType + Send + Sync, T>(lhs: &[f32], m: usize, k: usize) -> Vec<T> {
+    const { assert!(std::mem::size_of::<B>() == std::mem::size_of::<T>()) };
+    const { assert!(std::mem::align_of::<B>() == std::mem::align_of::<T>()) };
+    let nb = k / B::BLCK_SIZE;
+    let mut blocks = vec![B::zeros(); m * nb];
+    for_rows(&mut blocks, m, nb, |r, row| {
+        B::from_float(&lhs[r * k..(r + 1) * k], row)
+    });
+    let mut blocks = std::mem::ManuallyDrop::new(blocks);
+    // SAFETY: same size and alignment (asserted above); both are plain data.
+    unsafe {
+        Vec::from_raw_parts(
+            blocks.as_mut_ptr() as *mut T,
+            blocks.len(),
+            blocks.capacity(),
+        )
     }
-    out
 }
 
 /// Q8_0 activations as candle quantizes them for a Q8_0 weight.
 fn quantize_q8_0(lhs: &[f32], m: usize, k: usize) -> Vec<Q8_0> {
-    let nb = k / 32;
-    let mut blocks = vec![BlockQ8_0::zeros(); m * nb];
-    for r in 0..m {
-        BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut blocks[r * nb..(r + 1) * nb]);
-    }
-    let mut blocks = std::mem::ManuallyDrop::new(blocks);
-    // SAFETY: identical size and alignment (asserted above), plain data.
-    unsafe {
-        Vec::from_raw_parts(
-            blocks.as_mut_ptr() as *mut Q8_0,
-            blocks.len(),
-            blocks.capacity(),
-        )
-    }
+    quantize_rows::<BlockQ8_0, Q8_0>(lhs, m, k)
 }
 
 /// Q8_K activations, quantized by candle's own code.
 fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
-    let nb = k / 256;
-    let mut blocks = vec![BlockQ8K::zeros(); m * nb];
-    for r in 0..m {
-        BlockQ8K::from_float(&lhs[r * k..(r + 1) * k], &mut blocks[r * nb..(r + 1) * nb]);
-    }
-    let mut blocks = std::mem::ManuallyDrop::new(blocks);
-    // SAFETY: identical size and alignment (asserted above), plain data.
-    unsafe {
-        Vec::from_raw_parts(
-            blocks.as_mut_ptr() as *mut Q8K,
-            blocks.len(),
-            blocks.capacity(),
-        )
-    }
+    quantize_rows::<BlockQ8K, Q8K>(lhs, m, k)
 }
 
 fn tile_q4k(
@@ -1038,8 +1070,8 @@ mod x86 {
             for (r, d) in d.iter_mut().enumerate() {
                 *d = _mm256_mul_ps(xd, _mm256_set1_ps(h(acts[r * nb + b].d)));
             }
-            for l in 0..8 {
-                let w = _mm256_loadu_si256(tile.qs[l].as_ptr() as *const __m256i);
+            for (l, q) in tile.qs.iter().enumerate() {
+                let w = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
                 let aw = _mm256_sign_epi8(w, w);
                 for r in 0..R {
                     let sa = _mm256_sign_epi8(bcast4(&acts[r * nb + b].qs, 4 * l), w);
