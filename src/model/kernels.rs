@@ -656,22 +656,69 @@ fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     quantize_rows::<BlockQ8K, Q8K>(lhs, m, k)
 }
 
-fn tile_q4k(
-    isa: Isa,
-    t: &[TileQ4K],
-    acts: &[Q8K],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q4k_vnni(t, acts, nb, rows, out) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::q4k_avx2(t, acts, nb, rows, out) },
-        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
-    }
+/// The entry point of a tile kernel `x86::$kernel::<VNNI, R>` for the
+/// machine's instruction set: a build of it per ISA (target features on the
+/// function, so the kernel's intrinsics inline), with the row count as a
+/// const, since the rows' sums live in registers.
+macro_rules! tile_entry {
+    ($name:ident, $kernel:ident, $tile:ty, $act:ty) => {
+        fn $name(
+            isa: Isa,
+            t: &[$tile],
+            acts: &[$act],
+            nb: usize,
+            rows: usize,
+            out: &mut [[f32; TILE]; ROWS],
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,f16c,fma")]
+                unsafe fn avx2(
+                    t: &[$tile],
+                    a: &[$act],
+                    nb: usize,
+                    rows: usize,
+                    out: &mut [[f32; TILE]; ROWS],
+                ) {
+                    match rows {
+                        1 => x86::$kernel::<false, 1>(t, a, nb, out),
+                        2 => x86::$kernel::<false, 2>(t, a, nb, out),
+                        3 => x86::$kernel::<false, 3>(t, a, nb, out),
+                        _ => x86::$kernel::<false, 4>(t, a, nb, out),
+                    }
+                }
+                #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
+                unsafe fn vnni(
+                    t: &[$tile],
+                    a: &[$act],
+                    nb: usize,
+                    rows: usize,
+                    out: &mut [[f32; TILE]; ROWS],
+                ) {
+                    match rows {
+                        1 => x86::$kernel::<true, 1>(t, a, nb, out),
+                        2 => x86::$kernel::<true, 2>(t, a, nb, out),
+                        3 => x86::$kernel::<true, 3>(t, a, nb, out),
+                        _ => x86::$kernel::<true, 4>(t, a, nb, out),
+                    }
+                }
+                // SAFETY: `isa` was detected on this machine.
+                match isa {
+                    Isa::Avx512Vnni => return unsafe { vnni(t, acts, nb, rows, out) },
+                    Isa::Avx2 => return unsafe { avx2(t, acts, nb, rows, out) },
+                    Isa::None => {}
+                }
+            }
+            let _ = (isa, t, acts, nb, rows, out);
+            unreachable!("FastQ is not built without a kernel ISA")
+        }
+    };
 }
+
+tile_entry!(tile_q4_1, q4_1, TileQ4_1, Act);
+tile_entry!(tile_q5_0, q5_0, TileQ5_0, Act);
+tile_entry!(tile_q8_0, q8_0, TileQ8_0, Q8_0);
+tile_entry!(tile_q4k, q4k, TileQ4K, Q8K);
 
 fn tile_q6k(
     isa: Isa,
@@ -684,57 +731,6 @@ fn tile_q6k(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::q6k_avx2(t, acts, nb, rows, out) },
-        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
-    }
-}
-
-fn tile_q8_0(
-    isa: Isa,
-    t: &[TileQ8_0],
-    acts: &[Q8_0],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q8_0_vnni(t, acts, nb, rows, out) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::q8_0_avx2(t, acts, nb, rows, out) },
-        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
-    }
-}
-
-fn tile_q4_1(
-    isa: Isa,
-    t: &[TileQ4_1],
-    acts: &[Act],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q4_1_vnni(t, acts, nb, rows, out) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::q4_1_avx2(t, acts, nb, rows, out) },
-        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
-    }
-}
-
-fn tile_q5_0(
-    isa: Isa,
-    t: &[TileQ5_0],
-    acts: &[Act],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q5_0_vnni(t, acts, nb, rows, out) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::q5_0_avx2(t, acts, nb, rows, out) },
         Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
     }
 }
@@ -796,7 +792,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q4_1<const VNNI: bool, const R: usize>(
+    pub(super) unsafe fn q4_1<const VNNI: bool, const R: usize>(
         t: &[TileQ4_1],
         acts: &[Act],
         nb: usize,
@@ -839,7 +835,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q5_0<const VNNI: bool, const R: usize>(
+    pub(super) unsafe fn q5_0<const VNNI: bool, const R: usize>(
         t: &[TileQ5_0],
         acts: &[Act],
         nb: usize,
@@ -909,7 +905,7 @@ mod x86 {
     /// sub-block, `acc = fma(isum, (d * sc) * dall, acc)` then
     /// `acc = fnmadd(dmin * mn, dall * bsum, acc)`.
     #[inline(always)]
-    unsafe fn q4k<const VNNI: bool, const R: usize>(
+    pub(super) unsafe fn q4k<const VNNI: bool, const R: usize>(
         t: &[TileQ4K],
         acts: &[Q8K],
         nb: usize,
@@ -1055,7 +1051,7 @@ mod x86 {
     /// `acc_l = fma(x.d * y.d, lane_l, acc_l)`, then candle's horizontal
     /// sum of the eight lanes.
     #[inline(always)]
-    unsafe fn q8_0<const VNNI: bool, const R: usize>(
+    pub(super) unsafe fn q8_0<const VNNI: bool, const R: usize>(
         t: &[TileQ8_0],
         acts: &[Q8_0],
         nb: usize,
@@ -1102,70 +1098,6 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,f16c,fma")]
-    pub unsafe fn q8_0_avx2(
-        t: &[TileQ8_0],
-        a: &[Q8_0],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q8_0::<false, 1>(t, a, nb, out),
-            2 => q8_0::<false, 2>(t, a, nb, out),
-            3 => q8_0::<false, 3>(t, a, nb, out),
-            _ => q8_0::<false, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
-    pub unsafe fn q8_0_vnni(
-        t: &[TileQ8_0],
-        a: &[Q8_0],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q8_0::<true, 1>(t, a, nb, out),
-            2 => q8_0::<true, 2>(t, a, nb, out),
-            3 => q8_0::<true, 3>(t, a, nb, out),
-            _ => q8_0::<true, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,fma")]
-    pub unsafe fn q4k_avx2(
-        t: &[TileQ4K],
-        a: &[Q8K],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q4k::<false, 1>(t, a, nb, out),
-            2 => q4k::<false, 2>(t, a, nb, out),
-            3 => q4k::<false, 3>(t, a, nb, out),
-            _ => q4k::<false, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
-    pub unsafe fn q4k_vnni(
-        t: &[TileQ4K],
-        a: &[Q8K],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q4k::<true, 1>(t, a, nb, out),
-            2 => q4k::<true, 2>(t, a, nb, out),
-            3 => q4k::<true, 3>(t, a, nb, out),
-            _ => q4k::<true, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,fma")]
     pub unsafe fn q6k_avx2(
         t: &[TileQ6K],
         a: &[Q8K],
@@ -1178,70 +1110,6 @@ mod x86 {
             2 => q6k::<2>(t, a, nb, out),
             3 => q6k::<3>(t, a, nb, out),
             _ => q6k::<4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn q4_1_avx2(
-        t: &[TileQ4_1],
-        a: &[Act],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q4_1::<false, 1>(t, a, nb, out),
-            2 => q4_1::<false, 2>(t, a, nb, out),
-            3 => q4_1::<false, 3>(t, a, nb, out),
-            _ => q4_1::<false, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn q4_1_vnni(
-        t: &[TileQ4_1],
-        a: &[Act],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q4_1::<true, 1>(t, a, nb, out),
-            2 => q4_1::<true, 2>(t, a, nb, out),
-            3 => q4_1::<true, 3>(t, a, nb, out),
-            _ => q4_1::<true, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn q5_0_avx2(
-        t: &[TileQ5_0],
-        a: &[Act],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q5_0::<false, 1>(t, a, nb, out),
-            2 => q5_0::<false, 2>(t, a, nb, out),
-            3 => q5_0::<false, 3>(t, a, nb, out),
-            _ => q5_0::<false, 4>(t, a, nb, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn q5_0_vnni(
-        t: &[TileQ5_0],
-        a: &[Act],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q5_0::<true, 1>(t, a, nb, out),
-            2 => q5_0::<true, 2>(t, a, nb, out),
-            3 => q5_0::<true, 3>(t, a, nb, out),
-            _ => q5_0::<true, 4>(t, a, nb, out),
         }
     }
 }
