@@ -42,6 +42,11 @@ export PDBENCH_CUDA_STUBS=$stubs   # build.rs puts it on the link path
 if $check; then
   cargo build --release --locked --features cuda --bin pdbench
   echo "CUDA build compiled and linked"
+  # Both builds keep their own artifacts, but share target/release/pdbench:
+  # put the CPU binary back there (cargo only re-links the fresh one), or
+  # it would need libcuda.so.1 to start.
+  env -u CUDA_ROOT -u CUDA_HOME -u CUDA_PATH -u NVCC -u PDBENCH_CUDA_STUBS \
+    cargo build --release --locked -q --bin pdbench
   exit 0
 fi
 
