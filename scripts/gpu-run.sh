@@ -25,6 +25,9 @@
 # env:   PYTHON: the interpreter with torch and transformers (default
 #        python3; a dry run here can point it at a venv that has them)
 set -euo pipefail
+# Resolved before the cd below, so a relative PYTHON means what it said.
+python=${PYTHON:-python3}
+[[ $python == */* ]] && python=$(realpath -s "$python")  # -s: a venv's python is a symlink
 cd "$(dirname "$0")/.."
 phase=all
 dry=false
@@ -36,7 +39,6 @@ for a in "$@"; do
   esac
 done
 final=${OUT:-out/gpu}
-python=${PYTHON:-python3}
 mkdir -p "$final"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -85,7 +87,7 @@ versus() {
         --prefill "$pp" --decode "$tg" --out "$out/torch-$name-$dt.json" > /dev/null \
         || note "torch peer on $name ($dt) failed"
     else
-      note "torch/transformers not importable here: no peer figure ($name, $dt)"
+      note "torch/transformers not importable with $python: no peer figure ($name, $dt)"
     fi
   done
 }

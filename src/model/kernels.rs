@@ -544,7 +544,7 @@ fn split_halves(qs: &[i8; 32]) -> ([i8; 32], [i8; 32]) {
 /// one after another is serial work beside parallel matmuls (spread, a
 /// 64-token prefill of Qwen2.5-0.5B on 2 threads runs 7% faster).
 fn for_rows<T: Send>(out: &mut [T], m: usize, per_row: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    debug_assert_eq!(out.len(), m * per_row);
+    assert_eq!(out.len(), m * per_row, "rows × items per row");
     if m < 2 || per_row == 0 {
         for (r, o) in out.chunks_mut(per_row.max(1)).enumerate() {
             f(r, o);
