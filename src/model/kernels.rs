@@ -474,47 +474,20 @@ impl FastQ {
                 let r0 = rt * ROWS;
                 let rows = ROWS.min(m - r0);
                 let mut out = [[0f32; TILE]; ROWS];
+                // This item's column group of tiles and its rows' activations.
+                let (w, x) = (g * nb..(g + 1) * nb, r0 * nb..(r0 + rows) * nb);
                 match (packed, acts) {
-                    (Packed::Q4_1(t), Acts::Small(a)) => tile_q4_1(
-                        isa,
-                        &t[g * nb..(g + 1) * nb],
-                        &a[r0 * nb..(r0 + rows) * nb],
-                        nb,
-                        rows,
-                        &mut out,
-                    ),
-                    (Packed::Q5_0(t), Acts::Small(a)) => tile_q5_0(
-                        isa,
-                        &t[g * nb..(g + 1) * nb],
-                        &a[r0 * nb..(r0 + rows) * nb],
-                        nb,
-                        rows,
-                        &mut out,
-                    ),
-                    (Packed::Q8_0(t), Acts::Q8_0(a)) => tile_q8_0(
-                        isa,
-                        &t[g * nb..(g + 1) * nb],
-                        &a[r0 * nb..(r0 + rows) * nb],
-                        nb,
-                        rows,
-                        &mut out,
-                    ),
-                    (Packed::Q4K(t), Acts::K(a)) => tile_q4k(
-                        isa,
-                        &t[g * nb..(g + 1) * nb],
-                        &a[r0 * nb..(r0 + rows) * nb],
-                        nb,
-                        rows,
-                        &mut out,
-                    ),
-                    (Packed::Q6K(t), Acts::K(a)) => tile_q6k(
-                        isa,
-                        &t[g * nb..(g + 1) * nb],
-                        &a[r0 * nb..(r0 + rows) * nb],
-                        nb,
-                        rows,
-                        &mut out,
-                    ),
+                    (Packed::Q4_1(t), Acts::Small(a)) => {
+                        tile_q4_1(isa, &t[w], &a[x], nb, rows, &mut out)
+                    }
+                    (Packed::Q5_0(t), Acts::Small(a)) => {
+                        tile_q5_0(isa, &t[w], &a[x], nb, rows, &mut out)
+                    }
+                    (Packed::Q8_0(t), Acts::Q8_0(a)) => {
+                        tile_q8_0(isa, &t[w], &a[x], nb, rows, &mut out)
+                    }
+                    (Packed::Q4K(t), Acts::K(a)) => tile_q4k(isa, &t[w], &a[x], nb, rows, &mut out),
+                    (Packed::Q6K(t), Acts::K(a)) => tile_q6k(isa, &t[w], &a[x], nb, rows, &mut out),
                     _ => unreachable!("activations are prepared for the weight type"),
                 }
                 for (r, o) in out.iter().enumerate().take(rows) {
@@ -656,10 +629,32 @@ fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     quantize_rows::<BlockQ8K, Q8K>(lhs, m, k)
 }
 
-/// The entry point of a tile kernel `x86::$kernel::<VNNI, R>` for the
-/// machine's instruction set: a build of it per ISA (target features on the
-/// function, so the kernel's intrinsics inline), with the row count as a
+/// One instruction set's build of a tile kernel: `$features` enabled on
+/// the function (so the kernel's intrinsics inline) and the row count as a
 /// const, since the rows' sums live in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_build {
+    ($fn:ident, $features:literal, $vnni:literal, $kernel:ident, $tile:ty, $act:ty) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $fn(
+            t: &[$tile],
+            a: &[$act],
+            nb: usize,
+            rows: usize,
+            out: &mut [[f32; TILE]; ROWS],
+        ) {
+            match rows {
+                1 => x86::$kernel::<$vnni, 1>(t, a, nb, out),
+                2 => x86::$kernel::<$vnni, 2>(t, a, nb, out),
+                3 => x86::$kernel::<$vnni, 3>(t, a, nb, out),
+                _ => x86::$kernel::<$vnni, 4>(t, a, nb, out),
+            }
+        }
+    };
+}
+
+/// The entry point of a tile kernel `x86::$kernel::<VNNI, R>`: its AVX2 or
+/// AVX512-VNNI build, as the machine has.
 macro_rules! tile_entry {
     ($name:ident, $kernel:ident, $tile:ty, $act:ty) => {
         fn $name(
@@ -672,36 +667,15 @@ macro_rules! tile_entry {
         ) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,f16c,fma")]
-                unsafe fn avx2(
-                    t: &[$tile],
-                    a: &[$act],
-                    nb: usize,
-                    rows: usize,
-                    out: &mut [[f32; TILE]; ROWS],
-                ) {
-                    match rows {
-                        1 => x86::$kernel::<false, 1>(t, a, nb, out),
-                        2 => x86::$kernel::<false, 2>(t, a, nb, out),
-                        3 => x86::$kernel::<false, 3>(t, a, nb, out),
-                        _ => x86::$kernel::<false, 4>(t, a, nb, out),
-                    }
-                }
-                #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
-                unsafe fn vnni(
-                    t: &[$tile],
-                    a: &[$act],
-                    nb: usize,
-                    rows: usize,
-                    out: &mut [[f32; TILE]; ROWS],
-                ) {
-                    match rows {
-                        1 => x86::$kernel::<true, 1>(t, a, nb, out),
-                        2 => x86::$kernel::<true, 2>(t, a, nb, out),
-                        3 => x86::$kernel::<true, 3>(t, a, nb, out),
-                        _ => x86::$kernel::<true, 4>(t, a, nb, out),
-                    }
-                }
+                tile_build!(avx2, "avx2,f16c,fma", false, $kernel, $tile, $act);
+                tile_build!(
+                    vnni,
+                    "avx2,f16c,fma,avx512vnni,avx512vl",
+                    true,
+                    $kernel,
+                    $tile,
+                    $act
+                );
                 // SAFETY: `isa` was detected on this machine.
                 match isa {
                     Isa::Avx512Vnni => return unsafe { vnni(t, acts, nb, rows, out) },
