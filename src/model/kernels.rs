@@ -83,6 +83,15 @@ struct Q8K {
     bsums: [i16; 16],
 }
 
+/// Q8_K activations for Q6_K weights, with `bias[i]` = -32 × the sum of
+/// quants `4i..4i+4`: Q6_K's -32 offset folded into the start value of a
+/// VNNI lane, so `sum((q - 32) * a)` over a lane is one `dpbusd`, exactly.
+#[derive(Clone, Copy)]
+struct Q8KBias {
+    q: Q8K,
+    bias: [i32; 64],
+}
+
 const _: () = assert!(std::mem::size_of::<Q4K>() == 144);
 const _: () = assert!(std::mem::size_of::<Q6K>() == 210);
 const _: () = assert!(std::mem::size_of::<Q8K>() == std::mem::size_of::<BlockQ8K>());
@@ -241,6 +250,7 @@ enum Acts {
     Small(Vec<Act>),
     Q8_0(Vec<Q8_0>),
     K(Vec<Q8K>),
+    KBias(Vec<Q8KBias>),
 }
 
 /// A repacked weight matrix `[n, k]`.
@@ -449,7 +459,8 @@ impl FastQ {
             Packed::Q4_1(_) => Acts::Small(prepare_q8_1(&lhs, m, self.k)),
             Packed::Q5_0(_) => Acts::Small(prepare_q8_0(&lhs, m, self.k)),
             Packed::Q8_0(_) => Acts::Q8_0(quantize_q8_0(&lhs, m, self.k)),
-            Packed::Q4K(_) | Packed::Q6K(_) => Acts::K(prepare_q8k(&lhs, m, self.k)),
+            Packed::Q4K(_) => Acts::K(prepare_q8k(&lhs, m, self.k)),
+            Packed::Q6K(_) => Acts::KBias(prepare_q8k_bias(&lhs, m, self.k)),
         };
         self.run(&acts, m, &mut dst);
         let mut out_dims = dims;
@@ -487,7 +498,9 @@ impl FastQ {
                         tile_q8_0(isa, &t[w], &a[x], nb, rows, &mut out)
                     }
                     (Packed::Q4K(t), Acts::K(a)) => tile_q4k(isa, &t[w], &a[x], nb, rows, &mut out),
-                    (Packed::Q6K(t), Acts::K(a)) => tile_q6k(isa, &t[w], &a[x], nb, rows, &mut out),
+                    (Packed::Q6K(t), Acts::KBias(a)) => {
+                        tile_q6k(isa, &t[w], &a[x], nb, rows, &mut out)
+                    }
                     _ => unreachable!("activations are prepared for the weight type"),
                 }
                 for (r, o) in out.iter().enumerate().take(rows) {
@@ -629,6 +642,22 @@ fn prepare_q8k(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     quantize_rows::<BlockQ8K, Q8K>(lhs, m, k)
 }
 
+/// Q8_K activations with the quad sums Q6_K's VNNI lanes start from.
+fn prepare_q8k_bias(lhs: &[f32], m: usize, k: usize) -> Vec<Q8KBias> {
+    prepare_q8k(lhs, m, k)
+        .into_iter()
+        .map(|q| Q8KBias {
+            bias: std::array::from_fn(|i| {
+                -32 * q.qs[4 * i..4 * i + 4]
+                    .iter()
+                    .map(|&v| v as i32)
+                    .sum::<i32>()
+            }),
+            q,
+        })
+        .collect()
+}
+
 /// One instruction set's build of a tile kernel: `$features` enabled on
 /// the function (so the kernel's intrinsics inline) and the row count as a
 /// const, since the rows' sums live in registers.
@@ -693,21 +722,7 @@ tile_entry!(tile_q4_1, q4_1, TileQ4_1, Act);
 tile_entry!(tile_q5_0, q5_0, TileQ5_0, Act);
 tile_entry!(tile_q8_0, q8_0, TileQ8_0, Q8_0);
 tile_entry!(tile_q4k, q4k, TileQ4K, Q8K);
-
-fn tile_q6k(
-    isa: Isa,
-    t: &[TileQ6K],
-    acts: &[Q8K],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::q6k_avx2(t, acts, nb, rows, out) },
-        Isa::None => unreachable!("FastQ is not built without a kernel ISA"),
-    }
-}
+tile_entry!(tile_q6k, q6k, TileQ6K, Q8KBias);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -911,13 +926,16 @@ mod x86 {
                 for r in 0..rows {
                     let a = &acts[r * nb + b];
                     let isum = if VNNI {
-                        let mut isum = _mm256_setzero_si256();
+                        // Two chains of four: one chain of eight dependent
+                        // dot products would wait on their latency.
+                        let mut even = _mm256_setzero_si256();
+                        let mut odd = _mm256_setzero_si256();
                         for g4 in 0..4 {
                             let off = sub * 32 + g4 * 8;
-                            isum = dot::<VNNI>(isum, lo[g4], bcast4(&a.qs, off));
-                            isum = dot::<VNNI>(isum, hi[g4], bcast4(&a.qs, off + 4));
+                            even = dot::<VNNI>(even, lo[g4], bcast4(&a.qs, off));
+                            odd = dot::<VNNI>(odd, hi[g4], bcast4(&a.qs, off + 4));
                         }
-                        isum
+                        _mm256_add_epi32(even, odd)
                     } else {
                         // Eight u4 x i8 pair sums stay within i16 (8 * 3840 < 32767),
                         // so they add exactly before one widening madd.
@@ -951,11 +969,14 @@ mod x86 {
     /// candle's single-row Q6_K kernel (`vec_dot_q6k_q8k`), per column: eight
     /// i32 lane sums per superblock (lane `l` covers elements `4l..4l+4` of
     /// each 32-element chunk), `acc_l = fma(y.d * x.d, lane_l, acc_l)`, and
-    /// at the end candle's horizontal sum of the eight lanes.
+    /// at the end candle's horizontal sum of the eight lanes. A lane's
+    /// integer is `sum(scale * (q - 32) * a)` however it is formed: candle's
+    /// i16 pair sums (the AVX2 build), or with VNNI one `dpbusd` starting
+    /// from the activations' `bias` times the scale (fewer instructions).
     #[inline(always)]
-    unsafe fn q6k<const R: usize>(
+    pub(super) unsafe fn q6k<const VNNI: bool, const R: usize>(
         t: &[TileQ6K],
-        acts: &[Q8K],
+        acts: &[Q8KBias],
         nb: usize,
         out: &mut [[f32; TILE]; ROWS],
     ) {
@@ -967,16 +988,27 @@ mod x86 {
         for (b, tile) in t.iter().enumerate() {
             prefetch_ahead(tile);
             let xd = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
-            // Per-group scales as i16, each repeated for the two i16 lanes
-            // of a column's 32-bit lane.
+            // Per-group scales: with VNNI one i32 per column; otherwise as
+            // i16, repeated for the two i16 lanes of a column's 32-bit lane.
             let mut sc = [_mm256_setzero_si256(); 16];
             for (grp, s) in sc.iter_mut().enumerate() {
-                let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(tile.sc[grp].as_ptr() as *const __m128i));
-                *s = _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
+                let v = _mm_loadl_epi64(tile.sc[grp].as_ptr() as *const __m128i);
+                *s = if VNNI {
+                    _mm256_cvtepi8_epi32(v)
+                } else {
+                    let v = _mm_cvtepi8_epi16(v);
+                    _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v))
+                };
             }
-            let mut lanes = [[_mm256_setzero_si256(); 8]; R];
-            for j in 0..2 {
-                for l in 0..8 {
+            let mut d = [_mm256_setzero_ps(); R];
+            for (r, d) in d.iter_mut().enumerate() {
+                *d = _mm256_mul_ps(_mm256_set1_ps(acts[r * nb + b].q.d), xd);
+            }
+            // Lane by lane, so that only one lane's sums per row are live
+            // (all eight for four rows would not fit in the registers).
+            for l in 0..8 {
+                let mut lane = [_mm256_setzero_si256(); R];
+                for j in 0..2 {
                     let h = _mm256_loadu_si256(tile.qh[j][l].as_ptr() as *const __m256i);
                     let hb = [
                         _mm256_and_si256(_mm256_slli_epi16(h, 4), m30),
@@ -992,24 +1024,28 @@ mod x86 {
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb[2]),
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb[3]),
                     ];
-                    for r in 0..rows {
+                    for (r, lane) in lane.iter_mut().enumerate() {
                         let a = &acts[r * nb + b];
                         for (x, qx) in q.iter().enumerate() {
-                            let av = bcast4(&a.qs, j * 128 + x * 32 + 4 * l);
-                            let p = _mm256_sub_epi16(
-                                _mm256_maddubs_epi16(*qx, av),
-                                _mm256_maddubs_epi16(m32, av),
-                            );
+                            let quad = j * 32 + x * 8 + l;
+                            let av = bcast4(&a.q.qs, 4 * quad);
                             let s = sc[8 * j + 2 * x + l / 4];
-                            lanes[r][l] = _mm256_add_epi32(lanes[r][l], _mm256_madd_epi16(s, p));
+                            let sum = if VNNI {
+                                let start = _mm256_set1_epi32(a.bias[quad]);
+                                _mm256_mullo_epi32(_mm256_dpbusd_epi32(start, *qx, av), s)
+                            } else {
+                                let p = _mm256_sub_epi16(
+                                    _mm256_maddubs_epi16(*qx, av),
+                                    _mm256_maddubs_epi16(m32, av),
+                                );
+                                _mm256_madd_epi16(s, p)
+                            };
+                            *lane = _mm256_add_epi32(*lane, sum);
                         }
                     }
                 }
-            }
-            for r in 0..rows {
-                let d = _mm256_mul_ps(_mm256_set1_ps(acts[r * nb + b].d), xd);
-                for l in 0..8 {
-                    acc[r][l] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes[r][l]), acc[r][l]);
+                for r in 0..rows {
+                    acc[r][l] = _mm256_fmadd_ps(d[r], _mm256_cvtepi32_ps(lane[r]), acc[r][l]);
                 }
             }
         }
@@ -1069,22 +1105,6 @@ mod x86 {
         let r3 = _mm256_add_ps(a[7], a[3]);
         let s = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
         _mm256_storeu_ps(out.as_mut_ptr(), s);
-    }
-
-    #[target_feature(enable = "avx2,f16c,fma")]
-    pub unsafe fn q6k_avx2(
-        t: &[TileQ6K],
-        a: &[Q8K],
-        nb: usize,
-        rows: usize,
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        match rows {
-            1 => q6k::<1>(t, a, nb, out),
-            2 => q6k::<2>(t, a, nb, out),
-            3 => q6k::<3>(t, a, nb, out),
-            _ => q6k::<4>(t, a, nb, out),
-        }
     }
 }
 
