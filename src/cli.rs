@@ -306,8 +306,9 @@ pub struct RunArgs {
     /// Folder that holds run folders.
     #[arg(long, default_value = "results")]
     pub results_dir: PathBuf,
-    /// Name of the run folder (default: date, time and a random suffix).
-    #[arg(long, conflicts_with = "resume")]
+    /// Name of the run folder (default: date, time and a random suffix);
+    /// letters, digits, `.`, `_` and `-`.
+    #[arg(long, conflicts_with = "resume", value_parser = results::parse_run_id)]
     pub run_id: Option<String>,
     /// Complete an interrupted run (a run folder, or its id under --results-dir).
     #[arg(long)]
@@ -961,9 +962,12 @@ fn changed_file(now: &[model::FileDigest], recorded: &[model::FileDigest]) -> St
     }
 }
 
+/// A run given as a folder, or as an id under `results_dir`; something
+/// that names a path (a separator in it, or a run folder) stays that
+/// path, so an error names what the user wrote.
 fn resolve_run_dir(results_dir: &Path, run: &str) -> PathBuf {
     let p = Path::new(run);
-    if p.join(results::MANIFEST).is_file() {
+    if p.join(results::MANIFEST).is_file() || p.components().count() > 1 {
         p.to_path_buf()
     } else {
         results_dir.join(run)
@@ -1407,6 +1411,18 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 &suite.def.method_params,
             )?;
             let methods = diffuspec_ablations(methods, a.no_cps, a.no_adl)?;
+            if methods.is_empty() {
+                match &a.methods_file {
+                    Some(f) => bail!(
+                        "{}: expected at least one method table ([label], with `method = \"id\"` unless the label is the id)",
+                        f.display()
+                    ),
+                    None => bail!("no method to run: pass --method NAME or --methods-file FILE"),
+                }
+            }
+            if a.limit == Some(0) {
+                bail!("--limit: expected a positive integer");
+            }
             let wants_draft = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::DraftModel));
@@ -1598,8 +1614,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     {
         models.push(c);
     }
-    let prepared =
-        runner::prepare_samples(&setup.suite, setup.limit, setup.max_new_tokens, &models)?;
+    let prepared = runner::prepare_samples(
+        &setup.suite,
+        setup.limit,
+        setup.max_new_tokens,
+        &models,
+        &runner::Ahead::of(&setup.methods),
+    )?;
     let done = dir.done()?;
     manifest.status = RunStatus::Running;
     manifest.updated_unix_s = now_unix_s();

@@ -63,6 +63,8 @@ pub enum Verdict {
     Improved,
     NoChange,
     Regressed,
+    /// Too few prompts for an interval that means anything.
+    Inconclusive,
 }
 
 impl Verdict {
@@ -71,6 +73,7 @@ impl Verdict {
             Verdict::Improved => "improved",
             Verdict::NoChange => "no change",
             Verdict::Regressed => "regressed",
+            Verdict::Inconclusive => "too few prompts",
         }
     }
 }
@@ -261,6 +264,14 @@ pub fn lossless_rate_of(m: &Manifest, samples: &[SampleRecord], label: &str) -> 
     lossless_rate(m, &by_method(samples.to_vec()), label)
 }
 
+fn is_time_metric(metric: &str) -> bool {
+    TIME_METRICS.iter().any(|m| m.0 == metric)
+}
+
+/// Fewer prompts than this give a time figure no verdict: a bootstrap
+/// over one or a few prompts yields a narrow interval that is mostly noise.
+pub const MIN_PROMPTS: usize = 5;
+
 /// Time (and energy) figures: (metric, value of a sample, higher is
 /// better). Energy is compared only where both runs recorded it.
 type TimeMetric = (&'static str, fn(&SampleRecord) -> Option<f64>, bool);
@@ -272,7 +283,10 @@ const TIME_METRICS: &[TimeMetric] = &[
     ("joules_per_token", |s| s.joules_per_token, false),
 ];
 
-/// Every method label both runs hold, compared metric by metric.
+/// Every method label of the base run, compared metric by metric with the
+/// new run. A base sample the new run lacks (a method dropped, a run cut
+/// short) is a regression of `samples`: a nightly run that lost work must
+/// not pass.
 pub fn compare_runs(
     base_m: &Manifest,
     base: Vec<SampleRecord>,
@@ -281,40 +295,74 @@ pub fn compare_runs(
     t: Thresholds,
 ) -> Vec<MetricChange> {
     let (base, new) = (by_method(base), by_method(new));
-    let labels: BTreeSet<&String> = base.keys().filter(|l| new.contains_key(*l)).collect();
+    let empty = BTreeMap::new();
     let mut out = Vec::new();
-    for label in labels {
-        let (b, n) = (&base[label], &new[label]);
-        // Paired over the prompts both runs decoded.
+    for (label, b) in &base {
+        let n = new.get(label).unwrap_or(&empty);
+        // `samples`: the base run's samples, and how many of them the new
+        // run holds too.
+        let missing = b.keys().filter(|k| !n.contains_key(*k)).count();
+        out.push(MetricChange {
+            method: label.clone(),
+            metric: "samples",
+            base: b.len() as f64,
+            new: (b.len() - missing) as f64,
+            change: -(missing as f64),
+            ci: None,
+            verdict: if missing > 0 {
+                Verdict::Regressed
+            } else {
+                Verdict::NoChange
+            },
+        });
+        if n.is_empty() {
+            continue;
+        }
+        // Paired over the samples both runs decoded; a prompt's repeats and
+        // turns are averaged, so the bootstrap resamples prompts.
         let shared: Vec<&(String, usize, usize)> =
             b.keys().filter(|k| n.contains_key(*k)).collect();
         let paired = !shared.is_empty();
         for (i, &(metric, value, higher)) in TIME_METRICS.iter().enumerate() {
-            let (xs, ys): (Vec<f64>, Vec<f64>) = if paired {
-                shared
+            let (xs, ys) = if paired {
+                let both: Vec<(&String, f64, f64)> = shared
                     .iter()
-                    .filter_map(|k| Some((value(&b[*k])?, value(&n[*k])?)))
-                    .unzip()
-            } else {
+                    .filter_map(|k| Some((&k.0, value(&b[*k])?, value(&n[*k])?)))
+                    .collect();
                 (
-                    b.values().filter_map(value).collect(),
-                    n.values().filter_map(value).collect(),
+                    crate::stats::cluster_means(both.iter().map(|(p, x, _)| (*p, *x))),
+                    crate::stats::cluster_means(both.iter().map(|(p, _, y)| (*p, *y))),
                 )
+            } else {
+                let per_prompt = |r: &BTreeMap<(String, usize, usize), SampleRecord>| {
+                    crate::stats::cluster_means(
+                        r.iter().filter_map(|(k, s)| Some((k.0.clone(), value(s)?))),
+                    )
+                };
+                (per_prompt(b), per_prompt(n))
             };
-            let seed = t.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            if let Some((est, lo, hi)) =
-                bootstrap_relative_change(&xs, &ys, paired, t.resamples, t.level, seed)
-            {
-                out.push(MetricChange {
-                    method: label.clone(),
-                    metric,
-                    base: crate::stats::mean(&xs).unwrap_or(0.0),
-                    new: crate::stats::mean(&ys).unwrap_or(0.0),
-                    change: est,
-                    ci: Some((lo, hi)),
-                    verdict: time_verdict(lo, hi, t.noise, higher),
-                });
+            if xs.is_empty() || ys.is_empty() {
+                continue;
             }
+            let seed = t.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let too_few = xs.len().min(ys.len()) < MIN_PROMPTS;
+            let interval = bootstrap_relative_change(&xs, &ys, paired, t.resamples, t.level, seed);
+            let (change, ci, verdict) = match interval {
+                Some((est, lo, hi)) if !too_few => {
+                    (est, Some((lo, hi)), time_verdict(lo, hi, t.noise, higher))
+                }
+                Some((est, _, _)) => (est, None, Verdict::Inconclusive),
+                None => continue,
+            };
+            out.push(MetricChange {
+                method: label.clone(),
+                metric,
+                base: crate::stats::mean(&xs).unwrap_or(0.0),
+                new: crate::stats::mean(&ys).unwrap_or(0.0),
+                change,
+                ci,
+                verdict,
+            });
         }
         let scores = |r: &BTreeMap<(String, usize, usize), SampleRecord>| -> Vec<f64> {
             r.values().filter_map(|s| s.score).collect()
@@ -379,13 +427,39 @@ pub fn markdown(
         .iter()
         .filter(|c| c.verdict == Verdict::Improved)
         .count();
+    let inconclusive = changes
+        .iter()
+        .filter(|c| c.verdict == Verdict::Inconclusive)
+        .count();
     let mut s = format!(
-        "# pdbench compare\n\nbase `{}` → new `{}`: **{}** ({regressed} regressed, {improved} improved, {} no change)\n\n",
+        "# pdbench compare\n\nbase `{}` → new `{}`: **{}** ({regressed} regressed, {improved} improved, {} no change, {inconclusive} with too few prompts)\n\n",
         base.run_id,
         new.run_id,
         if regressed > 0 { "regression" } else { "no regression" },
-        changes.len() - regressed - improved
+        changes.len() - regressed - improved - inconclusive
     );
+    for (which, m) in [("base", base), ("new", new)] {
+        if m.status != crate::results::RunStatus::Complete {
+            s.push_str(&format!(
+                "The {which} run `{}` is {}, not complete.\n\n",
+                m.run_id,
+                m.status.as_str()
+            ));
+        }
+    }
+    let compared: BTreeSet<&str> = changes.iter().map(|c| c.method.as_str()).collect();
+    let only_new: Vec<&str> = new
+        .methods
+        .iter()
+        .map(|i| i.label.as_str())
+        .filter(|l| !compared.contains(l))
+        .collect();
+    if !only_new.is_empty() {
+        s.push_str(&format!(
+            "Only in the new run, so not compared: {}.\n\n",
+            only_new.join(", ")
+        ));
+    }
     if !forced.is_empty() {
         s.push_str(&format!(
             "Compared with --force although {}.\n\n",
@@ -397,7 +471,8 @@ pub fn markdown(
     sorted.sort_by_key(|c| match c.verdict {
         Verdict::Regressed => 0,
         Verdict::Improved => 1,
-        Verdict::NoChange => 2,
+        Verdict::Inconclusive => 2,
+        Verdict::NoChange => 3,
     });
     for c in sorted {
         let (change, ci) = match c.ci {
@@ -405,6 +480,8 @@ pub fn markdown(
                 format!("{:+.1}%", 100.0 * c.change),
                 format!("{:+.1}% … {:+.1}%", 100.0 * lo, 100.0 * hi),
             ),
+            None if is_time_metric(c.metric) => (format!("{:+.1}%", 100.0 * c.change), "–".into()),
+            None if c.metric == "samples" => (format!("{:+}", c.change as i64), "–".into()),
             None => (format!("{:+.1} points", c.change), "–".into()),
         };
         s.push_str(&format!(
@@ -419,7 +496,7 @@ pub fn markdown(
         ));
     }
     s.push_str(&format!(
-        "\nTime figures (tokens/s, TTFT, decode ms per token) are paired by prompt; the {:.0}% interval of the relative change of the mean comes from {} bootstrap resamples of the prompts, and a change counts only when the whole interval lies beyond ±{:.1}%. A score drop of more than {:.1} points, or any drop in the lossless rate (the share of a lossless method's samples equal to `ar`'s tokens), is a regression.\n",
+        "\nTime figures (tokens/s, TTFT, decode ms per token) are paired by prompt; the {:.0}% interval of the relative change of the mean comes from {} bootstrap resamples of the prompts, and a change counts only when the whole interval lies beyond ±{:.1}%. A prompt's repeats and turns are averaged first; with fewer than {MIN_PROMPTS} prompts a time figure gets no verdict. A score drop of more than {:.1} points, any drop in the lossless rate (the share of a lossless method's samples equal to `ar`'s tokens), and any base sample missing from the new run (`samples`: the base run's count, then how many the new run holds) are regressions.\n",
         100.0 * t.level,
         t.resamples,
         100.0 * t.noise,
@@ -461,12 +538,22 @@ pub fn junit(changes: &[MetricChange]) -> String {
                     100.0 * lo,
                     100.0 * hi
                 ),
+                None if c.metric == "samples" => format!(
+                    "{} of the base run's {} samples are missing from the new run",
+                    c.base - c.new,
+                    c.base
+                ),
                 None => format!("{} → {}: {:+.1} points", c.base, c.new, c.change),
             };
             s.push_str(&format!(
                 "<failure message=\"{} regressed\">{}</failure>",
                 c.metric,
                 esc(&detail)
+            ));
+        }
+        if c.verdict == Verdict::Inconclusive {
+            s.push_str(&format!(
+                "<skipped message=\"fewer than {MIN_PROMPTS} prompts\"/>"
             ));
         }
         s.push_str("</testcase>\n");

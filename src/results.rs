@@ -72,6 +72,18 @@ pub enum RunStatus {
     Failed,
 }
 
+impl RunStatus {
+    /// The name the manifest uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Complete => "complete",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GitInfo {
     pub commit: Option<String>,
@@ -421,6 +433,21 @@ fn parse_samples(path: &Path, bytes: &[u8]) -> Result<(Vec<SampleRecord>, bool),
 }
 
 /// A run id from the time and a short random suffix.
+/// A run id given by hand: one plain folder name under the results folder,
+/// so that a run can neither land in the results folder itself nor outside
+/// it.
+pub fn parse_run_id(id: &str) -> Result<String, String> {
+    let plain = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if id.is_empty() || !plain || id.starts_with('.') {
+        return Err(format!(
+            "expected a folder name of letters, digits, '.', '_' and '-' that does not start with '.', got {id:?}"
+        ));
+    }
+    Ok(id.to_string())
+}
+
 pub fn new_run_id(now_unix_s: u64, entropy: u64) -> String {
     let days = now_unix_s / 86_400;
     let (y, m, d) = civil_from_days(days as i64);
@@ -451,6 +478,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_given_run_ids_are_plain_folder_names() {
+        for good in ["nightly-2026-12-05", "he_1", "a.b", "20261122-140316-abcd"] {
+            assert_eq!(parse_run_id(good).as_deref(), Ok(good));
+        }
+        for bad in ["", ".", "..", "../escape", "a/b", "a\\b", ".hidden", "a b"] {
+            assert!(parse_run_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn run_ids_are_dated() {

@@ -23,15 +23,23 @@ pub enum RunError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Method(#[from] MethodError),
+    /// A method failed on a sample; the error says which. (The inner error
+    /// is part of the message, not a `source`, so `{:#}` prints it once.)
+    #[error("method {method}, sample {sample}: {error}")]
+    Decode {
+        method: String,
+        sample: String,
+        error: Box<MethodError>,
+    },
     #[error(transparent)]
     Results(#[from] ResultsError),
-    #[error("suite {suite}, sample {sample}: the prompt is {prompt_tokens} tokens, and with max_new_tokens {max_new_tokens} (plus {margin} for drafts) it needs {needed} positions, more than the context of {context} of model {model}")]
+    #[error("suite {suite}, sample {sample}: the prompt is {prompt_tokens} tokens, and with max_new_tokens {max_new_tokens}{} it needs {needed} positions, more than the context of {context} of model {model}", ahead.describe())]
     PromptTooLong {
         suite: String,
         sample: String,
         prompt_tokens: usize,
         max_new_tokens: usize,
-        margin: usize,
+        ahead: Box<Ahead>,
         needed: usize,
         context: usize,
         model: String,
@@ -62,9 +70,53 @@ pub struct PreparedSample {
     pub prompt_ids: Vec<u32>,
 }
 
-/// Positions kept free past max_new_tokens for methods that forward drafts
-/// beyond the last emitted token.
+/// Positions kept free past max_new_tokens for a method whose parameters
+/// do not bound how far past the output it forwards.
 pub const DRAFT_MARGIN: usize = 64;
+
+/// The positions past the output that a run's methods may forward, and
+/// the method that forwards the most.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ahead {
+    pub positions: usize,
+    pub method: Option<String>,
+    /// Whether a parameter bounds it (else it is [`DRAFT_MARGIN`]).
+    pub bounded: bool,
+}
+
+impl Ahead {
+    pub fn of(methods: &[MethodInstance]) -> Self {
+        let mut out = Ahead {
+            positions: 0,
+            method: None,
+            bounded: true,
+        };
+        for m in methods {
+            let (n, bounded) = match (m.spec().positions_ahead)(&m.params) {
+                Some(n) => (n, true),
+                None => (DRAFT_MARGIN, false),
+            };
+            if out.method.is_none() || n > out.positions {
+                out = Ahead {
+                    positions: n,
+                    method: Some(m.label.clone()),
+                    bounded,
+                };
+            }
+        }
+        out
+    }
+
+    fn describe(&self) -> String {
+        match (&self.method, self.positions) {
+            (_, 0) | (None, _) => String::new(),
+            (Some(m), n) if self.bounded => {
+                format!(" (plus {n} for the drafts of method {m}, by its parameters)")
+            }
+            (Some(m), n) => format!(" (plus {n} kept free for the drafts of method {m})"),
+        }
+    }
+}
 
 /// Renders, encodes and length-checks the first `limit` samples.
 pub fn prepare_samples(
@@ -72,6 +124,7 @@ pub fn prepare_samples(
     limit: Option<usize>,
     max_new_tokens: usize,
     models: &[&LoadedModel],
+    ahead: &Ahead,
 ) -> Result<Vec<PreparedSample>, RunError> {
     let target = models[0];
     let n = limit.unwrap_or(usize::MAX).min(suite.samples.len());
@@ -87,14 +140,14 @@ pub fn prepare_samples(
         }
         for m in models {
             let context = m.model.config().max_position_embeddings;
-            let needed = ids.len() + max_new_tokens + DRAFT_MARGIN;
+            let needed = ids.len() + max_new_tokens + ahead.positions;
             if needed > context {
                 return Err(RunError::PromptTooLong {
                     suite: suite.def.name.clone(),
                     sample: s.id.clone(),
                     prompt_tokens: ids.len(),
                     max_new_tokens,
-                    margin: DRAFT_MARGIN,
+                    ahead: Box::new(ahead.clone()),
                     needed,
                     context,
                     model: m.info.label.clone(),
@@ -195,14 +248,15 @@ fn later_turn_ids(
     let ids = plan.target.tokenizer.encode(&text)?;
     for m in std::iter::once(plan.target).chain(plan.draft) {
         let context = m.model.config().max_position_embeddings;
-        let needed = ids.len() + plan.rule.max_new_tokens + DRAFT_MARGIN;
+        let ahead = Ahead::of(plan.methods);
+        let needed = ids.len() + plan.rule.max_new_tokens + ahead.positions;
         if needed > context {
             return Err(RunError::PromptTooLong {
                 suite: plan.suite_name.clone(),
                 sample: format!("{} turn {}", s.sample.id, turn + 1),
                 prompt_tokens: ids.len(),
                 max_new_tokens: plan.rule.max_new_tokens,
-                margin: DRAFT_MARGIN,
+                ahead: Box::new(ahead),
                 needed,
                 context,
                 model: m.info.label.clone(),
@@ -279,13 +333,19 @@ pub fn execute(
             let mut rng =
                 ChaCha20Rng::seed_from_u64(sample_seed(plan.seed, "warmup", &s.sample.id, 0));
             let mut probe = Probe::start(clock, device, &detok, &plan.rule);
-            decoder.generate(
-                &s.prompt_ids,
-                &mut GenContext {
-                    probe: &mut probe,
-                    rng: &mut rng,
-                },
-            )?;
+            decoder
+                .generate(
+                    &s.prompt_ids,
+                    &mut GenContext {
+                        probe: &mut probe,
+                        rng: &mut rng,
+                    },
+                )
+                .map_err(|error| RunError::Decode {
+                    method: inst.label.clone(),
+                    sample: format!("{} (warm-up)", s.sample.id),
+                    error: Box::new(error),
+                })?;
             let _ = probe.finish();
             if interrupt.load(Ordering::SeqCst) {
                 return Ok(Outcome::Interrupted);
@@ -328,13 +388,19 @@ pub fn execute(
                 let mut probe = Probe::start(clock, device, &detok, &plan.rule)
                     .with_interrupt(interrupt)
                     .with_meters(meters);
-                decoder.generate(
-                    prompt_ids,
-                    &mut GenContext {
-                        probe: &mut probe,
-                        rng: &mut rng,
-                    },
-                )?;
+                decoder
+                    .generate(
+                        prompt_ids,
+                        &mut GenContext {
+                            probe: &mut probe,
+                            rng: &mut rng,
+                        },
+                    )
+                    .map_err(|error| RunError::Decode {
+                        method: inst.label.clone(),
+                        sample: s.sample.id.clone(),
+                        error: Box::new(error),
+                    })?;
                 if probe.was_interrupted() {
                     // The sample in flight is the one a Ctrl-C may lose.
                     return Ok(Outcome::Interrupted);

@@ -44,6 +44,19 @@ pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
     Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
 }
 
+/// The mean of each cluster's values, in the order of the clusters' keys:
+/// repeats and turns of one prompt are not independent draws, so a
+/// bootstrap over prompts resamples these means, not the raw values.
+pub fn cluster_means<K: Ord>(pairs: impl IntoIterator<Item = (K, f64)>) -> Vec<f64> {
+    let mut sums: std::collections::BTreeMap<K, (f64, usize)> = Default::default();
+    for (k, x) in pairs {
+        let e = sums.entry(k).or_insert((0.0, 0));
+        e.0 += x;
+        e.1 += 1;
+    }
+    sums.into_values().map(|(s, n)| s / n as f64).collect()
+}
+
 /// The percentile bootstrap interval of the mean of `xs` at `level`
 /// (0.95), from `resamples` draws seeded by `seed`.
 pub fn bootstrap_mean_ci(
@@ -99,6 +112,13 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cluster_means_average_within_keys_in_key_order() {
+        let m = super::cluster_means([("b", 1.0), ("a", 2.0), ("b", 3.0), ("a", 4.0), ("c", 5.0)]);
+        assert_eq!(m, vec![3.0, 2.0, 5.0]);
+        assert!(super::cluster_means(Vec::<(u8, f64)>::new()).is_empty());
+    }
+
     use super::*;
 
     #[test]

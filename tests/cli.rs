@@ -313,6 +313,36 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
         &mut c,
         &["sample long-1", "max_new_tokens 8", "context of 256"],
     );
+
+    // A prompt that fits with its token budget runs with `ar`, which
+    // forwards nothing past the output; a method whose drafts would not fit
+    // is named with the room its parameters ask for.
+    let near = "x".repeat(240);
+    std::fs::write(
+        dir.join("data.jsonl"),
+        format!("{}\n", serde_json::json!({"id": "near-1", "prompt": near})),
+    )
+    .unwrap();
+    w.run_suite(&dir.join("long.toml"))
+        .args(["--method", "ar", "--warmup", "0", "--no-report"])
+        .assert()
+        .success();
+    let mut c = w.run_suite(&dir.join("long.toml"));
+    c.args([
+        "--method",
+        "pld",
+        "--set",
+        "pld.max_draft=16",
+        "--no-report",
+    ]);
+    fails_with(
+        &mut c,
+        &[
+            "sample near-1",
+            "plus 16 for the drafts of method pld",
+            "context of 256",
+        ],
+    );
 }
 
 #[test]
@@ -1486,7 +1516,7 @@ fn spec_bench_file_runs_both_turns_and_resumes_between_them() {
 }
 
 /// Copies a run folder (manifest and samples) to `to`, editing each sample
-/// line and the manifest on the way.
+/// line and the manifest on the way; a sample edited to null is dropped.
 fn copy_run(
     from: &Path,
     to: &Path,
@@ -1503,7 +1533,9 @@ fn copy_run(
     let mut out = String::new();
     for mut s in read_lines(&from.join("samples.jsonl")) {
         edit_sample(&mut s);
-        out.push_str(&format!("{s}\n"));
+        if !s.is_null() {
+            out.push_str(&format!("{s}\n"));
+        }
     }
     std::fs::write(to.join("samples.jsonl"), out).unwrap();
 }
@@ -1512,7 +1544,9 @@ fn copy_run(
 /// method made 20% slower, or one that lost a token of `ar`'s, regresses
 /// (exit 1, named in the summary and the JUnit XML); runs of different
 /// target models are refused with the reason (exit 2) unless --force, and
-/// so is a missing run.
+/// so is a missing run. A new run that lost a method or was cut short
+/// regresses in `samples`; one or a few prompts give time figures no
+/// verdict.
 #[test]
 fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
     let w = World::new();
@@ -1621,6 +1655,59 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
         .get_output()
         .clone();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Compared with --force"));
+
+    // Tonight's run lost pld, or was interrupted after a few samples.
+    copy_run(
+        &base,
+        &results.join("no-pld"),
+        |s| {
+            if s["method"] == "pld" {
+                *s = serde_json::Value::Null;
+            }
+        },
+        |_| {},
+    );
+    let out = compare("no-pld", &[]).assert().code(1).get_output().clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| pld | samples |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("| 12.000 | 0.000 |") && row.contains("regressed"),
+        "{row}"
+    );
+    let kept = std::cell::Cell::new(0);
+    copy_run(
+        &base,
+        &results.join("cut-short"),
+        |s| {
+            kept.set(kept.get() + 1);
+            if kept.get() > 3 {
+                *s = serde_json::Value::Null;
+            }
+        },
+        |m| m["status"] = serde_json::json!("interrupted"),
+    );
+    let out = compare("cut-short", &["--junit", junit.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("is interrupted, not complete"), "{text}");
+    let time_rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("| tokens_per_s |") || l.contains("| ttft_ms |"))
+        .collect();
+    assert!(
+        !time_rows.is_empty() && time_rows.iter().all(|l| l.contains("too few prompts")),
+        "{text}"
+    );
+    assert!(text.contains("| ar | samples |") && text.contains("regressed"));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("samples are missing from the new run") && xml.contains("<skipped"));
+
     let out = compare("nowhere", &[])
         .assert()
         .code(2)
@@ -1999,6 +2086,27 @@ fn energy_is_recorded_where_a_source_exists_and_explained_where_not() {
         assert_eq!(s["cpu_energy_j"].as_f64(), Some(0.0));
         assert!(s["joules_per_token"].as_f64().is_some());
     }
+    // The report's CSV carries the energy and memory columns with values.
+    let out = w.path("rapl-report");
+    w.cmd()
+        .arg("report")
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut csv = csv::Reader::from_path(out.join("report.csv")).unwrap();
+    let header = csv.headers().unwrap().clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("{name} missing: {header:?}"))
+    };
+    let (jpt, rss) = (col("joules_per_token"), col("peak_rss_bytes"));
+    let row = csv.records().next().unwrap().unwrap();
+    assert_eq!(row[jpt].parse::<f64>().ok(), Some(0.0), "{row:?}");
+    assert!(row[rss].parse::<f64>().unwrap() > 0.0, "{row:?}");
 }
 
 /// `pdbench check` on the CPU against itself: parity is exact, and every
@@ -2305,4 +2413,29 @@ fn every_zoo_method_runs_on_the_device_path_in_f16() {
             score(m)
         );
     }
+}
+
+/// A reader that goes away (`pdbench list | head -1`) ends pdbench quietly,
+/// as it does other Unix tools, never with a panic.
+#[test]
+#[cfg(unix)]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let w = World::new();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("pdbench"))
+        .env("PDBENCH_HOME", w.path("store"))
+        .arg("list")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
 }

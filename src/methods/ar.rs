@@ -17,6 +17,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<ArParams>,
     build,
+    positions_ahead: |_| Some(0),
 };
 
 /// Parameters of `ar`. The defaults are greedy decoding.

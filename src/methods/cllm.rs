@@ -17,6 +17,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossy,
     resolve_params: super::resolve_with::<CllmParams>,
     build,
+    positions_ahead: |p| super::count(p, "window"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

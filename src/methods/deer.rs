@@ -26,6 +26,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<DeerParams>,
     build,
+    positions_ahead: |p| super::count(p, "block_len"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

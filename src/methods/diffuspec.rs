@@ -38,6 +38,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: resolve,
     build,
+    positions_ahead: |p| super::count(p, "draft_len_max"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -45,6 +45,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossy,
     resolve_params: resolve,
     build,
+    positions_ahead: |_| None,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -34,6 +34,10 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<EagleParams>,
     build,
+    positions_ahead: |p| match p["mode"].as_str() {
+        Some("chain") => super::count(p, "draft_len"),
+        _ => super::count(p, "total_tokens"),
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<JacobiParams>,
     build,
+    positions_ahead: |p| super::count(p, "window"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

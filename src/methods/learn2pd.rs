@@ -18,6 +18,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossy,
     resolve_params: resolve,
     build,
+    positions_ahead: |_| None,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<LookaheadParams>,
     build,
+    positions_ahead: |_| None,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -127,6 +127,16 @@ pub struct MethodSpec {
     /// with every default filled in.
     pub resolve_params: fn(&serde_json::Value) -> Result<serde_json::Value, String>,
     pub build: fn(&serde_json::Value, &MethodModels<'_>) -> Result<Box<dyn Decoder>, MethodError>,
+    /// From resolved parameters: how many positions past the output a
+    /// step may forward (drafts under verification), which the context
+    /// must hold beside the prompt and the token budget; `None` where no
+    /// parameter bounds it (the runner then keeps a general margin).
+    pub positions_ahead: fn(&serde_json::Value) -> Option<usize>,
+}
+
+/// A resolved parameter as a count.
+fn count(params: &serde_json::Value, name: &str) -> Option<usize> {
+    params[name].as_u64().map(|n| n as usize)
 }
 
 impl std::fmt::Debug for MethodSpec {

@@ -20,6 +20,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<PldParams>,
     build,
+    positions_ahead: |p| super::count(p, "max_draft"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<SpsParams>,
     build,
+    positions_ahead: |p| super::count(p, "draft_len"),
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -49,6 +49,13 @@ pub enum ModelError {
     },
     #[error("model {name} is not in the store (expected at {path}); run `pdbench fetch {name}`")]
     NotFetched { name: String, path: PathBuf },
+    #[error("model {name} in the store ({path}) does not match its sha256: expected {expected}, got {got}; run `pdbench fetch {name}` to fetch it again")]
+    StoreMismatch {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
     #[error("fetch failed: {0}")]
     Fetch(String),
     #[error("{path}: missing {what}")]
@@ -76,7 +83,7 @@ pub enum ModelError {
         tensor: String,
         detail: String,
     },
-    #[error("the sequence needs {needed} positions but the model's context is {context}; shorten the prompt or lower max_new_tokens")]
+    #[error("the sequence needs {needed} positions but the model's context is {context}; shorten the prompt, or lower max_new_tokens or the method's draft length")]
     ContextOverflow { needed: usize, context: usize },
     #[error("bad forward request: {0}")]
     BadRequest(String),
@@ -305,6 +312,19 @@ pub fn load_resolved(
             path: PathBuf::from(&tokenizer.origin),
             detail: format!(
                 "has {} tokens but the model's embedding has only {} rows",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            ),
+        });
+    }
+    // Embeddings are padded past the vocabulary by at most a few hundred
+    // rows; a tokenizer covering under half of them belongs to another
+    // model, whose ids the model's outputs would not decode to.
+    if 2 * tokenizer.vocab_size() < model.config().vocab_size {
+        return Err(ModelError::Tokenizer {
+            path: PathBuf::from(&tokenizer.origin),
+            detail: format!(
+                "has {} tokens but the model's embedding has {} rows: it is not this model's tokenizer",
                 tokenizer.vocab_size(),
                 model.config().vocab_size
             ),

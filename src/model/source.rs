@@ -76,10 +76,21 @@ pub fn resolve(
                     fetch::fetch(store, item, log).map_err(|e| ModelError::Fetch(e.to_string()))?
                 }
                 None => {
+                    let path = fetch::target_path(store, item);
+                    if path.is_file() {
+                        return Err(ModelError::StoreMismatch {
+                            name: item.name.into(),
+                            got: store
+                                .sha256(&path)
+                                .unwrap_or_else(|e| format!("an unreadable file ({e})")),
+                            expected: item.sha256.into(),
+                            path,
+                        });
+                    }
                     return Err(ModelError::NotFetched {
                         name: item.name.into(),
-                        path: fetch::target_path(store, item),
-                    })
+                        path,
+                    });
                 }
             };
             return Ok(ResolvedModel {

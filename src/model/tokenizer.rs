@@ -93,8 +93,11 @@ impl TextTokenizer {
         for id in 0..a as u32 {
             let (x, y) = (self.id_to_token(id), other.id_to_token(id));
             if x != y {
+                let show = |t: Option<String>| t.map_or("absent".into(), |t| format!("{t:?}"));
                 return Err(format!(
-                    "token id {id} is {x:?} in one and {y:?} in the other"
+                    "token id {id} is {} in one and {} in the other",
+                    show(x),
+                    show(y)
                 ));
             }
         }

@@ -283,11 +283,16 @@ pub fn summarize(
 fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -> MethodRow {
     let t = c.of(rows, &c.tps);
     let ttft_ms: Vec<f64> = c.of(rows, &c.ttft).iter().map(|x| x / 1e6).collect();
-    let ratios: Vec<f64> = rows
-        .iter()
-        .filter_map(|&i| Some(c.tps[i]? / ar.get(&c.key(i))?))
-        .collect();
-    let scores: Vec<f64> = c.of(rows, &c.score).iter().map(|x| 100.0 * x).collect();
+    // Per prompt: the mean over its repeats and turns, so that intervals
+    // resample prompts, not correlated repeats of one prompt.
+    let ratios = stats::cluster_means(
+        rows.iter()
+            .filter_map(|&i| Some((c.sample[i].clone(), c.tps[i]? / ar.get(&c.key(i))?))),
+    );
+    let scores = stats::cluster_means(
+        rows.iter()
+            .filter_map(|&i| Some((c.sample[i].clone(), 100.0 * c.score[i]?))),
+    );
     MethodRow {
         run_id: String::new(),
         suite: String::new(),
@@ -467,7 +472,8 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
          τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
          Draft ms/step is the time a step spent drafting before verification; decode ms per accepted token is \
          decode-step wall time per token added to the output, the cost-aware figure beside τ. \
-         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat. \
+         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat \
+         (a prompt's repeats and turns averaged first). \
          Intervals are percentile bootstraps (2000 resamples) of the mean over prompts. \
          \"Equal to ar\" is, for lossless methods at greedy settings, the share of samples whose tokens equal `ar`'s; \
          other methods (lossy ones, or ones that decode with a model of their own) are not held to it.\n",
@@ -769,6 +775,12 @@ pub fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
             "step_verify_ms".into(),
             opt(&|r| r.steps.verify_ms_per_step()),
         ),
+        // Empty where no source recorded them (the manifest's `energy`
+        // says why), never zero.
+        Column::new("joules_per_token".into(), opt(&|r| r.joules_per_token)),
+        Column::new("mean_watts".into(), opt(&|r| r.mean_watts)),
+        Column::new("peak_rss_bytes".into(), opt(&|r| r.peak_rss_bytes)),
+        Column::new("peak_gpu_mem_bytes".into(), opt(&|r| r.peak_gpu_mem_bytes)),
     ];
     for k in 0..POSITIONS {
         cols.push(Column::new(
