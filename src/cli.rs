@@ -1538,6 +1538,43 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             score_ctx.probe(
                 crate::score::find(&suite.def.scorer).expect("suite scorers are validated"),
             )?;
+            // Methods check their parameters against the models when built
+            // (ranges, sizes); building each once here, and encoding the
+            // prompts, fails a bad run before it leaves a folder behind.
+            {
+                let models = methods::MethodModels {
+                    target: &target,
+                    draft: draft.as_ref(),
+                    head: head.as_ref(),
+                    consistency: cllm.as_ref(),
+                    dllm: dllm.as_ref(),
+                    filter: filter.as_ref(),
+                    dllm_drafter: dllm_drafter.as_ref(),
+                    tidar: tidar.as_ref(),
+                };
+                for m in &methods {
+                    (m.spec().build)(&m.params, &models).map_err(|e| match e {
+                        methods::MethodError::Model(_) | methods::MethodError::Candle(_) => {
+                            anyhow::anyhow!("method {}: {e}", m.label)
+                        }
+                        named => named.into(),
+                    })?;
+                }
+                let loaded: Vec<&LoadedModel> = std::iter::once(&target)
+                    .chain(draft.as_ref())
+                    .chain(cllm.as_ref())
+                    .chain(dllm.as_ref())
+                    .chain(dllm_drafter.as_ref())
+                    .chain(tidar.as_ref())
+                    .collect();
+                runner::prepare_samples(
+                    &suite,
+                    a.limit,
+                    max_new_tokens,
+                    &loaded,
+                    &runner::Ahead::of(&methods),
+                )?;
+            }
             let dir = RunDir::create(&path)?;
             let setup = RunSetup {
                 suite,

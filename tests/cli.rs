@@ -393,6 +393,12 @@ fn unknown_method_and_bad_params_are_clear_errors() {
         }
         fails_with(&mut c, &[&format!("`{method}`"), field]);
     }
+    // Refused before the run began: no run folder was left behind.
+    let results = w.path("results");
+    let left: Vec<_> = std::fs::read_dir(&results)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "failed starts left {left:?}");
 }
 
 #[test]
