@@ -878,6 +878,11 @@ pub fn method_instances(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        // TOML reads `nan` and `inf`, which JSON (and so the manifest)
+        // cannot hold.
+        if matches!(parsed, toml::Value::Float(f) if !f.is_finite()) {
+            bail!("--set {s}: expected a finite number, got {value}");
+        }
         let entry = configs.get_mut(label).with_context(|| {
             format!(
                 "--set {s}: no method labelled `{label}` in this run (methods: {})",

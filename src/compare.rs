@@ -25,10 +25,10 @@ pub enum CompareError {
     },
     #[error("{base} and {new} share no method label; nothing to compare")]
     NothingShared { base: String, new: String },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 

@@ -179,10 +179,10 @@ pub enum FetchError {
         hint: String,
         known: String,
     },
-    #[error("could not run `{program}`: {source} (pdbench fetch needs {program} on PATH)")]
+    #[error("could not run `{program}`: {cause} (pdbench fetch needs {program} on PATH)")]
     Spawn {
         program: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("`{command}` failed:\n{stderr}")]
     Download { command: String, stderr: String },
@@ -196,17 +196,17 @@ pub enum FetchError {
         expected: String,
         got: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -370,9 +370,10 @@ fn python() -> String {
 
 fn run(cmd: &mut Command, shown: String) -> Result<(), FetchError> {
     let program = cmd.get_program().to_string_lossy().to_string();
-    let output = cmd
-        .output()
-        .map_err(|source| FetchError::Spawn { program, source })?;
+    let output = cmd.output().map_err(|source| FetchError::Spawn {
+        program,
+        cause: source,
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(12).collect();

@@ -22,10 +22,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {detail}")]
     Parse { path: PathBuf, detail: String },
@@ -36,7 +36,7 @@ pub enum ResultsError {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
     move |source| ResultsError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

@@ -10,10 +10,10 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {detail}")]
     Parse { path: PathBuf, detail: String },
@@ -147,7 +147,7 @@ pub fn expand(path: &Path, f: &SweepFile) -> Result<Vec<Config>, SweepError> {
 pub fn load(path: &Path) -> Result<(SweepFile, Vec<Config>), SweepError> {
     let text = std::fs::read_to_string(path).map_err(|source| SweepError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let f: SweepFile = toml::from_str(&text).map_err(|e| SweepError::Parse {
         path: path.to_path_buf(),

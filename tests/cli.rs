@@ -2445,3 +2445,27 @@ fn a_closed_stdout_is_not_a_panic() {
         out.status
     );
 }
+
+/// An I/O error is said once: `Error: {:#}` prints a cause chain, so an
+/// error that puts its cause into its own message must not also chain it.
+/// A config.json that is not JSON says so, with the position.
+#[test]
+fn errors_say_their_cause_once() {
+    let w = World::new();
+    let missing = w.path("nowhere.jsonl");
+    let err = fails_with(
+        &mut w.run(&["--data", missing.to_str().unwrap()]),
+        &["nowhere.jsonl", "no such file"],
+    );
+    assert_eq!(err.matches("no such file").count(), 1, "{err}");
+
+    std::fs::write(w.model().join("config.json"), "{\n  not json").unwrap();
+    fails_with(
+        &mut w.run(&[]),
+        &[
+            "config.json",
+            "expected a HF config.json: not valid JSON",
+            "line 2",
+        ],
+    );
+}

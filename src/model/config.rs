@@ -114,11 +114,8 @@ impl ModelConfig {
     /// Parses a HF-style `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
-            path: path.to_path_buf(),
-            field: format!("line {} column {}", e.line(), e.column()),
-            expected: format!("a HF config.json ({e})"),
-        })?;
+        let raw: HfConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::config_json(path, e))?;
         let arch_names = raw.architectures.clone().unwrap_or_default();
         let model_type = raw.model_type.clone().unwrap_or_default();
         let architecture = match (model_type.as_str(), arch_names.first().map(|s| s.as_str())) {

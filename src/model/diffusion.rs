@@ -51,11 +51,7 @@ impl DiffusionSpec {
     /// Reads a HF `config.json`: `None` for an AR model.
     pub fn from_hf_config(path: &Path) -> Result<Option<Self>, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let raw: Raw = serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
-            path: path.to_path_buf(),
-            field: format!("line {} column {}", e.line(), e.column()),
-            expected: format!("a HF config.json ({e})"),
-        })?;
+        let raw: Raw = serde_json::from_str(&text).map_err(|e| ModelError::config_json(path, e))?;
         let bad = |field: &str, expected: &str| ModelError::BadConfig {
             path: path.to_path_buf(),
             field: field.to_string(),

@@ -110,7 +110,7 @@ pub fn gguf_to_hf(file: &Path, out: &Path, dtype: DType) -> Result<Exported, Mod
     let st = out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &st).map_err(|e| ModelError::Io {
         path: st.clone(),
-        source: std::io::Error::other(e.to_string()),
+        cause: std::io::Error::other(e.to_string()),
     })?;
     let mut config = cfg.to_hf_json();
     let dtype_name = match dtype {

@@ -36,10 +36,10 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("model \"{spec}\" is not a file, a folder, a known model or a hub id (org/name); {hint}known models: {known}")]
     NotFound {
@@ -71,13 +71,15 @@ pub enum ModelError {
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: unknown architecture \"{found}\"; pdbench's backbone supports llama and qwen2 (SmolLM2, Llama, Qwen2.5)")]
     UnknownArchitecture { path: PathBuf, found: String },
+    #[error("{path}: expected a HF config.json: {detail}")]
+    ConfigSyntax { path: PathBuf, detail: String },
     #[error("{path}: field `{field}`: expected {expected}")]
     BadConfig {
         path: PathBuf,
         field: String,
         expected: String,
     },
-    #[error("{path}: tensor `{tensor}` is missing: {detail}")]
+    #[error("{path}: tensor `{tensor}`: {detail}")]
     MissingTensor {
         path: PathBuf,
         tensor: String,
@@ -114,6 +116,19 @@ pub struct HubUnavailable {
 }
 
 impl ModelError {
+    /// A config.json that serde_json could not read: broken JSON, or a
+    /// field of the wrong type (serde's message names it).
+    pub(crate) fn config_json(path: &Path, e: serde_json::Error) -> Self {
+        let detail = match e.classify() {
+            serde_json::error::Category::Data => format!("a field does not fit: {e}"),
+            _ => format!("not valid JSON: {e}"),
+        };
+        ModelError::ConfigSyntax {
+            path: path.to_path_buf(),
+            detail,
+        }
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
             return ModelError::MissingFile {
@@ -123,7 +138,7 @@ impl ModelError {
         }
         ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

@@ -22,10 +22,10 @@ pub enum ReportError {
     Results(#[from] ResultsError),
     #[error("{path}: {detail}")]
     Read { path: PathBuf, detail: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("chart {path}: {detail}")]
     Plot { path: PathBuf, detail: String },
@@ -293,12 +293,13 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     for p in runs {
         let dir = RunDir::open(p)?;
         let m = dir.read_manifest()?;
+        // The record reader first: its errors name the line.
+        let (samples, _) = dir.read_samples()?;
         let df = read_samples_frame(&dir)?;
         let read_err = |e: PolarsError| ReportError::Read {
             path: dir.samples_path(),
             detail: e.to_string(),
         };
-        let (samples, _) = dir.read_samples()?;
         let r = summarize(&m, &df, &samples).map_err(read_err)?;
         let t = table::category_markdown(&r);
         if !t.is_empty() {
@@ -310,11 +311,14 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     }
     std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
         path: out.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
+        move |source| ReportError::Io {
+            path,
+            cause: source,
+        }
     };
     let plot_err = |(path, detail): (PathBuf, String)| ReportError::Plot { path, detail };
     let multi = manifests.len() > 1;

@@ -435,10 +435,10 @@ pub fn find(name: &str) -> Option<&'static ScorerSpec> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreFileError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} line {line}: {detail}")]
     Row {
@@ -476,7 +476,7 @@ pub fn score_outputs(
     })?;
     let text = std::fs::read_to_string(outputs).map_err(|source| ScoreFileError::Io {
         path: outputs.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let by_id: std::collections::HashMap<&str, &crate::suite::Sample> =
         suite.samples.iter().map(|s| (s.id.as_str(), s)).collect();

@@ -79,15 +79,18 @@ pub struct Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("sandbox: {what}: {source}")]
+    #[error("sandbox: {what}: {cause}")]
     Io {
         what: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SandboxError {
-    move |source| SandboxError::Io { what, source }
+    move |source| SandboxError::Io {
+        what,
+        cause: source,
+    }
 }
 
 fn is_root() -> bool {

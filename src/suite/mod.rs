@@ -195,10 +195,10 @@ pub enum SuiteError {
         line: usize,
         detail: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("suite {suite} needs data set {item}, which could not be fetched: {detail}")]
     Fetch {
@@ -302,7 +302,7 @@ pub fn locate(name_or_path: &str) -> Result<PathBuf, SuiteError> {
 pub fn parse_def(path: &Path) -> Result<SuiteDef, SuiteError> {
     let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let def: SuiteDef = toml::from_str(&text).map_err(|e| SuiteError::Parse {
         path: path.to_path_buf(),
@@ -430,7 +430,7 @@ pub fn load_with_data(
     let sha = |p: &Path| {
         store.sha256(p).map_err(|source| SuiteError::Io {
             path: p.to_path_buf(),
-            source,
+            cause: source,
         })
     };
     let data_path = match (&def.source, data) {
@@ -438,7 +438,7 @@ pub fn load_with_data(
             if !d.is_file() {
                 return Err(SuiteError::Io {
                     path: d.to_path_buf(),
-                    source: std::io::Error::new(
+                    cause: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "--data: no such file",
                     ),
@@ -585,7 +585,7 @@ fn load_parallelbench(
     let sha = |p: &Path| {
         store.sha256(p).map_err(|source| SuiteError::Io {
             path: p.to_path_buf(),
-            source,
+            cause: source,
         })
     };
     Ok(ResolvedSuite {
@@ -605,7 +605,7 @@ fn load_parallelbench(
 fn read_text(path: &Path) -> Result<String, SuiteError> {
     let io = |source| SuiteError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut text = String::new();

@@ -139,7 +139,7 @@ pub fn task_files(root: &Path, task: &str) -> (PathBuf, PathBuf) {
 pub fn read_task_config(path: &Path, task: &str) -> Result<TaskConfig, SuiteError> {
     let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let all: serde_json::Map<String, Value> =
         serde_norway::from_str(&text).map_err(|e| SuiteError::Parse {

@@ -181,10 +181,10 @@ pub enum TrainError {
     },
     #[error("{path}: {detail}")]
     Recipe { path: PathBuf, detail: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),
@@ -199,7 +199,7 @@ pub enum TrainError {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
