@@ -37,7 +37,7 @@ pub struct Cli {
 pub enum Command {
     /// Run methods over a suite and record every sample (the main job).
     Run(Box<RunArgs>),
-    /// Turn results folders into a Markdown/CSV table and a chart.
+    /// Turn results folders into report.{md,tex,csv,parquet} and PNG/SVG figures (reads results files only; never loads a model).
     Report(ReportArgs),
     /// List the registered methods, the suites, and the fetchable models.
     List(ListArgs),
