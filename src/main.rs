@@ -1,15 +1,26 @@
 use clap::Parser;
+use pdbench::cli::Command;
 
 fn main() {
-    // Like other Unix tools, end quietly when the reader of stdout goes
-    // away (`pdbench list | head`) instead of panicking in `println!`.
-    // Finished samples are on disk already; a run ended so resumes.
-    #[cfg(unix)]
-    // SAFETY: restoring a signal's default disposition before any threads start.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = pdbench::cli::Cli::parse();
+    // Commands that only print end quietly when the reader of stdout goes
+    // away (`pdbench list | head`), like other Unix tools, instead of
+    // panicking in `println!`. Commands that score keep SIGPIPE ignored:
+    // the scoring sandbox writes to a child's stdin and must see EPIPE.
+    #[cfg(unix)]
+    if matches!(
+        cli.command,
+        Command::List(_)
+            | Command::Report(_)
+            | Command::Models(_)
+            | Command::Compare(_)
+            | Command::Merge(_)
+    ) {
+        // SAFETY: restoring a signal's default disposition before any threads start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match pdbench::cli::dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

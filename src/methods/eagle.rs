@@ -36,7 +36,13 @@ pub const SPEC: MethodSpec = MethodSpec {
     build,
     positions_ahead: |p| match p["mode"].as_str() {
         Some("chain") => super::count(p, "draft_len"),
-        _ => super::count(p, "total_tokens"),
+        // The verified tree, or the head's expansion of up to depth − 1
+        // levels of top-k slots, whichever is wider.
+        _ => Some(
+            super::count(p, "total_tokens")?.max(
+                super::count(p, "tree_depth")?.saturating_sub(1) * super::count(p, "tree_top_k")?,
+            ),
+        ),
     },
 };
 

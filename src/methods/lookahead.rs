@@ -31,7 +31,12 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<LookaheadParams>,
     build,
-    positions_ahead: |_| None,
+    // One forward: the last token, window × (ngram − 1) lookahead slots
+    // and guesses × (ngram − 1) verification slots.
+    positions_ahead: |p| {
+        let n = super::count(p, "ngram")?.saturating_sub(1);
+        Some(n * (super::count(p, "window")? + super::count(p, "guesses")?) + 1)
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

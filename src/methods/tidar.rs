@@ -34,7 +34,9 @@ pub const SPEC: MethodSpec = MethodSpec {
     exactness: Exactness::Lossless,
     resolve_params: super::resolve_with::<TidarParams>,
     build,
-    positions_ahead: |p| super::count(p, "draft_len"),
+    // A pass forwards (drafts + 1) blocks of the model's mask slots, a
+    // size the parameters do not give: the general margin.
+    positions_ahead: |_| None,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
