@@ -967,6 +967,17 @@ fn changed_file(now: &[model::FileDigest], recorded: &[model::FileDigest]) -> St
     }
 }
 
+/// The models that read a run's prompts, whose contexts must hold them:
+/// the target and whichever companions the run loaded.
+fn prompt_models<'a>(
+    target: &'a LoadedModel,
+    companions: [&'a Option<LoadedModel>; 5],
+) -> Vec<&'a LoadedModel> {
+    std::iter::once(target)
+        .chain(companions.into_iter().flatten())
+        .collect()
+}
+
 /// A run given as a folder, or as an id under `results_dir`; something
 /// that names a path (a separator in it, or a run folder) stays that
 /// path, so an error names what the user wrote.
@@ -1565,18 +1576,11 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                         named => named.into(),
                     })?;
                 }
-                let loaded: Vec<&LoadedModel> = std::iter::once(&target)
-                    .chain(draft.as_ref())
-                    .chain(cllm.as_ref())
-                    .chain(dllm.as_ref())
-                    .chain(dllm_drafter.as_ref())
-                    .chain(tidar.as_ref())
-                    .collect();
                 runner::prepare_samples(
                     &suite,
                     a.limit,
                     max_new_tokens,
-                    &loaded,
+                    &prompt_models(&target, [&draft, &cllm, &dllm, &dllm_drafter, &tidar]),
                     &runner::Ahead::of(&methods),
                 )?;
             }
@@ -1643,19 +1647,16 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         }
     };
 
-    let mut models: Vec<&LoadedModel> = vec![&setup.target];
-    if let Some(d) = &setup.draft {
-        models.push(d);
-    }
-    if let Some(c) = &setup.cllm {
-        models.push(c);
-    }
-    for c in [&setup.dllm, &setup.dllm_drafter, &setup.tidar]
-        .into_iter()
-        .flatten()
-    {
-        models.push(c);
-    }
+    let models = prompt_models(
+        &setup.target,
+        [
+            &setup.draft,
+            &setup.cllm,
+            &setup.dllm,
+            &setup.dllm_drafter,
+            &setup.tidar,
+        ],
+    );
     let prepared = runner::prepare_samples(
         &setup.suite,
         setup.limit,

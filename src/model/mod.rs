@@ -322,27 +322,20 @@ pub fn load_resolved(
     if let ModelFiles::Gguf { file, .. } = &r.files {
         files.insert(0, digest(file)?);
     }
-    if tokenizer.vocab_size() > model.config().vocab_size {
-        return Err(ModelError::Tokenizer {
-            path: PathBuf::from(&tokenizer.origin),
-            detail: format!(
-                "has {} tokens but the model's embedding has only {} rows",
-                tokenizer.vocab_size(),
-                model.config().vocab_size
-            ),
-        });
-    }
     // Embeddings are padded past the vocabulary by at most a few hundred
-    // rows; a tokenizer covering under half of them belongs to another
-    // model, whose ids the model's outputs would not decode to.
-    if 2 * tokenizer.vocab_size() < model.config().vocab_size {
+    // rows; a tokenizer larger than the embedding, or covering under half
+    // of it, belongs to another model.
+    let (tokens, rows) = (tokenizer.vocab_size(), model.config().vocab_size);
+    if tokens > rows || 2 * tokens < rows {
         return Err(ModelError::Tokenizer {
             path: PathBuf::from(&tokenizer.origin),
-            detail: format!(
-                "has {} tokens but the model's embedding has {} rows: it is not this model's tokenizer",
-                tokenizer.vocab_size(),
-                model.config().vocab_size
-            ),
+            detail: if tokens > rows {
+                format!("has {tokens} tokens but the model's embedding has only {rows} rows")
+            } else {
+                format!(
+                    "has {tokens} tokens but the model's embedding has {rows} rows: it is not this model's tokenizer"
+                )
+            },
         });
     }
     let info = ModelInfo {
