@@ -145,7 +145,8 @@ pub struct CompareArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compare runs that differ in target model, suite, device or budget.
+    /// Compare runs that differ in target model, suite, device, dtype,
+    /// budget, --limit, --repeats or shard.
     #[arg(long)]
     pub force: bool,
     /// Also write the summary (Markdown) here, e.g. $GITHUB_STEP_SUMMARY.

@@ -23,8 +23,13 @@ pub enum CompareError {
         new: String,
         reasons: String,
     },
-    #[error("{base} and {new} share no method label; nothing to compare")]
-    NothingShared { base: String, new: String },
+    #[error("{base} and {new} share no method label ({base_labels} vs {new_labels}); nothing to compare")]
+    NothingShared {
+        base: String,
+        new: String,
+        base_labels: String,
+        new_labels: String,
+    },
     #[error("writing {path}: {cause}")]
     Io {
         path: PathBuf,
@@ -206,7 +211,58 @@ pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
             base.max_new_tokens, new.max_new_tokens
         ));
     }
+    if base.dtype != new.dtype {
+        why.push(format!(
+            "the dtypes differ ({} vs {})",
+            base.dtype, new.dtype
+        ));
+    }
+    // Runs over different prompt sets: a shorter new run would show only
+    // as missing samples, with no reason given.
+    let limit = |m: &Manifest| m.limit.map_or("all".to_string(), |n| n.to_string());
+    if base.limit != new.limit {
+        why.push(format!(
+            "--limit differs ({} vs {})",
+            limit(base),
+            limit(new)
+        ));
+    }
+    if base.repeats != new.repeats {
+        why.push(format!(
+            "--repeats differs ({} vs {})",
+            base.repeats, new.repeats
+        ));
+    }
+    let shard = |m: &Manifest| {
+        m.shard.map_or("whole run".to_string(), |s| {
+            format!("shard {}/{}", s.index + 1, s.count)
+        })
+    };
+    if base.shard != new.shard {
+        why.push(format!(
+            "the shards differ ({} vs {}; merge the shards first)",
+            shard(base),
+            shard(new)
+        ));
+    }
     why
+}
+
+/// Labels both runs hold whose resolved parameters differ: compared, but
+/// the summary says so.
+pub fn changed_params(base: &Manifest, new: &Manifest) -> Vec<String> {
+    base.methods
+        .iter()
+        .filter_map(|b| {
+            let n = new.methods.iter().find(|n| n.label == b.label)?;
+            (b.id != n.id || b.params != n.params).then(|| {
+                format!(
+                    "`{}` ({} {} vs {} {})",
+                    b.label, b.id, b.params, n.id, n.params
+                )
+            })
+        })
+        .collect()
 }
 
 /// Per label, the samples keyed by (sample id, repeat, turn).
@@ -226,6 +282,16 @@ pub(crate) fn by_method(samples: Vec<SampleRecord>) -> ByMethod {
 /// the same run, in percent; `None` without a greedy `ar` to compare with
 /// or for methods not registered as lossless.
 pub(crate) fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Option<f64> {
+    lossless_rate_over(m, runs, label, |_| true)
+}
+
+/// [`lossless_rate`] over the samples whose keys `keep` accepts.
+fn lossless_rate_over(
+    m: &Manifest,
+    runs: &ByMethod,
+    label: &str,
+    keep: impl Fn(&(String, usize, usize)) -> bool,
+) -> Option<f64> {
     let inst = m.methods.iter().find(|i| i.label == label)?;
     let spec = crate::methods::find(&inst.id).ok()?;
     // Methods that decode with a model of their own (TiDAR's) match that
@@ -253,6 +319,7 @@ pub(crate) fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Optio
     let mine = runs.get(label)?;
     let pairs: Vec<bool> = mine
         .iter()
+        .filter(|(k, _)| keep(k))
         .filter_map(|(k, s)| ar.get(k).map(|a| a.output_ids == s.output_ids))
         .collect();
     (!pairs.is_empty())
@@ -263,6 +330,9 @@ pub(crate) fn lossless_rate(m: &Manifest, runs: &ByMethod, label: &str) -> Optio
 pub fn lossless_rate_of(m: &Manifest, samples: &[SampleRecord], label: &str) -> Option<f64> {
     lossless_rate(m, &by_method(samples.to_vec()), label)
 }
+
+/// The method column of rows about the whole run.
+pub const RUN_ROW: &str = "(run)";
 
 fn is_time_metric(metric: &str) -> bool {
     TIME_METRICS.iter().any(|m| m.0 == metric)
@@ -297,6 +367,25 @@ pub fn compare_runs(
     let (base, new) = (by_method(base), by_method(new));
     let empty = BTreeMap::new();
     let mut out = Vec::new();
+    // A new run that did not finish fails, even against a base run that
+    // did not either: its missing samples would otherwise go unseen.
+    let complete =
+        |m: &Manifest| f64::from(u8::from(m.status == crate::results::RunStatus::Complete));
+    out.push(MetricChange {
+        method: RUN_ROW.into(),
+        metric: "complete",
+        base: complete(base_m),
+        new: complete(new_m),
+        change: complete(new_m) - complete(base_m),
+        ci: None,
+        verdict: if complete(new_m) < 1.0 {
+            Verdict::Regressed
+        } else if complete(base_m) < 1.0 {
+            Verdict::Improved
+        } else {
+            Verdict::NoChange
+        },
+    });
     for (label, b) in &base {
         let n = new.get(label).unwrap_or(&empty);
         // `samples`: the base run's samples, and how many of them the new
@@ -364,10 +453,14 @@ pub fn compare_runs(
                 verdict,
             });
         }
-        let scores = |r: &BTreeMap<(String, usize, usize), SampleRecord>| -> Vec<f64> {
-            r.values().filter_map(|s| s.score).collect()
-        };
-        let (sb, sn) = (scores(b), scores(n));
+        // Scores and lossless rates over the samples both runs hold: a
+        // run cut short must not move them by leaving hard prompts out.
+        let both_scored: Vec<(f64, f64)> = shared
+            .iter()
+            .filter_map(|k| Some((b[*k].score?, n[*k].score?)))
+            .collect();
+        let sb: Vec<f64> = both_scored.iter().map(|p| p.0).collect();
+        let sn: Vec<f64> = both_scored.iter().map(|p| p.1).collect();
         if let (Some(mb), Some(mn)) = (crate::stats::mean(&sb), crate::stats::mean(&sn)) {
             let (mb, mn) = (100.0 * mb, 100.0 * mn);
             out.push(MetricChange {
@@ -386,9 +479,10 @@ pub fn compare_runs(
                 },
             });
         }
+        let in_both = |k: &(String, usize, usize)| b.contains_key(k) && n.contains_key(k);
         if let (Some(rb), Some(rn)) = (
-            lossless_rate(base_m, &base, label),
-            lossless_rate(new_m, &new, label),
+            lossless_rate_over(base_m, &base, label, in_both),
+            lossless_rate_over(new_m, &new, label, in_both),
         ) {
             out.push(MetricChange {
                 method: label.clone(),
@@ -466,6 +560,13 @@ pub fn markdown(
             forced.join("; ")
         ));
     }
+    let changed = changed_params(base, new);
+    if !changed.is_empty() {
+        s.push_str(&format!(
+            "Compared under the same label although the parameters differ: {}.\n\n",
+            changed.join("; ")
+        ));
+    }
     s.push_str("| method | metric | base | new | change | 95% CI | verdict |\n|---|---|---|---|---|---|---|\n");
     let mut sorted: Vec<&MetricChange> = changes.iter().collect();
     sorted.sort_by_key(|c| match c.verdict {
@@ -482,21 +583,25 @@ pub fn markdown(
             ),
             None if is_time_metric(c.metric) => (format!("{:+.1}%", 100.0 * c.change), "–".into()),
             None if c.metric == "samples" => (format!("{:+}", c.change as i64), "–".into()),
+            None if c.metric == "complete" => ("–".into(), "–".into()),
             None => (format!("{:+.1} points", c.change), "–".into()),
         };
+        let (vb, vn) = if c.metric == "complete" {
+            (base.status.as_str().into(), new.status.as_str().into())
+        } else {
+            (format!("{:.3}", c.base), format!("{:.3}", c.new))
+        };
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {} | {} | {} |\n",
+            "| {} | {} | {vb} | {vn} | {} | {} | {} |\n",
             c.method,
             c.metric,
-            c.base,
-            c.new,
             change,
             ci,
             c.verdict.as_str()
         ));
     }
     s.push_str(&format!(
-        "\nTime figures (tokens/s, TTFT, decode ms per token) are paired by prompt; the {:.0}% interval of the relative change of the mean comes from {} bootstrap resamples of the prompts, and a change counts only when the whole interval lies beyond ±{:.1}%. A prompt's repeats and turns are averaged first; with fewer than {MIN_PROMPTS} prompts a time figure gets no verdict. A score drop of more than {:.1} points, any drop in the lossless rate (the share of a lossless method's samples equal to `ar`'s tokens), and any base sample missing from the new run (`samples`: the base run's count, then how many the new run holds) are regressions.\n",
+        "\nTime figures (tokens/s, TTFT, decode ms per token) are paired by prompt; the {:.0}% interval of the relative change of the mean comes from {} bootstrap resamples of the prompts, and a change counts only when the whole interval lies beyond ±{:.1}%. A prompt's repeats and turns are averaged first; with fewer than {MIN_PROMPTS} prompts a time figure gets no verdict. A score drop of more than {:.1} points, any drop in the lossless rate (the share of a lossless method's samples equal to `ar`'s tokens), any base sample missing from the new run (`samples`: the base run's count, then how many the new run holds), and a new run that did not complete are regressions. Scores and lossless rates are taken over the samples both runs hold.\n",
         100.0 * t.level,
         t.resamples,
         100.0 * t.noise,
@@ -538,6 +643,9 @@ pub fn junit(changes: &[MetricChange]) -> String {
                     100.0 * lo,
                     100.0 * hi
                 ),
+                None if c.metric == "complete" => {
+                    "the new run did not complete (see its manifest's status and note)".into()
+                }
                 None if c.metric == "samples" => format!(
                     "{} of the base run's {} samples are missing from the new run",
                     c.base - c.new,
@@ -592,15 +700,19 @@ pub fn compare(
             reasons: why.join("; "),
         });
     }
-    let (bs, _) = bd.read_samples()?;
-    let (ns, _) = nd.read_samples()?;
-    let changes = compare_runs(&bm, bs, &nm, ns, t);
-    if changes.is_empty() {
+    let labels =
+        |m: &Manifest| -> BTreeSet<String> { m.methods.iter().map(|i| i.label.clone()).collect() };
+    if labels(&bm).is_disjoint(&labels(&nm)) {
         return Err(CompareError::NothingShared {
             base: base.display().to_string(),
             new: new.display().to_string(),
+            base_labels: labels(&bm).into_iter().collect::<Vec<_>>().join(", "),
+            new_labels: labels(&nm).into_iter().collect::<Vec<_>>().join(", "),
         });
     }
+    let (bs, _) = bd.read_samples()?;
+    let (ns, _) = nd.read_samples()?;
+    let changes = compare_runs(&bm, bs, &nm, ns, t);
     let forced = if force { why } else { Vec::new() };
     Ok(Outcome {
         markdown: markdown(&bm, &nm, &changes, t, &forced),

@@ -1722,6 +1722,181 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
 
+/// `compare` refuses runs over other prompt sets (--limit, --repeats,
+/// shard) with the reason, and labels that do not meet; it fails a new run
+/// that did not complete even when every base sample is there; it scores
+/// over the samples both runs hold; it says when a label's parameters
+/// changed.
+#[test]
+fn compare_refuses_other_prompt_sets_and_fails_unfinished_runs() {
+    let w = World::new();
+    let results = w.path("results");
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
+        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
+        .args(["--no-report", "--results-dir"])
+        .arg(&results)
+        .assert()
+        .success();
+    let base = results.join("base");
+    let compare = |base: &str, new: &str| {
+        let mut c = w.cmd();
+        c.args(["compare", base, new, "--results-dir"])
+            .arg(&results);
+        c
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+
+    for (name, key, value, says) in [
+        (
+            "fewer",
+            "limit",
+            serde_json::json!(6),
+            "--limit differs (12 vs 6)",
+        ),
+        (
+            "twice",
+            "repeats",
+            serde_json::json!(2),
+            "--repeats differs (1 vs 2)",
+        ),
+        (
+            "half",
+            "shard",
+            serde_json::json!({"index": 0, "count": 2}),
+            "shard 1/2",
+        ),
+    ] {
+        copy_run(
+            &base,
+            &results.join(name),
+            |_| {},
+            |m| m[key] = value.clone(),
+        );
+        let out = compare("base", name).assert().code(2).get_output().clone();
+        let err = stderr(&out);
+        assert!(
+            err.contains("not comparable") && err.contains(says),
+            "{err}"
+        );
+    }
+
+    copy_run(
+        &base,
+        &results.join("renamed"),
+        |s| s["method"] = serde_json::json!(format!("{}-b", s["method"].as_str().unwrap())),
+        |m| {
+            for i in m["methods"].as_array_mut().unwrap() {
+                i["label"] = serde_json::json!(format!("{}-b", i["label"].as_str().unwrap()));
+            }
+        },
+    );
+    let out = compare("base", "renamed")
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = stderr(&out);
+    assert!(
+        err.contains("share no method label") && err.contains("ar, pld vs ar-b, pld-b"),
+        "{err}"
+    );
+
+    // Every sample is there, but the run was killed before it ended.
+    copy_run(
+        &base,
+        &results.join("unfinished"),
+        |_| {},
+        |m| m["status"] = serde_json::json!("running"),
+    );
+    let out = compare("base", "unfinished")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| (run) | complete |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("| complete | running |") && row.contains("regressed"),
+        "{row}"
+    );
+    // ... and against a base that is just as unfinished.
+    let out = compare("unfinished", "unfinished")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(stdout(&out).contains("| (run) | complete | running | running |"));
+
+    // The base failed three ar prompts the new run does not hold: the
+    // score is taken over the nine both hold, so it does not move.
+    let zeroed = std::cell::Cell::new(0);
+    copy_run(
+        &base,
+        &results.join("hard"),
+        |s| {
+            if s["method"] == "ar" && zeroed.get() < 3 {
+                s["score"] = serde_json::json!(0.0);
+                zeroed.set(zeroed.get() + 1);
+            }
+        },
+        |_| {},
+    );
+    let dropped = std::cell::Cell::new(0);
+    copy_run(
+        &results.join("hard"),
+        &results.join("easy"),
+        |s| {
+            if s["method"] == "ar" && dropped.get() < 3 {
+                *s = serde_json::Value::Null;
+                dropped.set(dropped.get() + 1);
+            }
+        },
+        |_| {},
+    );
+    let out = compare("hard", "easy")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| ar | score_x100 |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("| 100.000 | 100.000 |") && row.contains("no change"),
+        "{row}"
+    );
+
+    copy_run(
+        &base,
+        &results.join("retuned"),
+        |_| {},
+        |m| {
+            for i in m["methods"].as_array_mut().unwrap() {
+                if i["label"] == "pld" {
+                    i["params"]["max_draft"] = serde_json::json!(3);
+                }
+            }
+        },
+    );
+    let out = compare("base", "retuned")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    assert!(
+        text.contains("the parameters differ: `pld`") && text.contains("\"max_draft\":3"),
+        "{text}"
+    );
+}
+
 /// `audit` re-runs part of a recorded run from its manifest: an untouched
 /// run reproduces (exit 0); a recorded sample whose tokens no longer match
 /// is reported with its id and first differing position (exit 1); a run
