@@ -1,6 +1,6 @@
 //! The command line: clap definitions and one handler per subcommand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -835,6 +835,7 @@ pub fn method_instances(
     // label -> (id, params table)
     let mut configs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
+    let mut from_file: BTreeSet<String> = BTreeSet::new();
     if let Some(path) = methods_file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -857,6 +858,7 @@ pub fn method_instances(
                 None => label.clone(),
             };
             order.push(label.clone());
+            from_file.insert(label.clone());
             configs.insert(label, (id, params));
         }
     }
@@ -895,6 +897,14 @@ pub fn method_instances(
     let mut out = Vec::new();
     for label in order {
         let (id, params) = &configs[&label];
+        // Reports and compare take `ar` as the baseline; a label must not
+        // pass another method off as it.
+        if label == "ar" && id != "ar" {
+            bail!(
+                "{}: the label `ar` is the baseline that speedups and lossless rates are taken against; it must be method `ar`, not `{id}`",
+                methods_file.map_or("--method".into(), |p| format!("{}: [ar]", p.display()))
+            );
+        }
         // The suite's scale first; what the user set wins.
         let mut json = serde_json::Value::Object(suite_params.get(id).cloned().unwrap_or_default());
         if let serde_json::Value::Object(user) = serde_json::to_value(params)? {
@@ -902,7 +912,13 @@ pub fn method_instances(
                 json[k] = v;
             }
         }
-        out.push(MethodInstance::new(id, Some(&label), &json)?);
+        let inst = MethodInstance::new(id, Some(&label), &json);
+        out.push(match (inst, methods_file) {
+            (Err(e), Some(path)) if from_file.contains(&label) => {
+                bail!("{}: {e}", path.display())
+            }
+            (inst, _) => inst?,
+        });
     }
     Ok(out)
 }
@@ -1440,6 +1456,25 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             if a.limit == Some(0) {
                 bail!("--limit: expected a positive integer");
             }
+            // Checks that need no model come before the models load.
+            let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
+            if max_new_tokens == 0 {
+                bail!("--max-new-tokens: expected a positive integer");
+            }
+            if a.repeats == 0 {
+                bail!("--repeats: expected a positive integer");
+            }
+            let now = now_unix_s();
+            let run_id = a.run_id.clone().unwrap_or_else(|| {
+                results::new_run_id(now, std::process::id() as u64 ^ now.rotate_left(17))
+            });
+            let path = a.results_dir.join(&run_id);
+            if path.join(results::MANIFEST).exists() {
+                bail!(
+                    "--run-id {run_id}: {} already holds a run; use --resume {run_id} to complete it or pick another id",
+                    path.display()
+                );
+            }
             let wants_draft = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::DraftModel));
@@ -1531,24 +1566,6 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 dllm_drafter.as_ref(),
                 tidar.as_ref(),
             )?;
-            let max_new_tokens = a.max_new_tokens.unwrap_or(suite.def.max_new_tokens);
-            if max_new_tokens == 0 {
-                bail!("--max-new-tokens: expected a positive integer");
-            }
-            if a.repeats == 0 {
-                bail!("--repeats: expected a positive integer");
-            }
-            let now = now_unix_s();
-            let run_id = a.run_id.clone().unwrap_or_else(|| {
-                results::new_run_id(now, std::process::id() as u64 ^ now.rotate_left(17))
-            });
-            let path = a.results_dir.join(&run_id);
-            if path.join(results::MANIFEST).exists() {
-                bail!(
-                    "--run-id {run_id}: {} already holds a run; use --resume {run_id} to complete it or pick another id",
-                    path.display()
-                );
-            }
             // A grammar backend that cannot answer fails the run before it
             // leaves a folder behind.
             let score_ctx = crate::score::ScoreContext::new(a.grammar.parse()?);
@@ -1570,11 +1587,17 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     tidar: tidar.as_ref(),
                 };
                 for m in &methods {
+                    // A label not given by --method came from the methods
+                    // file; its errors name the file.
+                    let origin = match &a.methods_file {
+                        Some(p) if !a.methods.contains(&m.label) => format!("{}: ", p.display()),
+                        _ => String::new(),
+                    };
                     (m.spec().build)(&m.params, &models).map_err(|e| match e {
                         methods::MethodError::Model(_) | methods::MethodError::Candle(_) => {
-                            anyhow::anyhow!("method {}: {e}", m.label)
+                            anyhow::anyhow!("{origin}method {}: {e}", m.label)
                         }
-                        named => named.into(),
+                        named => anyhow::anyhow!("{origin}{}", named.labelled(&m.label, &m.id)),
                     })?;
                 }
                 runner::prepare_samples(

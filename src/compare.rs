@@ -309,13 +309,7 @@ fn lossless_rate_over(
     if !greedy(&inst.params) {
         return None;
     }
-    let ar_label = m
-        .methods
-        .iter()
-        .find(|i| i.id == "ar" && greedy(&i.params))?
-        .label
-        .clone();
-    let ar = runs.get(&ar_label)?;
+    let ar = runs.get(crate::methods::baseline_label(&m.methods)?)?;
     let mine = runs.get(label)?;
     let pairs: Vec<bool> = mine
         .iter()

@@ -222,8 +222,8 @@ pub struct ConfigSummary {
     pub tasks: usize,
     pub mean_score_x100: f64,
     pub mean_tokens_per_step: f64,
-    /// The mean over tasks of the wall-clock speedup over `ar`; `None`
-    /// when a task lacks one.
+    /// The geometric mean over tasks of the wall-clock speedup over `ar`
+    /// (ratios average geometrically); `None` when a task lacks one.
     pub mean_speedup: Option<f64>,
     /// Whether it covers every task seen in the input; only those count
     /// for PBx.
@@ -260,7 +260,7 @@ pub fn pb_scores(
                     t.2.iter()
                         .copied()
                         .collect::<Option<Vec<f64>>>()
-                        .and_then(|v| mean(&v))
+                        .and_then(|v| geometric_mean(&v))
                 })
                 .collect();
             ConfigSummary {
@@ -268,7 +268,7 @@ pub fn pb_scores(
                 tasks: tasks.len(),
                 mean_score_x100: mean(&scores).unwrap_or(f64::NAN),
                 mean_tokens_per_step: mean(&tps).unwrap_or(f64::NAN),
-                mean_speedup: speedups.and_then(|v| mean(&v)),
+                mean_speedup: speedups.and_then(|v| geometric_mean(&v)),
                 complete: tasks.len() == all_tasks.len(),
             }
         })

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -2643,4 +2644,149 @@ fn errors_say_their_cause_once() {
             "line 2",
         ],
     );
+}
+
+/// The report's speedup is the geometric mean over prompts of tokens/s
+/// ratios: one prompt where `ar` stalled (50× slower, a page fault or a
+/// busy host) moves it by the 12th root of 50, not by 50/12.
+#[test]
+fn speedup_is_a_geometric_mean_that_one_outlier_cannot_carry() {
+    let w = World::new();
+    let results = w.path("results");
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
+        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
+        .args(["--no-report", "--results-dir"])
+        .arg(&results)
+        .assert()
+        .success();
+    let stalled = std::cell::Cell::new(false);
+    copy_run(
+        &results.join("base"),
+        &results.join("stall"),
+        |s| {
+            if s["method"] == "ar" && !stalled.get() {
+                let t = s["tokens_per_s"].as_f64().unwrap();
+                s["tokens_per_s"] = serde_json::json!(t / 50.0);
+                stalled.set(true);
+            }
+        },
+        |_| {},
+    );
+    let samples = read_lines(&results.join("stall").join("samples.jsonl"));
+    let tps = |m: &str| -> BTreeMap<String, f64> {
+        samples
+            .iter()
+            .filter(|s| s["method"] == m)
+            .map(|s| {
+                (
+                    s["sample_id"].as_str().unwrap().to_string(),
+                    s["tokens_per_s"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (ar, pld) = (tps("ar"), tps("pld"));
+    let ratios: Vec<f64> = ar.iter().map(|(k, a)| pld[k] / a).collect();
+    assert_eq!(ratios.len(), 12);
+    let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / 12.0).exp();
+    let arith = ratios.iter().sum::<f64>() / 12.0;
+    assert!(
+        arith > 2.0 * geo,
+        "the outlier should matter: {arith} vs {geo}"
+    );
+
+    let out = w.path("rep");
+    w.report(&results.join("stall"), &out).assert().success();
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row: Vec<&str> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|r| r[col("method")] == "pld" && r[col("category")] == "all")
+        .unwrap();
+    let speedup: f64 = row[col("speedup_vs_ar")].parse().unwrap();
+    assert!(
+        (speedup / geo - 1.0).abs() < 1e-9,
+        "report {speedup} vs geometric mean {geo} (arithmetic {arith})"
+    );
+    let (lo, hi): (f64, f64) = (
+        row[col("speedup_ci_low")].parse().unwrap(),
+        row[col("speedup_ci_high")].parse().unwrap(),
+    );
+    assert!(lo <= speedup && speedup <= hi, "{lo} {speedup} {hi}");
+}
+
+/// The baseline is the greedy `ar` method, whatever its label: the label
+/// `ar` cannot name another method, and a run whose `ar` is labelled
+/// otherwise (as a sweep labels it) still gets speedups. Methods-file
+/// errors name the file and the label.
+#[test]
+fn the_baseline_is_chosen_by_method_and_methods_file_errors_name_the_table() {
+    let w = World::new();
+    let file = w.path("methods.toml");
+    std::fs::write(&file, "[ar]\nmethod = \"pld\"\n[slow]\nmethod = \"ar\"\n").unwrap();
+    let run = |file: &Path| {
+        let mut c = w.cmd();
+        c.args(["run", "--suite", "toy", "--limit", "6", "--warmup", "0"])
+            .arg("--methods-file")
+            .arg(file)
+            .args(["--results-dir", w.path("results").to_str().unwrap()]);
+        c
+    };
+    fails_with(
+        &mut run(&file),
+        &["methods.toml: [ar]", "must be method `ar`, not `pld`"],
+    );
+    assert!(
+        !w.path("results").exists() || std::fs::read_dir(w.path("results")).unwrap().count() == 0
+    );
+
+    std::fs::write(
+        &file,
+        "[ar-greedy]\nmethod = \"ar\"\n[ar-t07]\nmethod = \"ar\"\ntop_p = 1.5\n",
+    )
+    .unwrap();
+    fails_with(
+        &mut run(&file),
+        &["methods.toml", "`ar-t07 (ar)`", "top_p", "1.5"],
+    );
+    fails_with(
+        w.cmd().args(["run", "--suite", "toy", "--method", "nope"]),
+        &["no method `nope` is registered", "registered: ar"],
+    );
+
+    std::fs::write(
+        &file,
+        "[ar-hot]\nmethod = \"ar\"\ntemperature = 0.7\n[ar-greedy]\nmethod = \"ar\"\n[pld]\n",
+    )
+    .unwrap();
+    run(&file)
+        .args(["--run-id", "r", "--no-report"])
+        .assert()
+        .success();
+    let out = w.path("rep");
+    w.report(&w.path("results/r"), &out).assert().success();
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|r| r[col("category")] == "all")
+        .collect();
+    let speedup = |label: &str| {
+        rows.iter()
+            .find(|r| r[col("method")] == label)
+            .map(|r| r[col("speedup_vs_ar")].to_string())
+            .unwrap()
+    };
+    assert_eq!(speedup("ar-greedy").parse::<f64>().unwrap(), 1.0);
+    assert!(speedup("pld").parse::<f64>().unwrap() > 0.0, "{csv}");
+    // Sampled `ar` is compared with the greedy baseline too.
+    assert!(speedup("ar-hot").parse::<f64>().is_ok(), "{csv}");
+    // pld's tokens equal the greedy `ar`'s.
+    let pld = rows.iter().find(|r| r[col("method")] == "pld").unwrap();
+    assert_eq!(pld[col("lossless_pct")], "100.0", "{csv}");
 }

@@ -116,6 +116,46 @@ pub enum MethodError {
     },
     #[error("method `{method}`: {detail}")]
     Other { method: String, detail: String },
+    #[error("no method `{id}` is registered; {hint}registered: {registered}")]
+    Unknown {
+        id: String,
+        hint: String,
+        registered: String,
+    },
+}
+
+impl MethodError {
+    /// The same error naming the instance's label beside its method id,
+    /// where they differ (`[ar-t07] method = "ar"` in a methods file), so
+    /// that the user finds the table at fault.
+    pub fn labelled(self, label: &str, id: &str) -> Self {
+        if label == id {
+            return self;
+        }
+        let name = |method: String| {
+            if method == id {
+                format!("{label} ({id})")
+            } else {
+                method
+            }
+        };
+        match self {
+            MethodError::Params { method, detail } => MethodError::Params {
+                method: name(method),
+                detail,
+            },
+            MethodError::Missing { method, need, hint } => MethodError::Missing {
+                method: name(method),
+                need,
+                hint,
+            },
+            MethodError::Other { method, detail } => MethodError::Other {
+                method: name(method),
+                detail,
+            },
+            other => other,
+        }
+    }
 }
 
 pub struct MethodSpec {
@@ -167,12 +207,10 @@ pub fn find(id: &str) -> Result<&'static MethodSpec, MethodError> {
         let hint = crate::util::did_you_mean(id, &ids)
             .map(|s| format!("did you mean `{s}`? "))
             .unwrap_or_default();
-        MethodError::Params {
-            method: id.to_string(),
-            detail: format!(
-                "unknown: no method `{id}` is registered; {hint}registered: {}",
-                ids.join(", ")
-            ),
+        MethodError::Unknown {
+            id: id.to_string(),
+            hint,
+            registered: ids.join(", "),
         }
     })
 }
@@ -230,12 +268,16 @@ impl MethodInstance {
         params: &serde_json::Value,
     ) -> Result<Self, MethodError> {
         let spec = find(id)?;
-        let params = (spec.resolve_params)(params).map_err(|detail| MethodError::Params {
-            method: id.to_string(),
-            detail,
+        let label = label.unwrap_or(id);
+        let params = (spec.resolve_params)(params).map_err(|detail| {
+            MethodError::Params {
+                method: id.to_string(),
+                detail,
+            }
+            .labelled(label, id)
         })?;
         Ok(Self {
-            label: label.unwrap_or(id).to_string(),
+            label: label.to_string(),
             id: id.to_string(),
             params,
         })
@@ -244,6 +286,23 @@ impl MethodInstance {
     pub fn spec(&self) -> &'static MethodSpec {
         find(&self.id).expect("instances are made from registered ids")
     }
+}
+
+/// The run's baseline for speedups and lossless rates: the greedy `ar`
+/// instance labelled `ar`, else the first greedy `ar` instance (a sweep
+/// labels it `ar[...]`). Chosen by method id, never by label alone.
+pub fn baseline_label(methods: &[MethodInstance]) -> Option<&str> {
+    let greedy = |i: &&MethodInstance| {
+        i.id == "ar" && i.params["temperature"].as_f64().unwrap_or(0.0) <= 0.0
+    };
+    let mut ars = methods.iter().filter(greedy);
+    let first = ars.clone().next()?;
+    Some(
+        ars.find(|i| i.label == "ar")
+            .unwrap_or(first)
+            .label
+            .as_str(),
+    )
 }
 
 /// The argmax of each row of `[rows, vocab]` logits, first index on ties

@@ -71,6 +71,9 @@ fn build(
     if p.max_ngram == 0 {
         return Err(bad("max_ngram: expected at least 1, got 0".into()));
     }
+    if p.max_draft == 0 {
+        return Err(bad("max_draft: expected at least 1, got 0".into()));
+    }
     let model = models.target.model.clone();
     Ok(Box::new(Pld {
         cache: model.new_cache(1024)?,

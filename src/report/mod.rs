@@ -93,7 +93,7 @@ pub fn parallelbench_points(
         return Ok(vec![]);
     }
     let c = table::Cols::read(df)?;
-    let ar = c.ar_tokens_per_s();
+    let ar = c.baseline_tokens_per_s(crate::methods::baseline_label(&m.methods));
     // Per (method, task): scores, tokens per forward, speedups.
     type Series = (Vec<f64>, Vec<f64>, Vec<f64>);
     let mut by: BTreeMap<(&str, &str), Series> = BTreeMap::new();
@@ -124,7 +124,7 @@ pub fn parallelbench_points(
                 task: task.to_string(),
                 score_x100: stats::mean(&sc)?,
                 tokens_per_step: stats::mean(&tpf)?,
-                speedup: stats::mean(&speedup),
+                speedup: stats::geometric_mean(&speedup),
             })
         })
         .collect())
@@ -166,7 +166,7 @@ pub fn parallelbench_markdown(points: &[stats::TaskPoint]) -> String {
     let tasks: std::collections::BTreeSet<&str> = points.iter().map(|p| p.task.as_str()).collect();
     let (pb, summaries) = stats::pb_scores(points, &PB_THRESHOLDS);
     let mut s = format!(
-        "\n## ParallelBench\n\n{} task(s). Score: the mean over tasks of each task's mean score (×100). Tokens per step: new tokens over target forwards, from token ids, averaged per task, then over tasks. Speedup: wall-clock tokens/s over `ar`'s on the same prompts, averaged per task, then over tasks.\n\n| configuration | tasks | mean score | tokens per step | speedup vs ar |\n|---|---|---|---|---|\n",
+        "\n## ParallelBench\n\n{} task(s). Score: the mean over tasks of each task's mean score (×100). Tokens per step: new tokens over target forwards, from token ids, averaged per task, then over tasks. Speedup: wall-clock tokens/s over `ar`'s on the same prompts, the geometric mean per task, then over tasks.\n\n| configuration | tasks | mean score | tokens per step | speedup vs ar |\n|---|---|---|---|---|\n",
         tasks.len()
     );
     for c in &summaries {

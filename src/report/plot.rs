@@ -135,7 +135,7 @@ impl HBars {
         }
     }
 
-    /// Mean paired speedup over `ar` with its bootstrap 95% interval.
+    /// Geometric-mean paired speedup over `ar` with its bootstrap 95% interval.
     pub fn speedup(title: &str, rows: &[(String, &MethodRow)]) -> Option<Self> {
         let bars: Vec<Bar> = rows
             .iter()

@@ -214,20 +214,20 @@ impl Cols {
         rows.iter().filter_map(|&i| col[i]).collect()
     }
 
-    /// `ar`'s tokens/s per prompt (sample, repeat, turn): what speedups
-    /// are paired with.
-    pub(super) fn ar_tokens_per_s(&self) -> BTreeMap<Key, f64> {
+    /// The baseline's tokens/s per prompt (sample, repeat, turn): what
+    /// speedups are paired with. Empty without a baseline.
+    pub(super) fn baseline_tokens_per_s(&self, baseline: Option<&str>) -> BTreeMap<Key, f64> {
         (0..self.method.len())
-            .filter(|&i| self.method[i] == "ar")
+            .filter(|&i| Some(self.method[i].as_str()) == baseline)
             .filter_map(|i| Some((self.key(i), self.tps[i]?)))
             .collect()
     }
 }
 
-/// Method labels, `ar` first, then by name.
-fn ordered<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+/// Method labels, the baseline first, then by name.
+fn ordered<'a>(labels: impl Iterator<Item = &'a str>, baseline: Option<&str>) -> Vec<&'a str> {
     let mut names: Vec<&str> = labels.collect::<BTreeSet<_>>().into_iter().collect();
-    names.sort_by_key(|n| (*n != "ar", n.to_string()));
+    names.sort_by_key(|n| (Some(*n) != baseline, n.to_string()));
     names
 }
 
@@ -240,7 +240,8 @@ pub fn summarize(
     samples: &[SampleRecord],
 ) -> Result<Vec<MethodRow>, PolarsError> {
     let c = Cols::read(df)?;
-    let ar = c.ar_tokens_per_s();
+    let baseline = crate::methods::baseline_label(&m.methods);
+    let ar = c.baseline_tokens_per_s(baseline);
     let cats: BTreeSet<&str> = c.category.iter().map(String::as_str).collect();
     let mut groups: Vec<Option<&str>> = vec![None];
     if cats.len() > 1 {
@@ -257,7 +258,7 @@ pub fn summarize(
                 .cloned()
                 .collect(),
         );
-        for name in ordered(c.method.iter().map(String::as_str)) {
+        for name in ordered(c.method.iter().map(String::as_str), baseline) {
             let rows: Vec<usize> = (0..c.method.len())
                 .filter(|&i| c.method[i] == name && group.is_none_or(|g| c.category[i] == g))
                 .collect();
@@ -283,12 +284,15 @@ pub fn summarize(
 fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -> MethodRow {
     let t = c.of(rows, &c.tps);
     let ttft_ms: Vec<f64> = c.of(rows, &c.ttft).iter().map(|x| x / 1e6).collect();
-    // Per prompt: the mean over its repeats and turns, so that intervals
-    // resample prompts, not correlated repeats of one prompt.
-    let ratios = stats::cluster_means(
-        rows.iter()
-            .filter_map(|&i| Some((c.sample[i].clone(), c.tps[i]? / ar.get(&c.key(i))?))),
-    );
+    // Speedup: the geometric mean of per-prompt tokens/s ratios, the
+    // average that suits ratios (one 40× outlier prompt cannot carry it,
+    // and A over B is 1 over B over A). Per prompt, the log ratios of its
+    // repeats and turns are averaged first, so that intervals resample
+    // prompts, not correlated repeats of one prompt.
+    let log_ratios = stats::cluster_means(rows.iter().filter_map(|&i| {
+        let r = c.tps[i]? / ar.get(&c.key(i))?;
+        (r > 0.0 && r.is_finite()).then(|| (c.sample[i].clone(), r.ln()))
+    }));
     let scores = stats::cluster_means(
         rows.iter()
             .filter_map(|&i| Some((c.sample[i].clone(), 100.0 * c.score[i]?))),
@@ -307,9 +311,10 @@ fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -
         mean_accepted_tokens: stats::mean(&c.of(rows, &c.tau)),
         draft_ms_per_step: stats::mean(&c.of(rows, &c.draft_ms)),
         decode_ms_per_token: stats::mean(&c.of(rows, &c.ms_per_token)),
-        speedup_vs_ar: stats::mean(&ratios),
-        speedup_ci: stats::bootstrap_mean_ci(&ratios, BOOTSTRAP, 0.95, 1),
-        paired: ratios.len(),
+        speedup_vs_ar: stats::mean(&log_ratios).map(f64::exp),
+        speedup_ci: stats::bootstrap_mean_ci(&log_ratios, BOOTSTRAP, 0.95, 1)
+            .map(|(lo, hi)| (lo.exp(), hi.exp())),
+        paired: log_ratios.len(),
         score_mean_x100: stats::mean(&scores),
         score_ci: stats::bootstrap_mean_ci(&scores, BOOTSTRAP, 0.95, 2),
         lossless_pct: None,
@@ -472,9 +477,9 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
          τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
          Draft ms/step is the time a step spent drafting before verification; decode ms per accepted token is \
          decode-step wall time per token added to the output, the cost-aware figure beside τ. \
-         Speedup is the mean over prompts of tokens/s relative to `ar` on the same prompt and repeat \
-         (a prompt's repeats and turns averaged first). \
-         Intervals are percentile bootstraps (2000 resamples) of the mean over prompts. \
+         Speedup is the geometric mean over prompts of tokens/s relative to `ar` on the same prompt and repeat \
+         (a prompt's log ratios over repeats and turns averaged first), so that a few outlier prompts cannot carry it. \
+         Intervals are percentile bootstraps (2000 resamples) over prompts. \
          \"Equal to ar\" is, for lossless methods at greedy settings, the share of samples whose tokens equal `ar`'s; \
          other methods (lossy ones, or ones that decode with a model of their own) are not held to it.\n",
     );
@@ -640,7 +645,7 @@ pub fn category_markdown(run_rows: &[MethodRow]) -> String {
             .find(|r| r.method == method && r.category.as_deref() == Some(cat))
     };
     let mut s = String::new();
-    if overall.iter().any(|r| r.method == "ar") {
+    if overall.iter().any(|r| r.speedup_vs_ar.is_some()) {
         let mut header = vec!["method".to_string()];
         header.extend(cats.iter().map(|c| c.to_string()));
         header.extend(["mean accepted tokens τ".into(), "overall".into()]);
@@ -658,7 +663,7 @@ pub fn category_markdown(run_rows: &[MethodRow]) -> String {
             })
             .collect();
         s.push_str(&format!(
-            "\n## By category (Spec-Bench's table)\n\n{}\nSpeedup over `ar` per category: the mean over the category's prompts of tokens/s relative to `ar` on the same prompt. τ: tokens per target forward over decode steps, the bonus token included.\n",
+            "\n## By category (Spec-Bench's table)\n\n{}\nSpeedup over `ar` per category: the geometric mean over the category's prompts of tokens/s relative to `ar` on the same prompt. τ: tokens per target forward over decode steps, the bonus token included.\n",
             md_table(&header, &cells)
         ));
     }
@@ -841,7 +846,7 @@ pub fn latex(manifests: &[Manifest], rows: &[MethodRow]) -> String {
         ));
     }
     s.push_str(&format!(
-        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{what}. $\\tau$: mean accepted tokens per target forward over decode steps, the bonus token included (Spec-Bench's convention). Tokens/s: median over samples, prefill included. ms/token: decode wall time per accepted token. Speedup: mean over prompts of tokens/s relative to AR on the same prompt, with a bootstrap 95\\% interval. Score $\\times 100$, with a bootstrap 95\\% interval.}}\n\\end{{table}}\n"
+        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{what}. $\\tau$: mean accepted tokens per target forward over decode steps, the bonus token included (Spec-Bench's convention). Tokens/s: median over samples, prefill included. ms/token: decode wall time per accepted token. Speedup: geometric mean over prompts of tokens/s relative to AR on the same prompt, with a bootstrap 95\\% interval. Score $\\times 100$, with a bootstrap 95\\% interval.}}\n\\end{{table}}\n"
     ));
     s
 }
