@@ -1016,6 +1016,9 @@ fn now_unix_s() -> u64 {
 
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
+/// Ctrl-C, and SIGTERM and SIGHUP (a CI cancel, a batch scheduler's
+/// time limit, a closed terminal): the sample in flight finishes, the run
+/// is marked interrupted, and `--resume` completes it.
 fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPT.swap(true, Ordering::SeqCst) {

@@ -2790,3 +2790,60 @@ fn the_baseline_is_chosen_by_method_and_methods_file_errors_name_the_table() {
     let pld = rows.iter().find(|r| r[col("method")] == "pld").unwrap();
     assert_eq!(pld[col("lossless_pct")], "100.0", "{csv}");
 }
+
+/// SIGTERM (a CI cancel, a scheduler's time limit) is handled like Ctrl-C:
+/// the run ends marked `interrupted` with whole samples, and `--resume`
+/// completes it.
+#[cfg(unix)]
+#[test]
+fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
+    let w = World::new();
+    let results = w.path("results");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("pdbench"))
+        .env("PDBENCH_HOME", w.path("store"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["run", "--suite", "toy", "--limit", "60", "--warmup", "0"])
+        .args([
+            "--method",
+            "dllm",
+            "--run-id",
+            "t",
+            "--no-report",
+            "--results-dir",
+        ])
+        .arg(&results)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let samples = results.join("t").join("samples.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&samples).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no samples after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling a child this test spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("t").join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["status"], "interrupted");
+    let done = read_lines(&samples).len();
+    assert!((2..60).contains(&done), "{done} samples");
+    w.cmd()
+        .args([
+            "run",
+            "--resume",
+            results.join("t").to_str().unwrap(),
+            "--no-report",
+        ])
+        .assert()
+        .success();
+    assert_eq!(read_lines(&samples).len(), 60);
+}
