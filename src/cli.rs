@@ -568,6 +568,7 @@ fn cmd_audit(a: AuditArgs) -> Result<i32> {
     if out.join(results::MANIFEST).exists() {
         bail!("--out {}: already holds a run", out.display());
     }
+    let created = !out.exists();
     let audit_dir = RunDir::create(&out)?;
     audit_dir.write_manifest(&copy)?;
     log_line(&format!(
@@ -589,8 +590,25 @@ fn cmd_audit(a: AuditArgs) -> Result<i32> {
     if a.no_fetch {
         args.push("--no-fetch".into());
     }
-    let code = dispatch(Cli::try_parse_from(args)?)
-        .with_context(|| format!("auditing {}", path.display()))?;
+    let code = match dispatch(Cli::try_parse_from(args)?) {
+        Ok(code) => code,
+        Err(e) => {
+            // A re-run that failed before its first sample (a model gone
+            // or changed) leaves nothing worth keeping; the folder would
+            // only block the next try.
+            let no_samples =
+                std::fs::metadata(audit_dir.samples_path()).map_or(true, |m| m.len() == 0);
+            if no_samples {
+                let _ = if created {
+                    std::fs::remove_dir_all(&out)
+                } else {
+                    std::fs::remove_file(out.join(results::MANIFEST))
+                        .and_then(|_| std::fs::remove_file(audit_dir.samples_path()))
+                };
+            }
+            return Err(e.context(format!("auditing {}", path.display())));
+        }
+    };
     if code != 0 {
         bail!(
             "auditing {}: the re-run stopped (exit {code}); what it finished is in {}",

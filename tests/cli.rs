@@ -1990,6 +1990,9 @@ fn audit_reruns_from_the_manifest_and_reports_mismatches() {
             "toy-target/model.safetensors has sha256",
         ],
     );
+    // It left no half-made folder behind: the same --out works next time.
+    assert!(!w.path("a3").exists());
+    audit("rec", "a3", &[]).assert().code(0);
 }
 
 /// `run --shard K/N` splits a run's work items over N processes; `merge`
