@@ -26,6 +26,14 @@ pub enum MergeError {
     Duplicate { path: PathBuf, key: String },
     #[error("--out {path}: already holds a run")]
     OutExists { path: PathBuf },
+    #[error("{path}: shard {shard} is marked complete but its samples.jsonl holds {done} of its {expected} work items{torn}; re-run the shard (`pdbench run --resume` does not redo a run marked complete)")]
+    LostSamples {
+        path: PathBuf,
+        shard: String,
+        done: usize,
+        expected: usize,
+        torn: &'static str,
+    },
 }
 
 /// What must be equal across shards, as (field, JSON value).
@@ -159,8 +167,24 @@ pub fn merge(
     }
     let mut samples: Vec<SampleRecord> = Vec::new();
     let mut keys = BTreeSet::new();
-    for (p, _) in &shards {
-        let (rows, _) = RunDir::open(p)?.read_samples()?;
+    for (p, m) in &shards {
+        let (rows, torn) = RunDir::open(p)?.read_samples()?;
+        // A shard that lost records (a torn last line, a file cut short)
+        // must not merge into a run marked complete.
+        let (done, expected) = (crate::results::work_items_done(&rows), m.work_items());
+        if done < expected || torn {
+            return Err(MergeError::LostSamples {
+                path: p.clone(),
+                shard: m.shard.map(|s| s.to_string()).unwrap_or_default(),
+                done,
+                expected,
+                torn: if torn {
+                    " and ends in a torn line (a crash mid-write)"
+                } else {
+                    ""
+                },
+            });
+        }
         for r in rows {
             if !keys.insert(r.key()) {
                 return Err(MergeError::Duplicate {

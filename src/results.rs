@@ -207,6 +207,32 @@ impl std::fmt::Display for Shard {
     }
 }
 
+impl Manifest {
+    /// The work items (method × prompt × repeat) the run was given; a
+    /// shard's own share when sharded. A complete run holds a record of
+    /// every turn of each.
+    pub fn work_items(&self) -> usize {
+        let prompts = self
+            .limit
+            .unwrap_or(self.suite.n_samples)
+            .min(self.suite.n_samples);
+        let total = self.methods.len() * prompts * self.repeats;
+        match self.shard {
+            Some(sh) => (0..total).filter(|&i| sh.holds(i)).count(),
+            None => total,
+        }
+    }
+}
+
+/// The distinct work items (method, sample, repeat) among records.
+pub fn work_items_done(samples: &[SampleRecord]) -> usize {
+    samples
+        .iter()
+        .map(|s| (&s.method, &s.sample_id, s.repeat))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 /// (method label, sample id, repeat, turn): what a record answers.
 pub type SampleKey = (String, String, usize, usize);
 

@@ -2111,6 +2111,38 @@ fn three_shards_merge_into_the_unsharded_run() {
         &mut merge(&["whole"], "m4"),
         &["not a shard", "--shard K/N"],
     );
+    // A shard marked complete that lost its last record, or whose last
+    // line is torn, does not merge into a "complete" run.
+    copy_run(
+        &results.join("shard3"),
+        &results.join("lost3"),
+        |_| {},
+        |_| {},
+    );
+    let s3 = results.join("lost3/samples.jsonl");
+    let text = std::fs::read_to_string(&s3).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    std::fs::write(&s3, format!("{}\n", kept[..kept.len() - 1].join("\n"))).unwrap();
+    fails_with(
+        &mut merge(&["shard1", "shard2", "lost3"], "m5"),
+        &["lost3", "shard 3/3", "holds 7 of its 8 work items"],
+    );
+    std::fs::write(&s3, &text[..text.len() - 30]).unwrap();
+    fails_with(
+        &mut merge(&["shard1", "shard2", "lost3"], "m6"),
+        &["holds 7 of its 8 work items", "torn line"],
+    );
+    assert!(!results.join("m5").exists() && !results.join("m6").exists());
+    // report says so of a run marked complete that lost a record.
+    let out = w.path("lost-report");
+    w.report(&results.join("lost3"), &out).assert().success();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "`lost3` is marked complete, yet its samples.jsonl holds 7 of the 8 work items"
+        ) && md.contains("torn"),
+        "{md}"
+    );
     // A malformed --shard is a usage error (clap's exit 2), with the form.
     let out = run("bad", &["--shard", "4/3"])
         .assert()

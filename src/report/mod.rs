@@ -208,7 +208,7 @@ pub fn parallelbench_markdown(points: &[stats::TaskPoint]) -> String {
 /// What a reader must know before comparing the rows: which methods are
 /// lossy or decode with a model of their own, and which runs are not
 /// scored for quality.
-fn honesty_notes(manifests: &[Manifest]) -> String {
+fn honesty_notes(manifests: &[Manifest], coverage: &[Coverage]) -> String {
     let mut lossy = Vec::new();
     let mut own = Vec::new();
     for m in manifests {
@@ -232,6 +232,27 @@ fn honesty_notes(manifests: &[Manifest]) -> String {
     lossy.dedup();
     own.dedup();
     let mut s = String::new();
+    for (m, c) in manifests.iter().zip(coverage) {
+        let torn = if c.torn {
+            "; its last line is torn (a crash mid-write) and is left out"
+        } else {
+            ""
+        };
+        if m.status == crate::results::RunStatus::Complete && (c.done < c.expected || c.torn) {
+            s.push_str(&format!(
+                "- `{}` is marked complete, yet its samples.jsonl holds {} of the {} work items (method × prompt × repeat) its manifest lists{torn}: records were lost after the run; its rows cover what is left.\n",
+                m.run_id, c.done, c.expected
+            ));
+        } else if m.status != crate::results::RunStatus::Complete {
+            s.push_str(&format!(
+                "- `{}` is {}: {} of {} work items (method × prompt × repeat) done{torn}; `pdbench run --resume` completes it.\n",
+                m.run_id,
+                m.status.as_str(),
+                c.done,
+                c.expected
+            ));
+        }
+    }
     if !lossy.is_empty() {
         s.push_str(&format!(
             "- Lossy: {} may emit other tokens than `ar`; judge their speed beside their score.\n",
@@ -283,10 +304,18 @@ fn honesty_notes(manifests: &[Manifest]) -> String {
     }
 }
 
+/// How much of its work a run's samples.jsonl holds.
+struct Coverage {
+    done: usize,
+    expected: usize,
+    torn: bool,
+}
+
 /// Writes report.md, report.csv, report.parquet, report.tex and the
 /// figures (PNG and SVG) into `out`.
 pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut manifests = Vec::new();
+    let mut coverage = Vec::new();
     let mut rows = Vec::new();
     let mut pb_points = Vec::new();
     let mut by_category = Vec::new();
@@ -294,7 +323,12 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         let dir = RunDir::open(p)?;
         let m = dir.read_manifest()?;
         // The record reader first: its errors name the line.
-        let (samples, _) = dir.read_samples()?;
+        let (samples, torn) = dir.read_samples()?;
+        coverage.push(Coverage {
+            done: crate::results::work_items_done(&samples),
+            expected: m.work_items(),
+            torn,
+        });
         let df = read_samples_frame(&dir)?;
         let read_err = |e: PolarsError| ReportError::Read {
             path: dir.samples_path(),
@@ -330,7 +364,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         text.push_str(t);
     }
     text.push_str(&table::energy_markdown(&manifests, &rows));
-    text.push_str(&honesty_notes(&manifests));
+    text.push_str(&honesty_notes(&manifests, &coverage));
     let md = out.join("report.md");
     let mut files = vec![md.clone()];
 

@@ -387,7 +387,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     let mut s = String::from("# pdbench report\n\n");
     for m in manifests {
         s.push_str(&format!(
-            "- run `{}`: suite **{}** v{} ({} samples{}), model **{}** ({}, {}), device {} ({} threads), seed {}, max_new_tokens {}, warm-up {} prompt(s) not recorded, status {:?}\n",
+            "- run `{}`: suite **{}** v{} ({} samples{}), model **{}** ({}, {}), device {} ({} threads), seed {}, max_new_tokens {}, warm-up {} prompt(s) not recorded, status {}\n",
             m.run_id,
             m.suite.def.name,
             m.suite.def.version,
@@ -401,7 +401,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             m.seed,
             m.max_new_tokens,
             m.warmup,
-            m.status,
+            m.status.as_str(),
         ));
         if let Some(sc) = &m.scoring {
             s.push_str(&format!("  - scorer `{}`", sc.scorer));
