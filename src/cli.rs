@@ -409,72 +409,149 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 fn cmd_sweep(a: SweepArgs) -> Result<i32> {
     let (f, configs) = crate::sweep::load(&a.file)?;
     let methods = crate::sweep::methods_toml(&configs);
-    let runs: Vec<(String, String)> = f
-        .suites
-        .iter()
-        .map(|s| {
-            let mut id = crate::sweep::run_id(&f.name, s);
-            if let Some(sh) = a.shard {
-                id = format!("{id}-shard{}of{}", sh.index + 1, sh.count);
+    let methods_file = a.results_dir.join(format!("{}.methods.toml", f.name));
+    let mut runs: Vec<(String, String)> = Vec::new();
+    for s in &f.suites {
+        let mut id = crate::sweep::run_id(&f.name, s);
+        if let Some(sh) = a.shard {
+            id = format!("{id}-shard{}of{}", sh.index + 1, sh.count);
+        }
+        if let Some((other, _)) = runs.iter().find(|(_, i)| *i == id) {
+            bail!(
+                "{}: suites `{other}` and `{s}` map to the same run folder `{id}`; list each suite once, or rename one",
+                a.file.display()
+            );
+        }
+        runs.push((s.clone(), id));
+    }
+    // Each suite's `run` command as a fresh run would get it.
+    let fresh_args = |suite: &str, id: &str| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "pdbench".into(),
+            "run".into(),
+            "--suite".into(),
+            suite.into(),
+        ];
+        if let Some(m) = &f.model {
+            args.extend(["--model".into(), m.clone()]);
+        }
+        args.extend([
+            "--methods-file".into(),
+            methods_file.display().to_string(),
+            "--run-id".into(),
+            id.into(),
+            "--results-dir".into(),
+            a.results_dir.display().to_string(),
+        ]);
+        if let Some(sh) = a.shard {
+            args.extend(["--shard".into(), sh.to_string()]);
+        }
+        if let Some(n) = a.limit {
+            args.extend(["--limit".into(), n.to_string()]);
+        }
+        args.extend(f.run_args.iter().cloned());
+        args.push("--no-report".into());
+        args
+    };
+    // Checked before anything runs, --dry-run included: each suite's file,
+    // run_args, the methods every run gets (run_args may add some), and
+    // any run folder already there, which is resumed only when it holds
+    // this very sweep.
+    let mut plans = Vec::new();
+    for (suite, id) in &runs {
+        let def = suite::parse_def(&suite::locate(suite)?)?;
+        let args = fresh_args(suite, id);
+        let Command::Run(run) = Cli::try_parse_from(&args)
+            .map_err(|e| anyhow::anyhow!("{}: run_args: {e}", a.file.display()))?
+            .command
+        else {
+            unreachable!("the args start with `run`")
+        };
+        let expected = diffuspec_ablations(
+            method_instances_from(
+                &run.methods,
+                &run.sets,
+                Some((&methods_file, methods.clone())),
+                &def.method_params,
+            )
+            .with_context(|| format!("{}: suite {suite}", a.file.display()))?,
+            run.no_cps,
+            run.no_adl,
+        )?;
+        let dir = a.results_dir.join(id);
+        let existing = if dir.join(results::MANIFEST).is_file() {
+            let rd = RunDir::open(&dir)?;
+            let m = rd.read_manifest()?;
+            let why = sweep_mismatch(&m, &def.name, &expected, run.limit, run.shard);
+            if !why.is_empty() {
+                bail!(
+                    "sweep {}: {} holds a run of another sweep configuration ({}); remove it, or pass another --results-dir",
+                    f.name,
+                    dir.display(),
+                    why.join("; ")
+                );
             }
-            (s.clone(), id)
-        })
-        .collect();
+            let (done, _) = rd.read_samples()?;
+            Some((results::work_items_done(&done), m.work_items(), m.status))
+        } else {
+            None
+        };
+        plans.push((suite.clone(), dir, args, expected, existing));
+    }
     log_line(&format!(
-        "sweep {}: {} configurations × {} suite(s): {}",
+        "sweep {}: {} grid configurations × {} suite(s)",
         f.name,
         configs.len(),
         runs.len(),
-        configs
-            .iter()
-            .map(|c| c.label.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
     ));
     if a.dry_run {
-        for (suite, id) in &runs {
-            println!("{suite} → {}", a.results_dir.join(id).display());
+        for (suite, dir, _, expected, existing) in &plans {
+            let state = match existing {
+                None => "new".to_string(),
+                Some((done, of, status)) => format!(
+                    "resumes the {} run there ({done} of {of} work items done)",
+                    status.as_str()
+                ),
+            };
+            println!("{suite} → {}: {state}", dir.display());
+            println!(
+                "  methods: {}",
+                expected
+                    .iter()
+                    .map(|m| m.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         println!("\n{methods}");
         return Ok(0);
     }
     std::fs::create_dir_all(&a.results_dir)
         .with_context(|| format!("creating {}", a.results_dir.display()))?;
-    let methods_file = a.results_dir.join(format!("{}.methods.toml", f.name));
     results::write_atomic(&methods_file, methods.as_bytes())
         .with_context(|| format!("writing {}", methods_file.display()))?;
     let mut dirs = Vec::new();
-    for (suite, id) in &runs {
-        let dir = a.results_dir.join(id);
-        let mut args: Vec<String> = vec!["pdbench".into(), "run".into()];
-        if dir.join(results::MANIFEST).is_file() {
-            args.extend(["--resume".into(), dir.display().to_string()]);
+    for (suite, dir, fresh, _, existing) in plans {
+        let args = if existing.is_some() {
+            vec![
+                "pdbench".into(),
+                "run".into(),
+                "--resume".into(),
+                dir.display().to_string(),
+                "--no-report".into(),
+            ]
         } else {
-            args.extend(["--suite".into(), suite.clone()]);
-            if let Some(m) = &f.model {
-                args.extend(["--model".into(), m.clone()]);
-            }
-            args.extend([
-                "--methods-file".into(),
-                methods_file.display().to_string(),
-                "--run-id".into(),
-                id.clone(),
-                "--results-dir".into(),
-                a.results_dir.display().to_string(),
-            ]);
-            if let Some(sh) = a.shard {
-                args.extend(["--shard".into(), sh.to_string()]);
-            }
-            if let Some(n) = a.limit {
-                args.extend(["--limit".into(), n.to_string()]);
-            }
-            args.extend(f.run_args.iter().cloned());
-        }
-        args.push("--no-report".into());
-        let cli = Cli::try_parse_from(&args)
-            .map_err(|e| anyhow::anyhow!("{}: run_args: {e}", a.file.display()))?;
-        let code = dispatch(cli).with_context(|| format!("sweep {}: suite {suite}", f.name))?;
+            fresh
+        };
+        let code = dispatch(Cli::try_parse_from(&args)?)
+            .with_context(|| format!("sweep {}: suite {suite}", f.name))?;
         if code != 0 {
+            if code == 130 {
+                log_line(&format!(
+                    "sweep {}: interrupted; run the same `pdbench sweep` again to finish every suite and write the combined report",
+                    f.name
+                ));
+            }
             return Ok(code);
         }
         dirs.push(dir);
@@ -484,8 +561,61 @@ fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         let files = crate::report::write_report(&dirs, &out)?;
         println!("{}", std::fs::read_to_string(&files[0]).unwrap_or_default());
         log_line(&format!("sweep report: {}", out.display()));
+    } else if let Some(sh) = a.shard {
+        log_line(&format!(
+            "sweep {}: shard {sh} done; once every shard is, `pdbench merge` joins each suite's shards",
+            f.name
+        ));
     }
     Ok(0)
+}
+
+/// Why a run folder a sweep would resume is not this sweep's run: another
+/// suite, other method configurations, another --limit or shard.
+fn sweep_mismatch(
+    m: &results::Manifest,
+    suite_name: &str,
+    expected: &[MethodInstance],
+    limit: Option<usize>,
+    shard: Option<results::Shard>,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    if m.suite.def.name != suite_name {
+        why.push(format!(
+            "suite {} there, {suite_name} here",
+            m.suite.def.name
+        ));
+    }
+    let labels = |ms: &[MethodInstance]| ms.iter().map(|i| i.label.clone()).collect::<Vec<_>>();
+    if labels(&m.methods) != labels(expected) {
+        why.push(format!(
+            "methods {} there, {} here",
+            labels(&m.methods).join(", "),
+            labels(expected).join(", ")
+        ));
+    } else {
+        for (there, here) in m.methods.iter().zip(expected) {
+            if there != here {
+                why.push(format!(
+                    "`{}` is {} {} there, {} {} here",
+                    here.label, there.id, there.params, here.id, here.params
+                ));
+            }
+        }
+    }
+    let show = |l: Option<usize>| l.map_or("none".to_string(), |n| n.to_string());
+    if m.limit != limit {
+        why.push(format!(
+            "--limit {} there, {} here",
+            show(m.limit),
+            show(limit)
+        ));
+    }
+    if m.shard != shard {
+        let sh = |s: Option<results::Shard>| s.map_or("none".to_string(), |s| s.to_string());
+        why.push(format!("--shard {} there, {} here", sh(m.shard), sh(shard)));
+    }
+    why
 }
 
 fn cmd_merge(a: MergeArgs) -> Result<i32> {
@@ -850,15 +980,31 @@ pub fn method_instances(
     methods_file: Option<&Path>,
     suite_params: &BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Vec<MethodInstance>> {
+    let file = match methods_file {
+        Some(path) => Some((
+            path,
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        None => None,
+    };
+    method_instances_from(methods_arg, sets, file, suite_params)
+}
+
+/// [`method_instances`] with the methods file's text at hand.
+fn method_instances_from(
+    methods_arg: &[String],
+    sets: &[String],
+    file: Option<(&Path, String)>,
+    suite_params: &BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<MethodInstance>> {
+    let methods_file = file.as_ref().map(|f| f.0);
     // label -> (id, params table)
     let mut configs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut from_file: BTreeSet<String> = BTreeSet::new();
-    if let Some(path) = methods_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some((path, text)) = &file {
         let table: toml::Table =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for (label, v) in table {
             let mut params = match v {
                 toml::Value::Table(t) => t,

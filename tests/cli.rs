@@ -2237,6 +2237,47 @@ tokens_per_step = [4, 32]
     };
     assert_eq!(ids("sw-merged"), ids("sw-toy"));
 
+    // The grid changed: the old run folder is not resumed as if it were
+    // this sweep's, dry run or not.
+    std::fs::write(
+        &file,
+        "name = \"sw\"\nsuites = [\"toy\"]\nmodel = \"toy-target\"\n[[grid]]\nmethod = \"ar\"\n[[grid]]\nmethod = \"dllm\"\ntokens_per_step = [1, 2]\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        fails_with(
+            &mut sweep(extra),
+            &[
+                "sw-toy holds a run of another sweep configuration",
+                "dllm[tokens_per_step=1]",
+            ],
+        );
+    }
+    // Two suites that would share a run folder, and a suite that is not
+    // there, are refused before anything runs.
+    std::fs::create_dir_all(w.path("c")).unwrap();
+    let toy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("suites/toy.toml"))
+            .unwrap();
+    std::fs::write(w.path("c/t.toml"), &toy).unwrap();
+    std::fs::write(w.path("c-t.toml"), &toy).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"two\"\nsuites = [{:?}, {:?}]\n[[grid]]\nmethod = \"ar\"\n",
+            w.path("c/t.toml").display().to_string(),
+            w.path("c-t.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    fails_with(&mut sweep(&["--dry-run"]), &["map to the same run folder"]);
+    std::fs::write(
+        &file,
+        "name = \"sw\"\nsuites = [\"no-such-suite\"]\n[[grid]]\nmethod = \"ar\"\n",
+    )
+    .unwrap();
+    fails_with(&mut sweep(&["--dry-run"]), &["no-such-suite"]);
+
     std::fs::write(
         &file,
         "name = \"sw\"\nsuites = [\"toy\"]\n[[grid]]\nmethod = \"dllm\"\ntokens_per_step = [2, 0]\n",
