@@ -2137,6 +2137,15 @@ fn cmd_list(a: ListArgs) -> Result<i32> {
         }
     }
     if all || what == "models" {
+        println!(
+            "zoo models ({}, shipped in the repo):",
+            model::source::zoo_dir().display()
+        );
+        for name in model::source::zoo_names() {
+            let dir = model::source::zoo_dir().join(&name);
+            let (role, flag) = zoo_role(&dir);
+            println!("  {name:<20} {role:<36} {flag}");
+        }
         let store = Store::from_env();
         println!("fetchable items (store: {}):", store.root().display());
         for it in fetch::ITEMS {
@@ -2156,6 +2165,26 @@ fn cmd_list(a: ListArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// What a zoo folder holds, by its config.json's `pdbench_objective`, and
+/// the `run` flag that takes it.
+fn zoo_role(dir: &Path) -> (&'static str, &'static str) {
+    let objective = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["pdbench_objective"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match objective.as_str() {
+        "eagle" => ("EAGLE draft head", "--draft-head"),
+        "learn2pd" => ("Learn2PD unmasking filter", "--filter"),
+        "masked-diffusion" => ("masked-diffusion LM", "--dllm"),
+        "block-diffusion" => ("block-diffusion LM", "--dllm"),
+        "consistency" => ("consistency-trained AR model (CLLM)", "--cllm"),
+        "deer" => ("DEER-aligned diffusion drafter", "--dllm-drafter"),
+        "tidar" => ("TiDAR draft-and-verify model", "--tidar"),
+        _ => ("AR language model", "--model, --draft"),
+    }
+}
+
 fn cmd_models(a: ModelsArgs) -> Result<i32> {
     let store = Store::from_env();
     match a.action {
@@ -2164,6 +2193,15 @@ fn cmd_models(a: ModelsArgs) -> Result<i32> {
         }),
         Some(ModelsAction::Export { spec, out, dtype }) => {
             let dtype = parse_dtype(&dtype)?;
+            if let Some(f) = ["config.json", "model.safetensors", "tokenizer.json"]
+                .iter()
+                .find(|f| out.join(f).exists())
+            {
+                bail!(
+                    "models export --out {}: already holds a model ({f}); remove it or pick another folder",
+                    out.display()
+                );
+            }
             let r = model::source::resolve(&spec, &store, FetchPolicy::Auto, &mut |s| log_line(s))?;
             let model::source::ModelFiles::Gguf { file, .. } = &r.files else {
                 bail!("models export {spec}: expected a GGUF model; this one is already a Hugging Face folder");
@@ -2174,6 +2212,48 @@ fn cmd_models(a: ModelsArgs) -> Result<i32> {
             Ok(0)
         }
         Some(ModelsAction::Show { spec, tokenizer }) => {
+            // Heads and filters are no language models: no tokenizer of
+            // their own, and they load beside one.
+            let dir = Path::new(&spec)
+                .is_dir()
+                .then(|| PathBuf::from(&spec))
+                .or_else(|| model::source::zoo_model(&spec));
+            if let Some(dir) = dir {
+                let (role, flag) = zoo_role(&dir);
+                let info = match flag {
+                    "--draft-head" => Some(serde_json::to_value(
+                        model::eagle::EagleHead::load_dir(
+                            &dir,
+                            candle_core::DType::F32,
+                            &candle_core::Device::Cpu,
+                        )
+                        .with_context(|| format!("models show {spec}"))?
+                        .info,
+                    )?),
+                    "--filter" => Some(serde_json::to_value(
+                        model::filter::Filter::load_dir(&dir)
+                            .with_context(|| format!("models show {spec}"))?
+                            .info,
+                    )?),
+                    _ => None,
+                };
+                if let Some(info) = info {
+                    let config: serde_json::Value = serde_json::from_str(
+                        &std::fs::read_to_string(dir.join("config.json")).with_context(|| {
+                            format!("reading {}", dir.join("config.json").display())
+                        })?,
+                    )
+                    .with_context(|| {
+                        format!("{}: not valid JSON", dir.join("config.json").display())
+                    })?;
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                    if info.get("config").is_none() {
+                        println!("config: {}", serde_json::to_string_pretty(&config)?);
+                    }
+                    println!("{role}: pass it to `pdbench run {flag} {spec}`");
+                    return Ok(0);
+                }
+            }
             let opts = LoadOptions {
                 tokenizer,
                 ..Default::default()

@@ -2601,6 +2601,21 @@ fn bench_and_export_errors_name_the_flag() {
             .arg(w.path("x")),
         &["models export", "already a Hugging Face folder"],
     );
+    // An export never overwrites a model folder.
+    std::fs::create_dir_all(w.path("taken")).unwrap();
+    std::fs::write(w.path("taken/config.json"), "{}").unwrap();
+    fails_with(
+        w.cmd()
+            .args(["models", "export"])
+            .arg(&gguf)
+            .arg("--out")
+            .arg(w.path("taken")),
+        &["--out", "taken", "already holds a model (config.json)"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.path("taken/config.json")).unwrap(),
+        "{}"
+    );
 }
 
 /// A report says when its run was not on the row-invariant CPU f32 path
@@ -2922,4 +2937,56 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
         .assert()
         .success();
     assert_eq!(read_lines(&samples).len(), 60);
+}
+
+/// `pdbench models` lists the zoo with each model's role and the flag that
+/// takes it; `models show` works on heads and filters (no tokenizer of
+/// their own) as on language models.
+#[test]
+fn models_lists_the_zoo_and_shows_heads_and_filters() {
+    let w = World::new();
+    let out = w
+        .cmd()
+        .arg("models")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for (name, flag) in [
+        ("toy-eagle", "--draft-head"),
+        ("toy-learn2pd", "--filter"),
+        ("toy-tidar", "--tidar"),
+        ("toy-deer", "--dllm-drafter"),
+        ("toy-target", "--model"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(name) && l.contains(flag)),
+            "{name} {flag}:\n{text}"
+        );
+    }
+    let out = w
+        .cmd()
+        .args(["models", "show", "toy-eagle"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("\"parameters\"") && text.contains("--draft-head toy-eagle"),
+        "{text}"
+    );
+    let out = w
+        .cmd()
+        .args(["models", "show", "toy-learn2pd"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("\"block_length\": 32") && text.contains("--filter toy-learn2pd"),
+        "{text}"
+    );
 }

@@ -321,6 +321,15 @@ fn a_gguf_exported_to_the_hf_layout_is_the_same_model() {
     let out = dir.path().join("smollm2-hf");
     let e = pdbench::model::export::gguf_to_hf(&gguf, &out, candle_core::DType::F32).unwrap();
     assert!(e.unpermuted_qk, "a llama GGUF stores q/k permuted");
+    // Readable by others like every file of the folder (peers run it).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "{f}: mode {mode:o}");
+        }
+    }
     assert!(e.parameters > 100_000_000, "{}", e.parameters);
     let hf = common::load_dir(&out);
     let dense = smollm2_dequantized();

@@ -112,6 +112,14 @@ pub fn gguf_to_hf(file: &Path, out: &Path, dtype: DType) -> Result<Exported, Mod
         path: st.clone(),
         cause: std::io::Error::other(e.to_string()),
     })?;
+    // The folder is meant for peers and other users: readable like the
+    // other files, not owner-only as the writer leaves it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ModelError::io(&st, e))?;
+    }
     let mut config = cfg.to_hf_json();
     let dtype_name = match dtype {
         DType::BF16 => "bfloat16",
