@@ -5,6 +5,13 @@ usage: compare_bench.py DIR MODEL...   (reads DIR/pdbench-MODEL.json and DIR/lla
 """
 import json, sys
 
+
+def mean_sd(r):
+    """`mean ± sd`, or the mean alone where one repetition measured no spread."""
+    sd = r.get("tokens_per_s_sd")
+    return f"{r['tokens_per_s_mean']:.1f}" + ("" if sd is None else f" ± {sd:.1f}")
+
+
 out_dir, models = sys.argv[1], sys.argv[2:]
 lines = []
 over = []
@@ -25,8 +32,7 @@ for m in models:
         if p is None:
             continue
         ratio = r["tokens_per_s_mean"] / p["tokens_per_s_mean"]
-        lines.append(f"| {m} | {r['threads']} | {r['test']} | {r['tokens_per_s_mean']:.1f} ± {r['tokens_per_s_sd']:.1f} "
-                     f"| {p['tokens_per_s_mean']:.1f} ± {p['tokens_per_s_sd']:.1f} | {ratio:.2f}× |")
+        lines.append(f"| {m} | {r['threads']} | {r['test']} | {mean_sd(r)} | {mean_sd(p)} | {ratio:.2f}× |")
     for o in ours.get("overhead", []):
         over.append(f"| {m} | {o['threads']} | {o['harness_ns_per_token'] / 1e3:.1f} | "
                     f"{o['decode_ns_per_token'] / 1e6:.2f} | {o['harness_pct']:.2f}% | "

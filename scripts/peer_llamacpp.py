@@ -28,7 +28,7 @@ def measure(path, threads, n_prefill, n_decode, repeats):
         tps = [n / s for s in samples]
         rows.append({"threads": threads, "test": test, "tokens": n,
                      "tokens_per_s_mean": statistics.mean(tps),
-                     "tokens_per_s_sd": statistics.stdev(tps) if len(tps) > 1 else 0.0,
+                     "tokens_per_s_sd": statistics.stdev(tps) if len(tps) > 1 else None,
                      "tokens_per_s_all": tps})
     return rows
 
@@ -67,7 +67,7 @@ def main():
             for r in measure(path, t, a.prefill, a.decode, a.repeats):
                 r["model_path"] = path
                 out["rows"].append(r)
-                print(f"{path} t={t} {r['test']}: {r['tokens_per_s_mean']:.1f} ± {r['tokens_per_s_sd']:.1f} tokens/s",
+                print(f"{path} t={t} {r['test']}: {r['tokens_per_s_mean']:.1f} ± {r['tokens_per_s_sd'] or 0:.1f} tokens/s",
                       file=sys.stderr)
     json.dump(out, sys.stdout, indent=1)
 

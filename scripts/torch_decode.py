@@ -71,7 +71,7 @@ def main():
         "dtype": a.dtype,
         "test": f"tg{a.decode} after pp{a.prefill}",
         "tokens_per_s_mean": statistics.mean(tps),
-        "tokens_per_s_sd": statistics.stdev(tps) if len(tps) > 1 else 0.0,
+        "tokens_per_s_sd": statistics.stdev(tps) if len(tps) > 1 else None,
         "tokens_per_s_all": tps,
     }
     text = json.dumps(row, indent=2)

@@ -617,8 +617,12 @@ pub fn junit(changes: &[MetricChange]) -> String {
         .iter()
         .filter(|c| c.verdict == Verdict::Regressed)
         .count();
+    let skipped = changes
+        .iter()
+        .filter(|c| c.verdict == Verdict::Inconclusive)
+        .count();
     let mut s = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"pdbench compare\" tests=\"{}\" failures=\"{failures}\">\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"pdbench compare\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
         changes.len()
     );
     for c in changes {

@@ -66,6 +66,36 @@ fn identity(m: &Manifest) -> Vec<(&'static str, serde_json::Value)> {
     ]
 }
 
+/// What differs between two JSON values, for an error message: the
+/// differing keys of objects (`threads: 2 vs 1`), else both values, cut to
+/// a readable length.
+fn difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    fn brief(v: &serde_json::Value) -> String {
+        let s = v.to_string();
+        if s.chars().count() > 120 {
+            format!("{}…", s.chars().take(120).collect::<String>())
+        } else {
+            s
+        }
+    }
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .filter(|k| x.get(*k) != y.get(*k))
+                .map(|k| {
+                    let v = |o: &serde_json::Map<String, serde_json::Value>| {
+                        o.get(k).map_or("absent".to_string(), brief)
+                    };
+                    format!("{k}: {} vs {}", v(x), v(y))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        _ => format!("{} vs {}", brief(a), brief(b)),
+    }
+}
+
 /// Every `sha256` in a JSON value, in order: what identifies the models
 /// whatever their paths.
 fn digests(v: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -118,9 +148,10 @@ pub fn check(shards: &[(PathBuf, Manifest)]) -> Result<usize, MergeError> {
         for ((field, a), (_, b)) in identity(first).iter().zip(identity(m)) {
             if *a != b {
                 return Err(MergeError::Disagree(format!(
-                    "field `{field}` of {} differs from {}'s",
+                    "field `{field}` of {} differs from {}'s ({})",
                     path.display(),
-                    first_path.display()
+                    first_path.display(),
+                    difference(&b, a)
                 )));
             }
         }

@@ -1714,6 +1714,7 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
     assert!(text.contains("| ar | samples |") && text.contains("regressed"));
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("samples are missing from the new run") && xml.contains("<skipped"));
+    assert!(!xml.contains("skipped=\"0\""), "{xml}");
 
     let out = compare("nowhere", &[])
         .assert()
@@ -2105,7 +2106,7 @@ fn three_shards_merge_into_the_unsharded_run() {
         .success();
     fails_with(
         &mut merge(&["shard1", "other", "shard3"], "m3"),
-        &["field `seed`", "other"],
+        &["field `seed`", "other", "5 vs 0"],
     );
     fails_with(
         &mut merge(&["whole"], "m4"),

@@ -66,7 +66,8 @@ pub struct BenchRow {
     pub tokens: usize,
     pub repeats: usize,
     pub tokens_per_s_mean: f64,
-    pub tokens_per_s_sd: f64,
+    /// `None` with one measured repetition: no spread was measured.
+    pub tokens_per_s_sd: Option<f64>,
     pub tokens_per_s_all: Vec<f64>,
 }
 
@@ -158,7 +159,7 @@ fn row(m: &LoadedModel, threads: usize, test: &str, tokens: usize, samples_ns: &
         tokens,
         repeats: tps.len(),
         tokens_per_s_mean: stats::mean(&tps).unwrap_or(f64::NAN),
-        tokens_per_s_sd: stats::std_dev(&tps).unwrap_or(0.0),
+        tokens_per_s_sd: stats::std_dev(&tps),
         tokens_per_s_all: tps,
     }
 }
@@ -521,8 +522,13 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Measurements> {
         }
         for x in &r {
             eprintln!(
-                "{} t={} {}: {:.1} ± {:.1} tokens/s",
-                x.model, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
+                "{} t={} {}: {:.1}{} tokens/s",
+                x.model,
+                x.threads,
+                x.test,
+                x.tokens_per_s_mean,
+                x.tokens_per_s_sd
+                    .map_or(" (one repetition)".into(), |sd| format!(" ± {sd:.1}"))
             );
         }
         rows.extend(r);
@@ -541,8 +547,14 @@ pub fn markdown(r: &BenchReport) -> String {
     );
     for x in &r.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} |\n",
-            x.model, x.dtype, x.threads, x.test, x.tokens_per_s_mean, x.tokens_per_s_sd
+            "| {} | {} | {} | {} | {:.1} | {} |\n",
+            x.model,
+            x.dtype,
+            x.threads,
+            x.test,
+            x.tokens_per_s_mean,
+            x.tokens_per_s_sd
+                .map_or("–".into(), |sd| format!("{sd:.1}"))
         ));
     }
     if !r.overhead.is_empty() {

@@ -494,12 +494,12 @@ fn acceptance_markdown(rows: &[&MethodRow], multi: bool) -> String {
     if drafting.is_empty() {
         return String::new();
     }
-    let width = drafting
+    let deepest = drafting
         .iter()
         .map(|r| r.steps.reached.len())
         .max()
-        .unwrap_or(0)
-        .min(POSITIONS);
+        .unwrap_or(0);
+    let width = deepest.min(POSITIONS);
     let mut header = vec!["method".to_string(), "decode steps".into()];
     header.extend((1..=width).map(|k| format!("pos {k}")));
     let cells: Vec<Vec<String>> = drafting
@@ -511,8 +511,13 @@ fn acceptance_markdown(rows: &[&MethodRow], multi: bool) -> String {
             c
         })
         .collect();
+    let cut = if deepest > POSITIONS {
+        format!(" Drafts here reach {deepest} positions; the table, report.csv and report.parquet stop at {POSITIONS}.")
+    } else {
+        String::new()
+    };
     format!(
-        "\n## Acceptance by draft position\n\n{}\nPosition k: of the decode steps whose draft reached k tokens with the k−1 before all accepted, the share that accepted the k-th too (tree drafts count depth). See acceptance_by_position.png.\n",
+        "\n## Acceptance by draft position\n\n{}\nPosition k: of the decode steps whose draft reached k tokens with the k−1 before all accepted, the share that accepted the k-th too (tree drafts count depth).{cut} See acceptance_by_position.png.\n",
         md_table(&header, &cells)
     )
 }
