@@ -1642,12 +1642,27 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     path.display()
                 );
             }
-            let wants_draft = methods
-                .iter()
-                .any(|m| m.spec().needs.contains(&Need::DraftModel));
-            let draft_spec = a
-                .draft
-                .clone()
+            let wants = |need: Need| methods.iter().any(|m| m.spec().needs.contains(&need));
+            // A companion model no method of the run uses is not loaded
+            // (nor recorded in the manifest as if it had taken part).
+            let used = |flag: &str, given: &Option<String>, need: Need| -> Option<String> {
+                let v = given.clone()?;
+                if wants(need) {
+                    return Some(v);
+                }
+                let users: Vec<&str> = methods::METHODS
+                    .iter()
+                    .filter(|m| m.needs.contains(&need))
+                    .map(|m| m.id)
+                    .collect();
+                log_line(&format!(
+                    "warning: {flag} {v}: no method of this run uses it (only {} do); not loaded",
+                    users.join(", ")
+                ));
+                None
+            };
+            let wants_draft = wants(Need::DraftModel);
+            let draft_spec = used("--draft", &a.draft, Need::DraftModel)
                 .or_else(|| zoo_draft.filter(|_| wants_draft));
             let opts = LoadOptions {
                 device: device.open()?,
@@ -1660,9 +1675,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let wants_head = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::DraftHead));
-            let head = match a
-                .draft_head
-                .clone()
+            let head = match used("--draft-head", &a.draft_head, Need::DraftHead)
                 .or_else(|| zoo_head.filter(|_| wants_head))
             {
                 Some(h) => Some(load_head(&h, &target, &opts)?),
@@ -1671,7 +1684,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let wants_cllm = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::ConsistencyModel));
-            let cllm = match a.cllm.clone().or_else(|| zoo_cllm.filter(|_| wants_cllm)) {
+            let cllm = match used("--cllm", &a.cllm, Need::ConsistencyModel)
+                .or_else(|| zoo_cllm.filter(|_| wants_cllm))
+            {
                 Some(c) => Some(load_companion(
                     &store, "--cllm", &c, &target, &opts, policy,
                 )?),
@@ -1680,7 +1695,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let wants_dllm = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::DiffusionModel));
-            let dllm = match a.dllm.clone().or_else(|| zoo_dllm.filter(|_| wants_dllm)) {
+            let dllm = match used("--dllm", &a.dllm, Need::DiffusionModel)
+                .or_else(|| zoo_dllm.filter(|_| wants_dllm))
+            {
                 Some(d) => Some(load_companion(
                     &store, "--dllm", &d, &target, &opts, policy,
                 )?),
@@ -1689,18 +1706,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let wants_filter = methods
                 .iter()
                 .any(|m| m.spec().needs.contains(&Need::Filter));
-            let filter = match a
-                .filter
-                .clone()
+            let filter = match used("--filter", &a.filter, Need::Filter)
                 .or_else(|| zoo_filter.filter(|_| wants_filter))
             {
                 Some(f) => Some(load_filter(&f)?),
                 None => None,
             };
-            let wants = |need: Need| methods.iter().any(|m| m.spec().needs.contains(&need));
-            let dllm_drafter = match a
-                .dllm_drafter
-                .clone()
+            let dllm_drafter = match used("--dllm-drafter", &a.dllm_drafter, Need::DiffusionDrafter)
                 .or_else(|| zoo_deer.filter(|_| wants(Need::DiffusionDrafter)))
             {
                 Some(d) => Some(load_companion(
@@ -1713,9 +1725,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 )?),
                 None => None,
             };
-            let tidar = match a
-                .tidar
-                .clone()
+            let tidar = match used("--tidar", &a.tidar, Need::TidarModel)
                 .or_else(|| zoo_tidar.filter(|_| wants(Need::TidarModel)))
             {
                 Some(t) => Some(load_companion(

@@ -66,6 +66,12 @@ impl DeviceSpec {
 /// parallel work starts: candle sizes its pools once per process.
 pub fn set_threads(n: Option<usize>) -> usize {
     if let Some(n) = n {
+        let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+        if cores > 0 && n > cores {
+            eprintln!(
+                "warning: --threads {n} is above this machine's {cores} logical cores; the threads take turns, and timings suffer"
+            );
+        }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new()

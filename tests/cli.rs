@@ -2991,3 +2991,46 @@ fn models_lists_the_zoo_and_shows_heads_and_filters() {
         "{text}"
     );
 }
+
+/// A companion model no method uses is not loaded, and the run says so;
+/// more threads than cores draw a warning.
+#[test]
+fn unused_companions_and_oversubscribed_threads_are_warned_about() {
+    let w = World::new();
+    let over = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
+    let out = w
+        .cmd()
+        .args(["run", "--suite", "toy", "--limit", "2", "--warmup", "0"])
+        .args([
+            "--method",
+            "ar",
+            "--draft",
+            "toy-draft",
+            "--filter",
+            "toy-learn2pd",
+        ])
+        .args([
+            "--threads",
+            &over,
+            "--run-id",
+            "w",
+            "--no-report",
+            "--results-dir",
+        ])
+        .arg(w.path("results"))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("warning: --draft toy-draft: no method of this run uses it (only sps do)")
+            && err.contains("warning: --filter toy-learn2pd")
+            && err.contains(&format!("warning: --threads {over} is above")),
+        "{err}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("results/w/manifest.json")).unwrap())
+            .unwrap();
+    assert!(m["models"]["draft"].is_null(), "{}", m["models"]);
+}
