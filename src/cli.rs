@@ -1148,17 +1148,6 @@ fn changed_file(now: &[model::FileDigest], recorded: &[model::FileDigest]) -> St
     }
 }
 
-/// The models that read a run's prompts, whose contexts must hold them:
-/// the target and whichever companions the run loaded.
-fn prompt_models<'a>(
-    target: &'a LoadedModel,
-    companions: [&'a Option<LoadedModel>; 5],
-) -> Vec<&'a LoadedModel> {
-    std::iter::once(target)
-        .chain(companions.into_iter().flatten())
-        .collect()
-}
-
 /// A run given as a folder, or as an id under `results_dir`; something
 /// that names a path (a separator in it, or a run folder) stays that
 /// path, so an error names what the user wrote.
@@ -1781,7 +1770,18 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     &suite,
                     a.limit,
                     max_new_tokens,
-                    &prompt_models(&target, [&draft, &cllm, &dllm, &dllm_drafter, &tidar]),
+                    &target,
+                    &runner::contexts(
+                        &target,
+                        &[
+                            draft.as_ref(),
+                            cllm.as_ref(),
+                            dllm.as_ref(),
+                            dllm_drafter.as_ref(),
+                            tidar.as_ref(),
+                        ],
+                        head.as_ref(),
+                    ),
                     &runner::Ahead::of(&methods),
                 )?;
             }
@@ -1848,21 +1848,23 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         }
     };
 
-    let models = prompt_models(
+    let contexts = runner::contexts(
         &setup.target,
-        [
-            &setup.draft,
-            &setup.cllm,
-            &setup.dllm,
-            &setup.dllm_drafter,
-            &setup.tidar,
+        &[
+            setup.draft.as_ref(),
+            setup.cllm.as_ref(),
+            setup.dllm.as_ref(),
+            setup.dllm_drafter.as_ref(),
+            setup.tidar.as_ref(),
         ],
+        setup.head.as_ref(),
     );
     let prepared = runner::prepare_samples(
         &setup.suite,
         setup.limit,
         setup.max_new_tokens,
-        &models,
+        &setup.target,
+        &contexts,
         &runner::Ahead::of(&setup.methods),
     )?;
     let done = dir.done()?;

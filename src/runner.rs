@@ -119,14 +119,34 @@ impl Ahead {
 }
 
 /// Renders, encodes and length-checks the first `limit` samples.
+/// The contexts a prompt, its token budget and the drafts ahead must fit,
+/// as (model label, positions): the target's, each companion model's, and
+/// the EAGLE head's, which has a rope table of its own.
+pub fn contexts(
+    target: &LoadedModel,
+    companions: &[Option<&LoadedModel>],
+    head: Option<&crate::model::eagle::LoadedHead>,
+) -> Vec<(String, usize)> {
+    std::iter::once(target)
+        .chain(companions.iter().flatten().copied())
+        .map(|m| {
+            (
+                m.info.label.clone(),
+                m.model.config().max_position_embeddings,
+            )
+        })
+        .chain(head.map(|h| (h.info.spec.clone(), h.head.max_positions())))
+        .collect()
+}
+
 pub fn prepare_samples(
     suite: &ResolvedSuite,
     limit: Option<usize>,
     max_new_tokens: usize,
-    models: &[&LoadedModel],
+    target: &LoadedModel,
+    contexts: &[(String, usize)],
     ahead: &Ahead,
 ) -> Result<Vec<PreparedSample>, RunError> {
-    let target = models[0];
     let n = limit.unwrap_or(usize::MAX).min(suite.samples.len());
     let mut out = Vec::with_capacity(n);
     for s in &suite.samples[..n] {
@@ -138,10 +158,9 @@ pub fn prepare_samples(
                 sample: s.id.clone(),
             });
         }
-        for m in models {
-            let context = m.model.config().max_position_embeddings;
+        for (model, context) in contexts {
             let needed = ids.len() + max_new_tokens + ahead.positions;
-            if needed > context {
+            if needed > *context {
                 return Err(RunError::PromptTooLong {
                     suite: suite.def.name.clone(),
                     sample: s.id.clone(),
@@ -149,8 +168,8 @@ pub fn prepare_samples(
                     max_new_tokens,
                     ahead: Box::new(ahead.clone()),
                     needed,
-                    context,
-                    model: m.info.label.clone(),
+                    context: *context,
+                    model: model.clone(),
                 });
             }
         }
@@ -246,8 +265,14 @@ fn later_turn_ids(
         &plan.target.info.label,
     )?;
     let ids = plan.target.tokenizer.encode(&text)?;
-    for m in std::iter::once(plan.target).chain(plan.draft) {
-        let context = m.model.config().max_position_embeddings;
+    let companions = [
+        plan.draft,
+        plan.consistency,
+        plan.dllm,
+        plan.dllm_drafter,
+        plan.tidar,
+    ];
+    for (model, context) in contexts(plan.target, &companions, plan.head) {
         let ahead = Ahead::of(plan.methods);
         let needed = ids.len() + plan.rule.max_new_tokens + ahead.positions;
         if needed > context {
@@ -259,7 +284,7 @@ fn later_turn_ids(
                 ahead: Box::new(ahead),
                 needed,
                 context,
-                model: m.info.label.clone(),
+                model,
             });
         }
     }

@@ -3034,3 +3034,33 @@ fn unused_companions_and_oversubscribed_threads_are_warned_about() {
             .unwrap();
     assert!(m["models"]["draft"].is_null(), "{}", m["models"]);
 }
+
+/// The EAGLE head has a rope table of its own: a prompt that fits the
+/// target but not the head is refused before the run starts, naming the
+/// head, not left to fail mid-run.
+#[test]
+fn a_prompt_beyond_the_eagle_heads_context_is_refused_up_front() {
+    let w = World::new();
+    let head = w.path("short-head");
+    std::fs::create_dir_all(&head).unwrap();
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/toy/toy-eagle");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(zoo.join(f), head.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(head.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = serde_json::json!(24);
+    std::fs::write(head.join("config.json"), cfg.to_string()).unwrap();
+    fails_with(
+        w.cmd()
+            .args(["run", "--suite", "toy", "--limit", "2", "--method", "eagle"])
+            .arg("--draft-head")
+            .arg(&head)
+            .arg("--results-dir")
+            .arg(w.path("results")),
+        &["copy-0", "more than the context of 24", "short-head"],
+    );
+    assert!(
+        !w.path("results").exists() || std::fs::read_dir(w.path("results")).unwrap().count() == 0
+    );
+}

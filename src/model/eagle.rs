@@ -197,6 +197,11 @@ impl EagleHead {
         Ok(())
     }
 
+    /// The positions its rope table covers.
+    pub fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
     /// A one-layer cache for the head.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
         KvCache::new(
