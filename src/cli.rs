@@ -1617,6 +1617,19 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             if max_new_tokens == 0 {
                 bail!("--max-new-tokens: expected a positive integer");
             }
+            // The manifest records parameters as given; say where the
+            // token budget overrides one.
+            for m in &methods {
+                if let Some(g) = m.params["gen_length"]
+                    .as_u64()
+                    .filter(|&g| g as usize > max_new_tokens)
+                {
+                    log_line(&format!(
+                        "warning: {}: gen_length {g} is above max_new_tokens {max_new_tokens}; the canvas holds {max_new_tokens}",
+                        m.label
+                    ));
+                }
+            }
             if a.repeats == 0 {
                 bail!("--repeats: expected a positive integer");
             }

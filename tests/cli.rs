@@ -3033,6 +3033,17 @@ fn unused_companions_and_oversubscribed_threads_are_warned_about() {
         serde_json::from_str(&std::fs::read_to_string(w.path("results/w/manifest.json")).unwrap())
             .unwrap();
     assert!(m["models"]["draft"].is_null(), "{}", m["models"]);
+    // A parameter the token budget overrides is named.
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "1", "--warmup", "0"])
+        .args(["--method", "dllm", "--set", "dllm.gen_length=64"])
+        .args(["--max-new-tokens", "16", "--no-report", "--results-dir"])
+        .arg(w.path("results"))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: dllm: gen_length 64 is above max_new_tokens 16",
+        ));
 }
 
 /// The EAGLE head has a rope table of its own: a prompt that fits the
