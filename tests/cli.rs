@@ -708,6 +708,16 @@ fn report_on_a_folder_that_is_not_a_run_is_a_clear_error() {
         w.cmd().args(["report", w.path("empty").to_str().unwrap()]),
         &["empty", "not a pdbench run folder"],
     );
+    // One run given twice (here under two spellings) would repeat its rows.
+    w.run(&["--method", "ar", "--run-id", "r", "--no-report"])
+        .assert()
+        .success();
+    let run = w.path("results/r");
+    let again = w.path("results/../results/r");
+    fails_with(
+        w.cmd().arg("report").arg(&run).arg(&again),
+        &["the same run is given twice"],
+    );
 }
 
 #[test]

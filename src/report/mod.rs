@@ -22,6 +22,8 @@ pub enum ReportError {
     Results(#[from] ResultsError),
     #[error("{path}: {detail}")]
     Read { path: PathBuf, detail: String },
+    #[error("{path}: the same run is given twice (as {first}); each run's rows would show twice")]
+    SameRunTwice { path: PathBuf, first: PathBuf },
     #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
@@ -314,6 +316,18 @@ struct Coverage {
 /// Writes report.md, report.csv, report.parquet, report.tex and the
 /// figures (PNG and SVG) into `out`.
 pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    for (i, p) in runs.iter().enumerate() {
+        let same = |q: &PathBuf| match (std::fs::canonicalize(p), std::fs::canonicalize(q)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => p == q,
+        };
+        if let Some(first) = runs[..i].iter().find(|q| same(q)) {
+            return Err(ReportError::SameRunTwice {
+                path: p.clone(),
+                first: first.clone(),
+            });
+        }
+    }
     let mut manifests = Vec::new();
     let mut coverage = Vec::new();
     let mut rows = Vec::new();
