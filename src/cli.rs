@@ -1599,6 +1599,18 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 a.methods_file.as_deref(),
                 &suite.def.method_params,
             )?;
+            for s in &a.sets {
+                for (flag, on, key) in
+                    [("--no-cps", a.no_cps, "cps"), ("--no-adl", a.no_adl, "adl")]
+                {
+                    let asks_on = s.split_once('=').is_some_and(|(k, v)| {
+                        k.ends_with(&format!(".{key}")) && v.trim() == "true"
+                    });
+                    if on && asks_on {
+                        log_line(&format!("warning: {flag} overrides --set {s}"));
+                    }
+                }
+            }
             let methods = diffuspec_ablations(methods, a.no_cps, a.no_adl)?;
             if methods.is_empty() {
                 match &a.methods_file {

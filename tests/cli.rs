@@ -2909,6 +2909,8 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
         .args([
             "--method",
             "dllm",
+            "--method",
+            "ar",
             "--run-id",
             "t",
             "--no-report",
@@ -2938,6 +2940,16 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
     assert_eq!(m["status"], "interrupted");
     let done = read_lines(&samples).len();
     assert!((2..60).contains(&done), "{done} samples");
+    // The report of the unfinished run says how far it got and which
+    // method has not started.
+    let out = w.path("rep");
+    w.report(&results.join("t"), &out).assert().success();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!("`t` is interrupted: {done} of 120 work items"))
+            && md.contains("(`ar` not started, so not in the tables)"),
+        "{md}"
+    );
     w.cmd()
         .args([
             "run",
@@ -2947,7 +2959,7 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
         ])
         .assert()
         .success();
-    assert_eq!(read_lines(&samples).len(), 60);
+    assert_eq!(read_lines(&samples).len(), 120);
 }
 
 /// `pdbench models` lists the zoo with each model's role and the flag that
@@ -3043,6 +3055,23 @@ fn unused_companions_and_oversubscribed_threads_are_warned_about() {
         serde_json::from_str(&std::fs::read_to_string(w.path("results/w/manifest.json")).unwrap())
             .unwrap();
     assert!(m["models"]["draft"].is_null(), "{}", m["models"]);
+    // An ablation switch beside a --set that asks the opposite.
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "1", "--warmup", "0"])
+        .args([
+            "--method",
+            "diffuspec",
+            "--set",
+            "diffuspec.cps=true",
+            "--no-cps",
+        ])
+        .args(["--no-report", "--results-dir"])
+        .arg(w.path("results"))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: --no-cps overrides --set diffuspec.cps=true",
+        ));
     // A parameter the token budget overrides is named.
     w.cmd()
         .args(["run", "--suite", "toy", "--limit", "1", "--warmup", "0"])

@@ -246,8 +246,16 @@ fn honesty_notes(manifests: &[Manifest], coverage: &[Coverage]) -> String {
                 m.run_id, c.done, c.expected
             ));
         } else if m.status != crate::results::RunStatus::Complete {
+            let missing = if c.without_samples.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} not started, so not in the tables)",
+                    c.without_samples.join(", ")
+                )
+            };
             s.push_str(&format!(
-                "- `{}` is {}: {} of {} work items (method × prompt × repeat) done{torn}; `pdbench run --resume` completes it.\n",
+                "- `{}` is {}: {} of {} work items (method × prompt × repeat) done{missing}{torn}; `pdbench run --resume` completes it.\n",
                 m.run_id,
                 m.status.as_str(),
                 c.done,
@@ -311,6 +319,8 @@ struct Coverage {
     done: usize,
     expected: usize,
     torn: bool,
+    /// Labels of the manifest with no sample yet: absent from the tables.
+    without_samples: Vec<String>,
 }
 
 /// Writes report.md, report.csv, report.parquet, report.tex and the
@@ -342,6 +352,12 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
             done: crate::results::work_items_done(&samples),
             expected: m.work_items(),
             torn,
+            without_samples: m
+                .methods
+                .iter()
+                .filter(|i| !samples.iter().any(|s| s.method == i.label))
+                .map(|i| format!("`{}`", i.label))
+                .collect(),
         });
         let df = read_samples_frame(&dir)?;
         let read_err = |e: PolarsError| ReportError::Read {

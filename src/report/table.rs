@@ -474,7 +474,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
     s.push_str(&md_table(&header, &cells));
     s.push_str(
         "\ntokens/s is new tokens over the device-synchronised wall time of a sample, prefill included. \
-         τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention). \
+         τ is tokens per target forward over decode steps, bonus token included (Spec-Bench's convention), the mean over samples of each sample's τ. \
          Draft ms/step is the time a step spent drafting before verification; decode ms per accepted token is \
          decode-step wall time per token added to the output, the cost-aware figure beside τ. \
          Speedup is the geometric mean over prompts of tokens/s relative to `ar` on the same prompt and repeat \
