@@ -269,6 +269,12 @@ pub struct RunArgs {
     /// `pdbench merge` joins the shards.
     #[arg(long, conflicts_with = "resume", value_parser = parse_shard)]
     pub shard: Option<results::Shard>,
+    /// Decode prompt by prompt, every method in turn (the order rotating
+    /// each prompt), instead of method by method: a slow spell of the host
+    /// then falls on every method alike, and paired speedups stay fair.
+    /// Every method's decoder is held at once.
+    #[arg(long, conflicts_with = "resume")]
+    pub interleave: bool,
     /// Override the suite's token budget.
     #[arg(long, conflicts_with = "resume")]
     pub max_new_tokens: Option<usize>,
@@ -1867,6 +1873,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 )),
                 note: None,
                 shard: a.shard,
+                interleave: a.interleave,
                 energy: None,
             };
             (setup, dir, manifest, false)
@@ -1951,6 +1958,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         dllm_drafter: setup.dllm_drafter.as_ref(),
         tidar: setup.tidar.as_ref(),
         shard: manifest.shard,
+        interleave: manifest.interleave,
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,

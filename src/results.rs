@@ -168,6 +168,10 @@ pub struct Manifest {
     /// The part of the work this run does, when sharded (`--shard K/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// Prompts outer, methods inner (`--interleave`); method by method
+    /// when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interleave: bool,
 }
 
 /// Shard `index` (0-based) of `count`: the work items (method × prompt ×

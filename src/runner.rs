@@ -202,6 +202,9 @@ pub struct RunPlan<'a> {
     pub tidar: Option<&'a LoadedModel>,
     /// Only this shard's work items.
     pub shard: Option<crate::results::Shard>,
+    /// Prompts outer and methods inner (rotating), instead of method by
+    /// method.
+    pub interleave: bool,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -304,163 +307,268 @@ pub fn execute(
 ) -> Result<Outcome, RunError> {
     let tok = plan.target.tokenizer.clone();
     let detok = move |ids: &[u32]| tok.decode(ids).unwrap_or_default();
-    let turns = |s: &PreparedSample| 1 + s.sample.followups.len();
     let per_method = plan.samples.len() * plan.repeats;
+    let ctx = UnitContext {
+        plan,
+        dir,
+        done,
+        clock,
+        device,
+        interrupt,
+        detok: &detok,
+    };
+    // Each method's work items (prompt index, repeat), in the run's order:
+    // method, prompt, repeat. A shard keeps the positions it holds.
+    let mut lanes: Vec<Lane<'_>> = Vec::new();
     for (method_index, inst) in plan.methods.iter().enumerate() {
-        let spec = inst.spec();
-        let key = |s: &PreparedSample, repeat: usize, turn: usize| {
-            (inst.label.clone(), s.sample.id.clone(), repeat, turn)
-        };
-        // Work items in the run's order: method, prompt, repeat.
-        let units: Vec<(&PreparedSample, usize)> = plan
-            .samples
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| (0..plan.repeats).map(move |r| (i, s, r)))
-            .filter(|&(i, _, r)| {
+        let units: Vec<(usize, usize)> = (0..plan.samples.len())
+            .flat_map(|i| (0..plan.repeats).map(move |r| (i, r)))
+            .filter(|&(i, r)| {
                 plan.shard
                     .is_none_or(|sh| sh.holds(method_index * per_method + i * plan.repeats + r))
             })
-            .map(|(_, s, r)| (s, r))
             .collect();
-        let total: usize = units.iter().map(|(s, _)| turns(s)).sum();
+        let total: usize = units.iter().map(|&(i, _)| turns(&plan.samples[i])).sum();
         let todo = units
             .iter()
-            .map(|&(s, r)| {
+            .map(|&(i, r)| {
+                let s = &plan.samples[i];
                 (0..turns(s))
-                    .filter(|&t| !done.contains_key(&key(s, r, t)))
+                    .filter(|&t| !done.contains_key(&unit_key(inst, s, r, t)))
                     .count()
             })
             .sum::<usize>();
-        on_event(Event::MethodStart {
-            label: &inst.label,
+        lanes.push(Lane {
+            inst,
+            units,
+            total,
             todo,
-            skipped: total - todo,
+            n_done: 0,
+            decoder: None,
         });
-        if todo == 0 {
-            continue;
-        }
-        let models = MethodModels {
-            target: plan.target,
-            draft: plan.draft,
-            head: plan.head,
-            consistency: plan.consistency,
-            dllm: plan.dllm,
-            filter: plan.filter,
-            dllm_drafter: plan.dllm_drafter,
-            tidar: plan.tidar,
-        };
-        let mut decoder = (spec.build)(&inst.params, &models)?;
-
-        // Warm-up: the first prompts, never recorded.
-        let n_warm = plan.warmup.min(plan.samples.len());
-        for s in &plan.samples[..n_warm] {
-            let mut rng =
-                ChaCha20Rng::seed_from_u64(sample_seed(plan.seed, "warmup", &s.sample.id, 0));
-            let mut probe = Probe::start(clock, device, &detok, &plan.rule);
-            decoder
-                .generate(
-                    &s.prompt_ids,
-                    &mut GenContext {
-                        probe: &mut probe,
-                        rng: &mut rng,
-                    },
-                )
-                .map_err(|error| RunError::Decode {
-                    method: inst.label.clone(),
-                    sample: format!("{} (warm-up)", s.sample.id),
-                    error: Box::new(error),
-                })?;
-            let _ = probe.finish();
-            if interrupt.load(Ordering::SeqCst) {
+    }
+    if !plan.interleave {
+        for lane in &mut lanes {
+            if start_lane(&ctx, lane, on_event)? {
                 return Ok(Outcome::Interrupted);
             }
+            let units = lane.units.clone();
+            for (i, repeat) in units {
+                if run_unit(&ctx, lane, i, repeat, meters, on_event)? {
+                    return Ok(Outcome::Interrupted);
+                }
+            }
+            // Its memory (caches, drafts) goes before the next method's.
+            lane.decoder = None;
         }
-        on_event(Event::WarmupDone {
-            label: &inst.label,
-            samples: n_warm,
-        });
-
-        let mut n_done = 0;
-        for &(s, repeat) in &units {
-            // The model's answers so far in this conversation.
-            let mut answers: Vec<String> = Vec::new();
-            for turn in 0..turns(s) {
-                if let Some(text) = done.get(&key(s, repeat, turn)) {
-                    answers.push(text.clone());
+        return Ok(Outcome::Complete);
+    }
+    // Interleaved: every method is built and warmed first; then prompt by
+    // prompt, each method in turn, the order rotating by one each prompt,
+    // so that a slow spell of the host falls on every method alike.
+    for lane in &mut lanes {
+        if start_lane(&ctx, lane, on_event)? {
+            return Ok(Outcome::Interrupted);
+        }
+    }
+    let m = lanes.len();
+    for i in 0..plan.samples.len() {
+        for repeat in 0..plan.repeats {
+            for k in 0..m {
+                let lane = &mut lanes[(k + i) % m];
+                if lane.decoder.is_none() || !lane.units.contains(&(i, repeat)) {
                     continue;
                 }
-                if interrupt.load(Ordering::SeqCst) {
+                if run_unit(&ctx, lane, i, repeat, meters, on_event)? {
                     return Ok(Outcome::Interrupted);
                 }
-                let later;
-                let prompt_ids = if turn == 0 {
-                    &s.prompt_ids
-                } else {
-                    later = later_turn_ids(plan, s, &answers, turn)?;
-                    &later
-                };
-                let seed = match turn {
-                    0 => sample_seed(plan.seed, &inst.label, &s.sample.id, repeat),
-                    t => sample_seed(
-                        plan.seed,
-                        &inst.label,
-                        &format!("{}\u{0}turn{t}", s.sample.id),
-                        repeat,
-                    ),
-                };
-                let mut rng = ChaCha20Rng::seed_from_u64(seed);
-                let mut probe = Probe::start(clock, device, &detok, &plan.rule)
-                    .with_interrupt(interrupt)
-                    .with_meters(meters);
-                decoder
-                    .generate(
-                        prompt_ids,
-                        &mut GenContext {
-                            probe: &mut probe,
-                            rng: &mut rng,
-                        },
-                    )
-                    .map_err(|error| RunError::Decode {
-                        method: inst.label.clone(),
-                        sample: s.sample.id.clone(),
-                        error: Box::new(error),
-                    })?;
-                if probe.was_interrupted() {
-                    // The sample in flight is the one a Ctrl-C may lose.
-                    return Ok(Outcome::Interrupted);
-                }
-                let measured = probe.finish().map_err(|detail| RunError::Measure {
-                    method: inst.label.clone(),
-                    sample: s.sample.id.clone(),
-                    detail,
-                })?;
-                check_invariants(&inst.label, &measured, &plan.rule)
-                    .map_err(RunError::Invariant)?;
-                let mut record = make_record(
-                    inst,
-                    s,
-                    repeat,
-                    turn,
-                    prompt_ids.len(),
-                    seed,
-                    &measured,
-                    &plan.rule,
-                    &plan.target.tokenizer,
-                )?;
-                score_record(&mut record, &s.sample, plan)?;
-                dir.append_sample(&record)?;
-                answers.push(record.output_text.clone());
-                n_done += 1;
-                on_event(Event::Sample {
-                    record: &record,
-                    done: n_done,
-                    todo,
-                });
             }
         }
     }
     Ok(Outcome::Complete)
+}
+
+fn turns(s: &PreparedSample) -> usize {
+    1 + s.sample.followups.len()
+}
+
+fn unit_key(inst: &MethodInstance, s: &PreparedSample, repeat: usize, turn: usize) -> SampleKey {
+    (inst.label.clone(), s.sample.id.clone(), repeat, turn)
+}
+
+/// What every work item of a run shares.
+struct UnitContext<'a> {
+    plan: &'a RunPlan<'a>,
+    dir: &'a RunDir,
+    done: &'a HashMap<SampleKey, String>,
+    clock: &'a dyn Clock,
+    device: &'a dyn DeviceSync,
+    interrupt: &'a AtomicBool,
+    detok: crate::measure::Detokenize<'a>,
+}
+
+/// One method's share of a run: its work items and, while it runs, its
+/// decoder.
+struct Lane<'a> {
+    inst: &'a MethodInstance,
+    units: Vec<(usize, usize)>,
+    total: usize,
+    todo: usize,
+    n_done: usize,
+    decoder: Option<Box<dyn crate::methods::Decoder>>,
+}
+
+/// Announces a method, and builds and warms its decoder when it has work
+/// left. Returns whether the run was interrupted.
+fn start_lane(
+    ctx: &UnitContext<'_>,
+    lane: &mut Lane<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<bool, RunError> {
+    let plan = ctx.plan;
+    let inst = lane.inst;
+    on_event(Event::MethodStart {
+        label: &inst.label,
+        todo: lane.todo,
+        skipped: lane.total - lane.todo,
+    });
+    if lane.todo == 0 {
+        return Ok(false);
+    }
+    let models = MethodModels {
+        target: plan.target,
+        draft: plan.draft,
+        head: plan.head,
+        consistency: plan.consistency,
+        dllm: plan.dllm,
+        filter: plan.filter,
+        dllm_drafter: plan.dllm_drafter,
+        tidar: plan.tidar,
+    };
+    let mut decoder = (inst.spec().build)(&inst.params, &models)?;
+    // Warm-up: the first prompts, never recorded.
+    let n_warm = plan.warmup.min(plan.samples.len());
+    for s in &plan.samples[..n_warm] {
+        let mut rng = ChaCha20Rng::seed_from_u64(sample_seed(plan.seed, "warmup", &s.sample.id, 0));
+        let mut probe = Probe::start(ctx.clock, ctx.device, ctx.detok, &plan.rule);
+        decoder
+            .generate(
+                &s.prompt_ids,
+                &mut GenContext {
+                    probe: &mut probe,
+                    rng: &mut rng,
+                },
+            )
+            .map_err(|error| RunError::Decode {
+                method: inst.label.clone(),
+                sample: format!("{} (warm-up)", s.sample.id),
+                error: Box::new(error),
+            })?;
+        let _ = probe.finish();
+        if ctx.interrupt.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+    }
+    on_event(Event::WarmupDone {
+        label: &inst.label,
+        samples: n_warm,
+    });
+    lane.decoder = Some(decoder);
+    Ok(false)
+}
+
+/// Decodes, records and scores the turns of one work item (prompt `i`,
+/// `repeat`) that are not done yet. Returns whether the run was
+/// interrupted.
+fn run_unit(
+    ctx: &UnitContext<'_>,
+    lane: &mut Lane<'_>,
+    i: usize,
+    repeat: usize,
+    meters: &mut crate::measure::energy::Meters,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<bool, RunError> {
+    let plan = ctx.plan;
+    let inst = lane.inst;
+    let s = &plan.samples[i];
+    let Some(decoder) = lane.decoder.as_mut() else {
+        return Ok(false);
+    };
+    // The model's answers so far in this conversation.
+    let mut answers: Vec<String> = Vec::new();
+    for turn in 0..turns(s) {
+        if let Some(text) = ctx.done.get(&unit_key(inst, s, repeat, turn)) {
+            answers.push(text.clone());
+            continue;
+        }
+        if ctx.interrupt.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        let later;
+        let prompt_ids = if turn == 0 {
+            &s.prompt_ids
+        } else {
+            later = later_turn_ids(plan, s, &answers, turn)?;
+            &later
+        };
+        let seed = match turn {
+            0 => sample_seed(plan.seed, &inst.label, &s.sample.id, repeat),
+            t => sample_seed(
+                plan.seed,
+                &inst.label,
+                &format!("{}\u{0}turn{t}", s.sample.id),
+                repeat,
+            ),
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut probe = Probe::start(ctx.clock, ctx.device, ctx.detok, &plan.rule)
+            .with_interrupt(ctx.interrupt)
+            .with_meters(meters);
+        decoder
+            .generate(
+                prompt_ids,
+                &mut GenContext {
+                    probe: &mut probe,
+                    rng: &mut rng,
+                },
+            )
+            .map_err(|error| RunError::Decode {
+                method: inst.label.clone(),
+                sample: s.sample.id.clone(),
+                error: Box::new(error),
+            })?;
+        if probe.was_interrupted() {
+            // The sample in flight is the one a Ctrl-C may lose.
+            return Ok(true);
+        }
+        let measured = probe.finish().map_err(|detail| RunError::Measure {
+            method: inst.label.clone(),
+            sample: s.sample.id.clone(),
+            detail,
+        })?;
+        check_invariants(&inst.label, &measured, &plan.rule).map_err(RunError::Invariant)?;
+        let mut record = make_record(
+            inst,
+            s,
+            repeat,
+            turn,
+            prompt_ids.len(),
+            seed,
+            &measured,
+            &plan.rule,
+            &plan.target.tokenizer,
+        )?;
+        score_record(&mut record, &s.sample, plan)?;
+        ctx.dir.append_sample(&record)?;
+        answers.push(record.output_text.clone());
+        lane.n_done += 1;
+        on_event(Event::Sample {
+            record: &record,
+            done: lane.n_done,
+            todo: lane.todo,
+        });
+    }
+    Ok(false)
 }
 
 /// Scores a record's text with the suite's scorer.
