@@ -2818,6 +2818,40 @@ fn speedup_is_a_geometric_mean_that_one_outlier_cannot_carry() {
         row[col("speedup_ci_high")].parse().unwrap(),
     );
     assert!(lo <= speedup && speedup <= hi, "{lo} {speedup} {hi}");
+
+    // Two runs in one report: each run's category section is a heading of
+    // the same level naming the run (25 prompts span two categories).
+    for id in ["c1", "c2"] {
+        w.cmd()
+            .args(["run", "--suite", "toy", "--limit", "25", "--warmup", "0"])
+            .args([
+                "--method",
+                "ar",
+                "--run-id",
+                id,
+                "--no-report",
+                "--results-dir",
+            ])
+            .arg(&results)
+            .assert()
+            .success();
+    }
+    let both = w.path("both");
+    w.cmd()
+        .arg("report")
+        .arg(results.join("c1"))
+        .arg(results.join("c2"))
+        .arg("--out")
+        .arg(&both)
+        .assert()
+        .success();
+    let md = std::fs::read_to_string(both.join("report.md")).unwrap();
+    assert!(
+        md.contains("## By category (Spec-Bench's table): run `c1`")
+            && md.contains("## By category (Spec-Bench's table): run `c2`")
+            && !md.contains("### run"),
+        "{md}"
+    );
 }
 
 /// The baseline is the greedy `ar` method, whatever its label: the label

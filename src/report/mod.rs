@@ -168,7 +168,7 @@ pub fn parallelbench_markdown(points: &[stats::TaskPoint]) -> String {
     let tasks: std::collections::BTreeSet<&str> = points.iter().map(|p| p.task.as_str()).collect();
     let (pb, summaries) = stats::pb_scores(points, &PB_THRESHOLDS);
     let mut s = format!(
-        "\n## ParallelBench\n\n{} task(s). Score: the mean over tasks of each task's mean score (×100). Tokens per step: new tokens over target forwards, from token ids, averaged per task, then over tasks. Speedup: wall-clock tokens/s over `ar`'s on the same prompts, the geometric mean per task, then over tasks.\n\n| configuration | tasks | mean score | tokens per step | speedup vs ar |\n|---|---|---|---|---|\n",
+        "\n## ParallelBench\n\n{} task(s). Score: the mean over tasks of each task's mean score (×100). Tokens per step: new tokens over target forwards, from token ids, averaged per task, then over tasks. Speedup: wall-clock tokens/s over `ar`'s on the same prompts, the geometric mean per task, then over tasks. A configuration is a model and method label: runs of one configuration pool (each ParallelBench task is a run of its own).\n\n| configuration | tasks | mean score | tokens per step | speedup vs ar |\n|---|---|---|---|---|\n",
         tasks.len()
     );
     for c in &summaries {
@@ -388,10 +388,22 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     let multi = manifests.len() > 1;
     let mut text = table::markdown(&manifests, &rows);
     for (run_id, t) in &by_category {
+        // Several runs: each run's section names it in its own heading.
+        let heading = "\n## By category (Spec-Bench's table)\n";
         if by_category.len() > 1 {
-            text.push_str(&format!("\n### run `{run_id}`\n"));
+            if t.starts_with(heading) {
+                text.push_str(&t.replacen(
+                    heading,
+                    &format!("\n## By category (Spec-Bench's table): run `{run_id}`\n"),
+                    1,
+                ));
+            } else {
+                text.push_str(&format!("\n## By category: run `{run_id}`\n"));
+                text.push_str(t);
+            }
+        } else {
+            text.push_str(t);
         }
-        text.push_str(t);
     }
     text.push_str(&table::energy_markdown(&manifests, &rows));
     text.push_str(&honesty_notes(&manifests, &coverage));
