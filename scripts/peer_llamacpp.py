@@ -67,7 +67,8 @@ def main():
             for r in measure(path, t, a.prefill, a.decode, a.repeats):
                 r["model_path"] = path
                 out["rows"].append(r)
-                print(f"{path} t={t} {r['test']}: {r['tokens_per_s_mean']:.1f} ± {r['tokens_per_s_sd'] or 0:.1f} tokens/s",
+                sd = "" if r["tokens_per_s_sd"] is None else f" ± {r['tokens_per_s_sd']:.1f}"
+                print(f"{path} t={t} {r['test']}: {r['tokens_per_s_mean']:.1f}{sd} tokens/s",
                       file=sys.stderr)
     json.dump(out, sys.stdout, indent=1)
 

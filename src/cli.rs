@@ -488,7 +488,28 @@ fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         let existing = if dir.join(results::MANIFEST).is_file() {
             let rd = RunDir::open(&dir)?;
             let m = rd.read_manifest()?;
-            let why = sweep_mismatch(&m, &def.name, &expected, run.limit, run.shard);
+            let mut why = sweep_mismatch(&m, &def.name, &expected, run.limit, run.shard);
+            // What run_args may set beside the grid.
+            let budget = run.max_new_tokens.unwrap_or(def.max_new_tokens);
+            for (what, there, here) in [
+                ("--model", m.models.target.spec.clone(), run.model.clone()),
+                ("--repeats", m.repeats.to_string(), run.repeats.to_string()),
+                ("--seed", m.seed.to_string(), run.seed.to_string()),
+                (
+                    "--max-new-tokens",
+                    m.max_new_tokens.to_string(),
+                    budget.to_string(),
+                ),
+                (
+                    "--interleave",
+                    m.interleave.to_string(),
+                    run.interleave.to_string(),
+                ),
+            ] {
+                if there != here {
+                    why.push(format!("{what} {there} there, {here} here"));
+                }
+            }
             if !why.is_empty() {
                 bail!(
                     "sweep {}: {} holds a run of another sweep configuration ({}); remove it, or pass another --results-dir",
@@ -941,8 +962,11 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
     }
 }
 
+/// Progress and warnings on stderr. A write that fails (the terminal hung
+/// up) is dropped: a run must not die of its log.
 fn log_line(s: &str) {
-    eprintln!("{s}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{s}");
 }
 
 /// The grammar backend a run recorded, so that a resumed run is judged by
@@ -1083,14 +1107,48 @@ fn method_instances_from(
             }
         }
         let inst = MethodInstance::new(id, Some(&label), &json);
-        out.push(match (inst, methods_file) {
-            (Err(e), Some(path)) if from_file.contains(&label) => {
-                bail!("{}: {e}", path.display())
-            }
-            (inst, _) => inst?,
+        out.push(match inst {
+            Err(e) => bail!(
+                "{}{e}",
+                params_origin(&label, methods_file, from_file.contains(&label), sets)
+            ),
+            Ok(inst) => inst,
         });
     }
     Ok(out)
+}
+
+/// Where an instance's parameters came from, for its errors: the methods
+/// file's table and the `--set`s of its label (empty for a plain
+/// `--method`).
+fn params_origin(label: &str, file: Option<&Path>, in_file: bool, sets: &[String]) -> String {
+    let mut parts = Vec::new();
+    if let (Some(p), true) = (file, in_file) {
+        parts.push(format!("{} [{label}]", p.display()));
+    }
+    let mine: Vec<String> = sets
+        .iter()
+        .filter(|s| s.split_once('.').is_some_and(|(l, _)| l == label))
+        .map(|s| format!("--set {s}"))
+        .collect();
+    if !mine.is_empty() {
+        parts.push(mine.join(", "));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", parts.join(" with "))
+    }
+}
+
+/// The labels a methods file defines (none when it does not parse: its
+/// own errors come first).
+fn methods_file_labels(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// `--no-cps` and `--no-adl`: the ablation switched off in every
@@ -1177,15 +1235,30 @@ static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
 /// Ctrl-C, and SIGTERM and SIGHUP (a CI cancel, a batch scheduler's
 /// time limit, a closed terminal): the sample in flight finishes, the run
-/// is marked interrupted, and `--resume` completes it.
+/// is marked interrupted, and `--resume` completes it. A SIGHUP ignored
+/// at start (`nohup`) stays ignored.
 fn install_interrupt_handler() {
+    #[cfg(unix)]
+    // SAFETY: reads the current disposition only (a null new action).
+    let hup_ignored = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    };
     let _ = ctrlc::set_handler(|| {
         if INTERRUPT.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting now");
+            log_line("\nsecond interrupt: exiting now");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing up; finished samples are saved (press Ctrl-C again to quit at once)");
+        log_line("\ninterrupt: finishing up; finished samples are saved (press Ctrl-C again to quit at once)");
     });
+    #[cfg(unix)]
+    if hup_ignored {
+        // SAFETY: restores the ignore disposition nohup set.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
 }
 
 /// Everything a run needs, built from arguments or from a manifest.
@@ -1783,13 +1856,18 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                     dllm_drafter: dllm_drafter.as_ref(),
                     tidar: tidar.as_ref(),
                 };
+                let file_labels = a
+                    .methods_file
+                    .as_deref()
+                    .map(methods_file_labels)
+                    .unwrap_or_default();
                 for m in &methods {
-                    // A label not given by --method came from the methods
-                    // file; its errors name the file.
-                    let origin = match &a.methods_file {
-                        Some(p) if !a.methods.contains(&m.label) => format!("{}: ", p.display()),
-                        _ => String::new(),
-                    };
+                    let origin = params_origin(
+                        &m.label,
+                        a.methods_file.as_deref(),
+                        file_labels.contains(&m.label),
+                        &a.sets,
+                    );
                     (m.spec().build)(&m.params, &models).map_err(|e| match e {
                         methods::MethodError::Model(_) | methods::MethodError::Candle(_) => {
                             anyhow::anyhow!("{origin}method {}: {e}", m.label)

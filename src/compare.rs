@@ -23,6 +23,8 @@ pub enum CompareError {
         new: String,
         reasons: String,
     },
+    #[error("{base} holds no samples of the methods both runs name; there is nothing to compare against")]
+    EmptyBase { base: String },
     #[error("{base} and {new} share no method label ({base_labels} vs {new_labels}); nothing to compare")]
     NothingShared {
         base: String,
@@ -219,12 +221,17 @@ pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
     }
     // Runs over different prompt sets: a shorter new run would show only
     // as missing samples, with no reason given.
-    let limit = |m: &Manifest| m.limit.map_or("all".to_string(), |n| n.to_string());
-    if base.limit != new.limit {
+    // The prompts run, however --limit spelled them (none and 400 on a
+    // 300-prompt suite are the same 300).
+    let prompts = |m: &Manifest| m.limit.unwrap_or(m.suite.n_samples).min(m.suite.n_samples);
+    if prompts(base) != prompts(new) {
+        let limit = |m: &Manifest| m.limit.map_or("all".to_string(), |n| n.to_string());
         why.push(format!(
-            "--limit differs ({} vs {})",
+            "--limit differs ({} vs {}: {} vs {} prompts)",
             limit(base),
-            limit(new)
+            limit(new),
+            prompts(base),
+            prompts(new)
         ));
     }
     if base.repeats != new.repeats {
@@ -309,7 +316,7 @@ fn lossless_rate_over(
     if !greedy(&inst.params) {
         return None;
     }
-    let ar = runs.get(crate::methods::baseline_label(&m.methods)?)?;
+    let ar = runs.get(crate::methods::greedy_baseline_label(&m.methods)?)?;
     let mine = runs.get(label)?;
     let pairs: Vec<bool> = mine
         .iter()
@@ -710,6 +717,16 @@ pub fn compare(
     }
     let (bs, _) = bd.read_samples()?;
     let (ns, _) = nd.read_samples()?;
+    // A broken baseline (no samples of what both runs hold) must not pass.
+    let shared = labels(&bm)
+        .intersection(&labels(&nm))
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    if !bs.iter().any(|s| shared.contains(&s.method)) {
+        return Err(CompareError::EmptyBase {
+            base: base.display().to_string(),
+        });
+    }
     let changes = compare_runs(&bm, bs, &nm, ns, t);
     let forced = if force { why } else { Vec::new() };
     Ok(Outcome {

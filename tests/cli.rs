@@ -1765,7 +1765,7 @@ fn compare_refuses_other_prompt_sets_and_fails_unfinished_runs() {
             "fewer",
             "limit",
             serde_json::json!(6),
-            "--limit differs (12 vs 6)",
+            "--limit differs (12 vs 6: 12 vs 6 prompts)",
         ),
         (
             "twice",
@@ -3226,4 +3226,126 @@ fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
         .success();
     assert_eq!(read_lines(&samples).len(), 18);
     assert_eq!(ids("mixed"), ids("plain"));
+}
+
+/// Under `nohup` (SIGHUP ignored at start) a hangup does not stop a run.
+#[cfg(unix)]
+#[test]
+fn a_run_started_under_nohup_ignores_hangups() {
+    use std::os::unix::process::CommandExt;
+    let w = World::new();
+    let results = w.path("results");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("pdbench"));
+    cmd.env("PDBENCH_HOME", w.path("store"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["run", "--suite", "toy", "--limit", "30", "--warmup", "0"])
+        .args([
+            "--method",
+            "dllm",
+            "--run-id",
+            "h",
+            "--no-report",
+            "--results-dir",
+        ])
+        .arg(&results)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: only signal(2) between fork and exec, as nohup does.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let samples = results.join("h").join("samples.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&samples).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no samples after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling a child this test spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(read_lines(&samples).len(), 30);
+}
+
+/// Review mends: an empty baseline does not pass compare; --limit values
+/// that name the same prompts compare; a run whose every method samples
+/// still gets speedups over its `ar`, with a note; a bad --set is blamed
+/// on the --set, not on the methods file.
+#[test]
+fn empty_baselines_same_prompt_sets_sampled_baselines_and_set_errors() {
+    let w = World::new();
+    let results = w.path("results");
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
+        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
+        .args(["--no-report", "--results-dir"])
+        .arg(&results)
+        .assert()
+        .success();
+    let base = results.join("base");
+    let compare = |b: &str, n: &str| {
+        let mut c = w.cmd();
+        c.args(["compare", b, n, "--results-dir"]).arg(&results);
+        c
+    };
+    copy_run(
+        &base,
+        &results.join("empty"),
+        |s| *s = serde_json::Value::Null,
+        |m| m["status"] = serde_json::json!("failed"),
+    );
+    let out = compare("empty", "base")
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("empty holds no samples"), "{err}");
+    // No limit on a 12-prompt suite is --limit 12.
+    copy_run(
+        &base,
+        &results.join("nolimit"),
+        |_| {},
+        |m| {
+            m["limit"] = serde_json::Value::Null;
+            m["suite"]["n_samples"] = serde_json::json!(12);
+        },
+    );
+    compare("base", "nolimit").assert().code(0);
+
+    w.cmd()
+        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
+        .args(["--method", "ar", "--method", "pld", "--run-id", "hot"])
+        .args([
+            "--set",
+            "ar.temperature=0.7",
+            "--set",
+            "pld.temperature=0.7",
+        ])
+        .args(["--results-dir"])
+        .arg(&results)
+        .assert()
+        .success();
+    let md = std::fs::read_to_string(results.join("hot/report/report.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| pld |")).unwrap();
+    assert!(row.contains("× ["), "{row}");
+    assert!(md.contains("speedups are over `ar`, which samples"), "{md}");
+
+    let file = w.path("m.toml");
+    std::fs::write(&file, "[ar]\n[pld]\nmax_ngram = 2\n").unwrap();
+    fails_with(
+        w.cmd()
+            .args(["run", "--suite", "toy", "--limit", "2", "--methods-file"])
+            .arg(&file)
+            .args(["--set", "pld.max_draft=0", "--results-dir"])
+            .arg(&results),
+        &["m.toml [pld] with --set pld.max_draft=0", "max_draft"],
+    );
 }

@@ -288,14 +288,23 @@ impl MethodInstance {
     }
 }
 
-/// The run's baseline for speedups and lossless rates: the greedy `ar`
-/// instance labelled `ar`, else the first greedy `ar` instance (a sweep
-/// labels it `ar[...]`). Chosen by method id, never by label alone.
+/// The run's baseline for speedups: an `ar` instance, chosen by method id
+/// and never by label alone. A greedy one comes first (the one labelled
+/// `ar`, else the first: a sweep labels it `ar[...]`); a run that samples
+/// everything takes its `ar` the same way.
 pub fn baseline_label(methods: &[MethodInstance]) -> Option<&str> {
-    let greedy = |i: &&MethodInstance| {
-        i.id == "ar" && i.params["temperature"].as_f64().unwrap_or(0.0) <= 0.0
-    };
-    let mut ars = methods.iter().filter(greedy);
+    greedy_baseline_label(methods).or_else(|| pick_ar(methods, |_| true))
+}
+
+/// The greedy `ar` instance that lossless methods' tokens are held to.
+pub fn greedy_baseline_label(methods: &[MethodInstance]) -> Option<&str> {
+    pick_ar(methods, |i| {
+        i.params["temperature"].as_f64().unwrap_or(0.0) <= 0.0
+    })
+}
+
+fn pick_ar(methods: &[MethodInstance], keep: impl Fn(&MethodInstance) -> bool) -> Option<&str> {
+    let mut ars = methods.iter().filter(|i| i.id == "ar" && keep(i));
     let first = ars.clone().next()?;
     Some(
         ars.find(|i| i.label == "ar")

@@ -115,7 +115,11 @@ pub fn parallelbench_points(
             }
         }
         if let (Some(t), Some(a)) = (c.tps[i], ar.get(&c.key(i))) {
-            e.2.push(t / a);
+            // As in the main table: ratios that are not positive and
+            // finite (a zero-time sample) carry no speed.
+            if t / a > 0.0 && (t / a).is_finite() {
+                e.2.push(t / a);
+            }
         }
     }
     Ok(by
@@ -234,6 +238,21 @@ fn honesty_notes(manifests: &[Manifest], coverage: &[Coverage]) -> String {
     lossy.dedup();
     own.dedup();
     let mut s = String::new();
+    for m in manifests {
+        match crate::methods::baseline_label(&m.methods) {
+            None => s.push_str(&format!(
+                "- `{}` has no `ar`, so no speedups; add `--method ar` for a baseline.\n",
+                m.run_id
+            )),
+            Some(b) if crate::methods::greedy_baseline_label(&m.methods).is_none() => {
+                s.push_str(&format!(
+                    "- `{}`: speedups are over `{b}`, which samples; no method is held to greedy `ar` tokens.\n",
+                    m.run_id
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     for (m, c) in manifests.iter().zip(coverage) {
         let torn = if c.torn {
             "; its last line is torn (a crash mid-write) and is left out"
