@@ -228,13 +228,25 @@ impl Manifest {
     }
 }
 
-/// The distinct work items (method, sample, repeat) among records.
+/// The work items (method, sample, repeat) among records that hold every
+/// turn: as many as the most any record of their sample shows (a
+/// conversation that lost its later turns is not done).
 pub fn work_items_done(samples: &[SampleRecord]) -> usize {
-    samples
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut turns_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut items: BTreeMap<(&str, &str, usize), BTreeSet<usize>> = BTreeMap::new();
+    for s in samples {
+        let t = turns_of.entry(&s.sample_id).or_default();
+        *t = (*t).max(s.turn + 1);
+        items
+            .entry((&s.method, &s.sample_id, s.repeat))
+            .or_default()
+            .insert(s.turn);
+    }
+    items
         .iter()
-        .map(|s| (&s.method, &s.sample_id, s.repeat))
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
+        .filter(|((_, id, _), turns)| turns.len() >= turns_of[id])
+        .count()
 }
 
 /// (method label, sample id, repeat, turn): what a record answers.
@@ -534,5 +546,29 @@ mod tests {
         assert!(torn);
         let bad = format!("{}\n{rec}\n", &rec[..40]);
         assert!(parse_samples(Path::new("x"), bad.as_bytes()).is_err());
+    }
+
+    /// A two-turn conversation counts as done only with both turns.
+    #[test]
+    fn a_work_item_is_done_with_every_turn() {
+        let rec = |method: &str, id: &str, turn: usize| -> SampleRecord {
+            serde_json::from_str(&format!(
+                r#"{{"method":"{method}","method_id":"ar","sample_id":"{id}","category":null,"repeat":0,"turn":{turn},"seed":1,"prompt_tokens":3,"new_tokens":1,"finish_reason":"length","wall_ns":5,"ttft_ns":5,"tokens_per_s":1.0,"decode_tokens_per_s":null,"target_calls":1,"draft_calls":0,"mean_accepted_tokens":null,"output_ids":[1],"output_text":"a","score":null,"steps":[]}}"#
+            ))
+            .unwrap()
+        };
+        let all = vec![
+            rec("ar", "q1", 0),
+            rec("ar", "q1", 1),
+            rec("pld", "q1", 0),
+            rec("pld", "q1", 1),
+            rec("ar", "q2", 0),
+            rec("ar", "q2", 1),
+            rec("pld", "q2", 0),
+        ];
+        // pld lost q2's second turn.
+        assert_eq!(work_items_done(&all), 3);
+        assert_eq!(work_items_done(&all[..6]), 3);
+        assert_eq!(work_items_done(&all[..4]), 2);
     }
 }
