@@ -38,6 +38,39 @@ fn fails_with(cmd: &mut Command, needles: &[&str]) -> String {
     err
 }
 
+/// A world holding the run `base`: the toy suite's first 12 prompts with
+/// `ar` and `pld`.
+fn world_with_base() -> (World, PathBuf) {
+    let w = World::new();
+    w.toy_run(
+        "base",
+        &["--limit", "12", "--method", "ar", "--method", "pld"],
+    )
+    .assert()
+    .success();
+    let base = w.path("results/base");
+    (w, base)
+}
+
+/// A command's stdout, given the exit code it must end with.
+fn stdout_code(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.assert().code(code).get_output().clone();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The line of a Markdown table that starts with `prefix`.
+fn table_row<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row {prefix:?} in:\n{text}"))
+}
+
+/// A command that succeeds, and its stdout.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.assert().success().get_output().clone();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 struct World {
     dir: tempfile::TempDir,
 }
@@ -78,6 +111,23 @@ impl World {
     fn report(&self, run: &Path, out: &Path) -> Command {
         let mut c = self.cmd();
         c.arg("report").arg(run).arg("--out").arg(out);
+        c
+    }
+    /// `pdbench run` on the toy suite, no warm-up, no report, as run `id`
+    /// in this world's `results`.
+    fn toy_run(&self, id: &str, extra: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.args(["run", "--suite", "toy", "--warmup", "0", "--no-report"])
+            .args(["--run-id", id, "--results-dir"])
+            .arg(self.path("results"))
+            .args(extra);
+        c
+    }
+    /// `pdbench compare BASE NEW` over this world's `results`.
+    fn compare(&self, base: &str, new: &str) -> Command {
+        let mut c = self.cmd();
+        c.args(["compare", base, new, "--results-dir"])
+            .arg(self.path("results"));
         c
     }
     fn run(&self, extra: &[&str]) -> Command {
@@ -1741,22 +1791,9 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
 /// changed.
 #[test]
 fn compare_refuses_other_prompt_sets_and_fails_unfinished_runs() {
-    let w = World::new();
+    let (w, base) = world_with_base();
     let results = w.path("results");
-    w.cmd()
-        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
-        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
-        .args(["--no-report", "--results-dir"])
-        .arg(&results)
-        .assert()
-        .success();
-    let base = results.join("base");
-    let compare = |base: &str, new: &str| {
-        let mut c = w.cmd();
-        c.args(["compare", base, new, "--results-dir"])
-            .arg(&results);
-        c
-    };
+    let compare = |b: &str, n: &str| w.compare(b, n);
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
     let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
 
@@ -1822,27 +1859,15 @@ fn compare_refuses_other_prompt_sets_and_fails_unfinished_runs() {
         |_| {},
         |m| m["status"] = serde_json::json!("running"),
     );
-    let out = compare("base", "unfinished")
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let text = stdout(&out);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("| (run) | complete |"))
-        .unwrap_or_else(|| panic!("{text}"));
+    let text = stdout_code(&mut compare("base", "unfinished"), 1);
+    let row = table_row(&text, "| (run) | complete |");
     assert!(
         row.contains("| complete | running |") && row.contains("regressed"),
         "{row}"
     );
     // ... and against a base that is just as unfinished.
-    let out = compare("unfinished", "unfinished")
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    assert!(stdout(&out).contains("| (run) | complete | running | running |"));
+    assert!(stdout_code(&mut compare("unfinished", "unfinished"), 1)
+        .contains("| (run) | complete | running | running |"));
 
     // The base failed three ar prompts the new run does not hold: the
     // score is taken over the nine both hold, so it does not move.
@@ -1870,16 +1895,8 @@ fn compare_refuses_other_prompt_sets_and_fails_unfinished_runs() {
         },
         |_| {},
     );
-    let out = compare("hard", "easy")
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let text = stdout(&out);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("| ar | score_x100 |"))
-        .unwrap_or_else(|| panic!("{text}"));
+    let text = stdout_code(&mut compare("hard", "easy"), 1);
+    let row = table_row(&text, "| ar | score_x100 |");
     assert!(
         row.contains("| 100.000 | 100.000 |") && row.contains("no change"),
         "{row}"
@@ -2755,13 +2772,12 @@ fn errors_say_their_cause_once() {
 fn speedup_is_a_geometric_mean_that_one_outlier_cannot_carry() {
     let w = World::new();
     let results = w.path("results");
-    w.cmd()
-        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
-        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
-        .args(["--no-report", "--results-dir"])
-        .arg(&results)
-        .assert()
-        .success();
+    w.toy_run(
+        "base",
+        &["--limit", "12", "--method", "ar", "--method", "pld"],
+    )
+    .assert()
+    .success();
     let stalled = std::cell::Cell::new(false);
     copy_run(
         &results.join("base"),
@@ -3022,26 +3038,12 @@ fn models_lists_the_zoo_and_shows_heads_and_filters() {
             "{name} {flag}:\n{text}"
         );
     }
-    let out = w
-        .cmd()
-        .args(["models", "show", "toy-eagle"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = stdout_of(w.cmd().args(["models", "show", "toy-eagle"]));
     assert!(
         text.contains("\"parameters\"") && text.contains("--draft-head toy-eagle"),
         "{text}"
     );
-    let out = w
-        .cmd()
-        .args(["models", "show", "toy-learn2pd"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = stdout_of(w.cmd().args(["models", "show", "toy-learn2pd"]));
     assert!(
         text.contains("\"block_length\": 32") && text.contains("--filter toy-learn2pd"),
         "{text}"
@@ -3280,21 +3282,9 @@ fn a_run_started_under_nohup_ignores_hangups() {
 /// on the --set, not on the methods file.
 #[test]
 fn empty_baselines_same_prompt_sets_sampled_baselines_and_set_errors() {
-    let w = World::new();
+    let (w, base) = world_with_base();
     let results = w.path("results");
-    w.cmd()
-        .args(["run", "--suite", "toy", "--limit", "12", "--warmup", "0"])
-        .args(["--method", "ar", "--method", "pld", "--run-id", "base"])
-        .args(["--no-report", "--results-dir"])
-        .arg(&results)
-        .assert()
-        .success();
-    let base = results.join("base");
-    let compare = |b: &str, n: &str| {
-        let mut c = w.cmd();
-        c.args(["compare", b, n, "--results-dir"]).arg(&results);
-        c
-    };
+    let compare = |b: &str, n: &str| w.compare(b, n);
     copy_run(
         &base,
         &results.join("empty"),
