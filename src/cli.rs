@@ -488,28 +488,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         let existing = if dir.join(results::MANIFEST).is_file() {
             let rd = RunDir::open(&dir)?;
             let m = rd.read_manifest()?;
-            let mut why = sweep_mismatch(&m, &def.name, &expected, run.limit, run.shard);
-            // What run_args may set beside the grid.
-            let budget = run.max_new_tokens.unwrap_or(def.max_new_tokens);
-            for (what, there, here) in [
-                ("--model", m.models.target.spec.clone(), run.model.clone()),
-                ("--repeats", m.repeats.to_string(), run.repeats.to_string()),
-                ("--seed", m.seed.to_string(), run.seed.to_string()),
-                (
-                    "--max-new-tokens",
-                    m.max_new_tokens.to_string(),
-                    budget.to_string(),
-                ),
-                (
-                    "--interleave",
-                    m.interleave.to_string(),
-                    run.interleave.to_string(),
-                ),
-            ] {
-                if there != here {
-                    why.push(format!("{what} {there} there, {here} here"));
-                }
-            }
+            let why = sweep_mismatch(&m, &def, &expected, &run);
             if !why.is_empty() {
                 bail!(
                     "sweep {}: {} holds a run of another sweep configuration ({}); remove it, or pass another --results-dir",
@@ -619,21 +598,15 @@ fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 /// Why a run folder a sweep would resume is not this sweep's run: another
-/// suite, other method configurations, another --limit or shard.
+/// suite, other method configurations, or another of the settings the
+/// sweep and its run_args give the run.
 fn sweep_mismatch(
     m: &results::Manifest,
-    suite_name: &str,
+    suite: &suite::SuiteDef,
     expected: &[MethodInstance],
-    limit: Option<usize>,
-    shard: Option<results::Shard>,
+    run: &RunArgs,
 ) -> Vec<String> {
     let mut why = Vec::new();
-    if m.suite.def.name != suite_name {
-        why.push(format!(
-            "suite {} there, {suite_name} here",
-            m.suite.def.name
-        ));
-    }
     let labels = |ms: &[MethodInstance]| ms.iter().map(|i| i.label.clone()).collect::<Vec<_>>();
     if labels(&m.methods) != labels(expected) {
         why.push(format!(
@@ -651,17 +624,39 @@ fn sweep_mismatch(
             }
         }
     }
-    let show = |l: Option<usize>| l.map_or("none".to_string(), |n| n.to_string());
-    if m.limit != limit {
-        why.push(format!(
-            "--limit {} there, {} here",
-            show(m.limit),
-            show(limit)
-        ));
-    }
-    if m.shard != shard {
-        let sh = |s: Option<results::Shard>| s.map_or("none".to_string(), |s| s.to_string());
-        why.push(format!("--shard {} there, {} here", sh(m.shard), sh(shard)));
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    let settings = [
+        ("suite", m.suite.def.name.clone(), suite.name.clone()),
+        ("--model", m.models.target.spec.clone(), run.model.clone()),
+        (
+            "--limit",
+            opt(m.limit.map(|n| n.to_string())),
+            opt(run.limit.map(|n| n.to_string())),
+        ),
+        (
+            "--shard",
+            opt(m.shard.map(|s| s.to_string())),
+            opt(run.shard.map(|s| s.to_string())),
+        ),
+        ("--repeats", m.repeats.to_string(), run.repeats.to_string()),
+        ("--seed", m.seed.to_string(), run.seed.to_string()),
+        (
+            "--max-new-tokens",
+            m.max_new_tokens.to_string(),
+            run.max_new_tokens
+                .unwrap_or(suite.max_new_tokens)
+                .to_string(),
+        ),
+        (
+            "--interleave",
+            m.interleave.to_string(),
+            run.interleave.to_string(),
+        ),
+    ];
+    for (what, there, here) in settings {
+        if there != here {
+            why.push(format!("{what} {there} there, {here} here"));
+        }
     }
     why
 }
@@ -1757,10 +1752,13 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 );
             }
             let wants = |need: Need| methods.iter().any(|m| m.spec().needs.contains(&need));
-            // A companion model no method of the run uses is not loaded
-            // (nor recorded in the manifest as if it had taken part).
-            let used = |flag: &str, given: &Option<String>, need: Need| -> Option<String> {
-                let v = given.clone()?;
+            // Each companion model: the one given, else the zoo's when a
+            // method needs it. One that no method of the run uses is not
+            // loaded (nor recorded in the manifest as if it had taken part).
+            let pick = |flag: &str, given: &Option<String>, zoo: Option<String>, need: Need| {
+                let Some(v) = given.clone() else {
+                    return zoo.filter(|_| wants(need));
+                };
                 if wants(need) {
                     return Some(v);
                 }
@@ -1775,9 +1773,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 ));
                 None
             };
-            let wants_draft = wants(Need::DraftModel);
-            let draft_spec = used("--draft", &a.draft, Need::DraftModel)
-                .or_else(|| zoo_draft.filter(|_| wants_draft));
+            let draft_spec = pick("--draft", &a.draft, zoo_draft, Need::DraftModel);
             let opts = LoadOptions {
                 device: device.open()?,
                 dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -1786,67 +1782,27 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             };
             let (target, draft) =
                 load_models(&store, &a.model, draft_spec.as_deref(), &opts, policy)?;
-            let wants_head = methods
-                .iter()
-                .any(|m| m.spec().needs.contains(&Need::DraftHead));
-            let head = match used("--draft-head", &a.draft_head, Need::DraftHead)
-                .or_else(|| zoo_head.filter(|_| wants_head))
-            {
-                Some(h) => Some(load_head(&h, &target, &opts)?),
-                None => None,
-            };
-            let wants_cllm = methods
-                .iter()
-                .any(|m| m.spec().needs.contains(&Need::ConsistencyModel));
-            let cllm = match used("--cllm", &a.cllm, Need::ConsistencyModel)
-                .or_else(|| zoo_cllm.filter(|_| wants_cllm))
-            {
-                Some(c) => Some(load_companion(
-                    &store, "--cllm", &c, &target, &opts, policy,
-                )?),
-                None => None,
-            };
-            let wants_dllm = methods
-                .iter()
-                .any(|m| m.spec().needs.contains(&Need::DiffusionModel));
-            let dllm = match used("--dllm", &a.dllm, Need::DiffusionModel)
-                .or_else(|| zoo_dllm.filter(|_| wants_dllm))
-            {
-                Some(d) => Some(load_companion(
-                    &store, "--dllm", &d, &target, &opts, policy,
-                )?),
-                None => None,
-            };
-            let wants_filter = methods
-                .iter()
-                .any(|m| m.spec().needs.contains(&Need::Filter));
-            let filter = match used("--filter", &a.filter, Need::Filter)
-                .or_else(|| zoo_filter.filter(|_| wants_filter))
-            {
-                Some(f) => Some(load_filter(&f)?),
-                None => None,
-            };
-            let dllm_drafter = match used("--dllm-drafter", &a.dllm_drafter, Need::DiffusionDrafter)
-                .or_else(|| zoo_deer.filter(|_| wants(Need::DiffusionDrafter)))
-            {
-                Some(d) => Some(load_companion(
-                    &store,
-                    "--dllm-drafter",
-                    &d,
-                    &target,
-                    &opts,
-                    policy,
-                )?),
-                None => None,
-            };
-            let tidar = match used("--tidar", &a.tidar, Need::TidarModel)
-                .or_else(|| zoo_tidar.filter(|_| wants(Need::TidarModel)))
-            {
-                Some(t) => Some(load_companion(
-                    &store, "--tidar", &t, &target, &opts, policy,
-                )?),
-                None => None,
-            };
+            let head = pick("--draft-head", &a.draft_head, zoo_head, Need::DraftHead)
+                .map(|h| load_head(&h, &target, &opts))
+                .transpose()?;
+            let companion =
+                |flag: &str, given: &Option<String>, zoo: Option<String>, need: Need| {
+                    pick(flag, given, zoo, need)
+                        .map(|spec| load_companion(&store, flag, &spec, &target, &opts, policy))
+                        .transpose()
+                };
+            let cllm = companion("--cllm", &a.cllm, zoo_cllm, Need::ConsistencyModel)?;
+            let dllm = companion("--dllm", &a.dllm, zoo_dllm, Need::DiffusionModel)?;
+            let filter = pick("--filter", &a.filter, zoo_filter, Need::Filter)
+                .map(|f| load_filter(&f))
+                .transpose()?;
+            let dllm_drafter = companion(
+                "--dllm-drafter",
+                &a.dllm_drafter,
+                zoo_deer,
+                Need::DiffusionDrafter,
+            )?;
+            let tidar = companion("--tidar", &a.tidar, zoo_tidar, Need::TidarModel)?;
             check_needs(
                 &methods,
                 draft.as_ref(),

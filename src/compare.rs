@@ -223,15 +223,14 @@ pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
     // as missing samples, with no reason given.
     // The prompts run, however --limit spelled them (none and 400 on a
     // 300-prompt suite are the same 300).
-    let prompts = |m: &Manifest| m.limit.unwrap_or(m.suite.n_samples).min(m.suite.n_samples);
-    if prompts(base) != prompts(new) {
+    if base.prompts() != new.prompts() {
         let limit = |m: &Manifest| m.limit.map_or("all".to_string(), |n| n.to_string());
         why.push(format!(
             "--limit differs ({} vs {}: {} vs {} prompts)",
             limit(base),
             limit(new),
-            prompts(base),
-            prompts(new)
+            base.prompts(),
+            new.prompts()
         ));
     }
     if base.repeats != new.repeats {

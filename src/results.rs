@@ -212,15 +212,18 @@ impl std::fmt::Display for Shard {
 }
 
 impl Manifest {
+    /// The prompts the run decodes: the suite's, cut to `--limit`.
+    pub fn prompts(&self) -> usize {
+        self.limit
+            .unwrap_or(self.suite.n_samples)
+            .min(self.suite.n_samples)
+    }
+
     /// The work items (method × prompt × repeat) the run was given; a
     /// shard's own share when sharded. A complete run holds a record of
     /// every turn of each.
     pub fn work_items(&self) -> usize {
-        let prompts = self
-            .limit
-            .unwrap_or(self.suite.n_samples)
-            .min(self.suite.n_samples);
-        let total = self.methods.len() * prompts * self.repeats;
+        let total = self.methods.len() * self.prompts() * self.repeats;
         match self.shard {
             Some(sh) => (0..total).filter(|&i| sh.holds(i)).count(),
             None => total,

@@ -275,8 +275,8 @@ fn later_turn_ids(
         plan.dllm_drafter,
         plan.tidar,
     ];
+    let ahead = Ahead::of(plan.methods);
     for (model, context) in contexts(plan.target, &companions, plan.head) {
-        let ahead = Ahead::of(plan.methods);
         let needed = ids.len() + plan.rule.max_new_tokens + ahead.positions;
         if needed > context {
             return Err(RunError::PromptTooLong {

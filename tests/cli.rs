@@ -52,6 +52,24 @@ fn world_with_base() -> (World, PathBuf) {
     (w, base)
 }
 
+/// report.csv's rows over all categories, by method label: column → cell.
+fn report_csv_overall(out: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut csv = csv::Reader::from_path(out.join("report.csv")).unwrap();
+    let header = csv.headers().unwrap().clone();
+    csv.records()
+        .map(|r| {
+            let r = r.unwrap();
+            header
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|r| r["category"] == "all")
+        .map(|r| (r["method"].clone(), r))
+        .collect()
+}
+
 /// A command's stdout, given the exit code it must end with.
 fn stdout_code(cmd: &mut Command, code: i32) -> String {
     let out = cmd.assert().code(code).get_output().clone();
@@ -2770,17 +2788,11 @@ fn errors_say_their_cause_once() {
 /// busy host) moves it by the 12th root of 50, not by 50/12.
 #[test]
 fn speedup_is_a_geometric_mean_that_one_outlier_cannot_carry() {
-    let w = World::new();
+    let (w, base) = world_with_base();
     let results = w.path("results");
-    w.toy_run(
-        "base",
-        &["--limit", "12", "--method", "ar", "--method", "pld"],
-    )
-    .assert()
-    .success();
     let stalled = std::cell::Cell::new(false);
     copy_run(
-        &results.join("base"),
+        &base,
         &results.join("stall"),
         |s| {
             if s["method"] == "ar" && !stalled.get() {
@@ -2816,22 +2828,16 @@ fn speedup_is_a_geometric_mean_that_one_outlier_cannot_carry() {
 
     let out = w.path("rep");
     w.report(&results.join("stall"), &out).assert().success();
-    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let row: Vec<&str> = lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .find(|r| r[col("method")] == "pld" && r[col("category")] == "all")
-        .unwrap();
-    let speedup: f64 = row[col("speedup_vs_ar")].parse().unwrap();
+    let rows = report_csv_overall(&out);
+    let row = &rows["pld"];
+    let speedup: f64 = row["speedup_vs_ar"].parse().unwrap();
     assert!(
         (speedup / geo - 1.0).abs() < 1e-9,
         "report {speedup} vs geometric mean {geo} (arithmetic {arith})"
     );
     let (lo, hi): (f64, f64) = (
-        row[col("speedup_ci_low")].parse().unwrap(),
-        row[col("speedup_ci_high")].parse().unwrap(),
+        row["speedup_ci_low"].parse().unwrap(),
+        row["speedup_ci_high"].parse().unwrap(),
     );
     assert!(lo <= speedup && speedup <= hi, "{lo} {speedup} {hi}");
 
@@ -2920,27 +2926,14 @@ fn the_baseline_is_chosen_by_method_and_methods_file_errors_name_the_table() {
         .success();
     let out = w.path("rep");
     w.report(&w.path("results/r"), &out).assert().success();
-    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let rows: Vec<Vec<&str>> = lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|r| r[col("category")] == "all")
-        .collect();
-    let speedup = |label: &str| {
-        rows.iter()
-            .find(|r| r[col("method")] == label)
-            .map(|r| r[col("speedup_vs_ar")].to_string())
-            .unwrap()
-    };
+    let rows = report_csv_overall(&out);
+    let speedup = |label: &str| rows[label]["speedup_vs_ar"].clone();
     assert_eq!(speedup("ar-greedy").parse::<f64>().unwrap(), 1.0);
-    assert!(speedup("pld").parse::<f64>().unwrap() > 0.0, "{csv}");
+    assert!(speedup("pld").parse::<f64>().unwrap() > 0.0, "{rows:?}");
     // Sampled `ar` is compared with the greedy baseline too.
-    assert!(speedup("ar-hot").parse::<f64>().is_ok(), "{csv}");
+    assert!(speedup("ar-hot").parse::<f64>().is_ok(), "{rows:?}");
     // pld's tokens equal the greedy `ar`'s.
-    let pld = rows.iter().find(|r| r[col("method")] == "pld").unwrap();
-    assert_eq!(pld[col("lossless_pct")], "100.0", "{csv}");
+    assert_eq!(rows["pld"]["lossless_pct"], "100.0", "{rows:?}");
 }
 
 /// SIGTERM (a CI cancel, a scheduler's time limit) is handled like Ctrl-C:

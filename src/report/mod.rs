@@ -114,12 +114,8 @@ pub fn parallelbench_points(
                 e.1.push(t / calls);
             }
         }
-        if let (Some(t), Some(a)) = (c.tps[i], ar.get(&c.key(i))) {
-            // As in the main table: ratios that are not positive and
-            // finite (a zero-time sample) carry no speed.
-            if t / a > 0.0 && (t / a).is_finite() {
-                e.2.push(t / a);
-            }
+        if let Some(r) = c.speedup(&ar, i) {
+            e.2.push(r);
         }
     }
     Ok(by

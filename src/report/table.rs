@@ -210,6 +210,14 @@ impl Cols {
         )
     }
 
+    /// Row `i`'s tokens/s over the baseline's on the same prompt; `None`
+    /// without one, or where the ratio is not positive and finite (a
+    /// zero-time sample carries no speed).
+    pub(super) fn speedup(&self, baseline: &BTreeMap<Key, f64>, i: usize) -> Option<f64> {
+        let r = self.tps[i]? / baseline.get(&self.key(i))?;
+        (r > 0.0 && r.is_finite()).then_some(r)
+    }
+
     fn of(&self, rows: &[usize], col: &[Option<f64>]) -> Vec<f64> {
         rows.iter().filter_map(|&i| col[i]).collect()
     }
@@ -289,10 +297,10 @@ fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -
     // and A over B is 1 over B over A). Per prompt, the log ratios of its
     // repeats and turns are averaged first, so that intervals resample
     // prompts, not correlated repeats of one prompt.
-    let log_ratios = stats::cluster_means(rows.iter().filter_map(|&i| {
-        let r = c.tps[i]? / ar.get(&c.key(i))?;
-        (r > 0.0 && r.is_finite()).then(|| (c.sample[i].clone(), r.ln()))
-    }));
+    let log_ratios = stats::cluster_means(
+        rows.iter()
+            .filter_map(|&i| Some((c.sample[i].clone(), c.speedup(ar, i)?.ln()))),
+    );
     let scores = stats::cluster_means(
         rows.iter()
             .filter_map(|&i| Some((c.sample[i].clone(), 100.0 * c.score[i]?))),
@@ -391,7 +399,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             m.run_id,
             m.suite.def.name,
             m.suite.def.version,
-            m.limit.unwrap_or(m.suite.n_samples).min(m.suite.n_samples),
+            m.prompts(),
             if m.repeats > 1 { format!(" × {} repeats", m.repeats) } else { String::new() },
             m.models.target.label,
             m.models.target.format,
