@@ -9,12 +9,15 @@ use pdbench::store::Store;
 use pdbench::suite::{self, parallelbench, DataSource};
 use serde_json::Value;
 
-/// The released ParallelBench data beside the repository (CI has it too).
+/// The released ParallelBench data: `$PDBENCH_PARALLELBENCH` when set (as
+/// the library reads it), else beside the repository (CI has it there).
 fn pb_root() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parallelbench");
+    let p = std::env::var_os("PDBENCH_PARALLELBENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parallelbench"));
     assert!(
         p.is_dir(),
-        "the ParallelBench test data is expected at {}",
+        "the ParallelBench test data is expected at {} (set $PDBENCH_PARALLELBENCH to its folder)",
         p.display()
     );
     p
