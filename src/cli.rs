@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::env::{self, DeviceSpec};
 use crate::fetch;
+use crate::measure::threads::ThreadsChoice;
 use crate::measure::{MonotonicClock, StopRule};
 use crate::methods::{self, MethodInstance, Need};
 use crate::model::eagle::LoadedHead;
@@ -66,6 +67,10 @@ pub enum Command {
     /// tolerance, greedy tokens, and every lossless method equal to `ar`
     /// there (exit 0: pass, 1: fail).
     Check(crate::check::CheckArgs),
+    /// Time models at one thread count for a run's thread choice (a child
+    /// process of `run`).
+    #[command(hide = true)]
+    ProbeThreads(crate::measure::threads::ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,8 +150,13 @@ pub struct CompareArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Percent of a method's thread time the host may take (run-queue
+    /// delay and steal, from the interference meter) before its run is
+    /// not comparable.
+    #[arg(long, default_value_t = crate::measure::interference::DISTURBED_PCT)]
+    pub max_interference: f64,
     /// Compare runs that differ in target model, suite, device, dtype,
-    /// budget, --limit, --repeats or shard.
+    /// budget, --limit, --repeats or shard, or that the host disturbed.
     #[arg(long)]
     pub force: bool,
     /// Also write the summary (Markdown) here, e.g. $GITHUB_STEP_SUMMARY.
@@ -269,11 +279,16 @@ pub struct RunArgs {
     /// `pdbench merge` joins the shards.
     #[arg(long, conflicts_with = "resume", value_parser = parse_shard)]
     pub shard: Option<results::Shard>,
-    /// Decode prompt by prompt, every method in turn (the order rotating
-    /// each prompt), instead of method by method: a slow spell of the host
-    /// then falls on every method alike, and paired speedups stay fair.
-    /// Every method's decoder is held at once.
-    #[arg(long, conflicts_with = "resume")]
+    /// The order of work items. `interleaved`: prompt by prompt, every
+    /// method in turn, the order rotating each prompt, so that a slow
+    /// spell of the host falls on every method alike (every method's
+    /// decoder is held at once). `method`: method by method, as Spec-Bench
+    /// does.
+    #[arg(long, value_enum, default_value = "interleaved", conflicts_with = "resume")]
+    pub order: results::RunOrder,
+    /// The default order since it became the default; kept so that older
+    /// command lines still run (same as `--order interleaved`).
+    #[arg(long, hide = true, conflicts_with_all = ["resume", "order"])]
     pub interleave: bool,
     /// Override the suite's token budget.
     #[arg(long, conflicts_with = "resume")]
@@ -301,7 +316,9 @@ pub struct RunArgs {
     /// Compute dtype for safetensors models: f32, bf16 or f16.
     #[arg(long, conflicts_with = "resume")]
     pub dtype: Option<String>,
-    /// CPU threads (default: all cores).
+    /// CPU threads. Default: timed at the start of the run (each model's
+    /// decode step and a verify-width forward at 1, 2, 4, … and all
+    /// cores), the fewest threads within 5% of the fastest.
     #[arg(long, conflicts_with = "resume")]
     pub threads: Option<usize>,
     /// A tokenizer.json to use instead of the model's own.
@@ -330,6 +347,18 @@ pub struct RunArgs {
     /// `languagetool=URL` (a LanguageTool server, as ParallelBench uses).
     #[arg(long, default_value = "harper", conflicts_with = "resume")]
     pub grammar: String,
+}
+
+impl RunArgs {
+    /// The order asked for (`--interleave` is the old spelling of the
+    /// default).
+    pub fn order(&self) -> results::RunOrder {
+        if self.interleave {
+            results::RunOrder::Interleaved
+        } else {
+            self.order
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +435,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Merge(a) => cmd_merge(a),
         Command::Sweep(a) => cmd_sweep(a),
         Command::Check(a) => crate::check::run(a),
+        Command::ProbeThreads(a) => crate::measure::threads::probe(a),
     }
 }
 
@@ -648,9 +678,9 @@ fn sweep_mismatch(
                 .to_string(),
         ),
         (
-            "--interleave",
-            m.interleave.to_string(),
-            run.interleave.to_string(),
+            "--order",
+            m.order.as_str().to_string(),
+            run.order().as_str().to_string(),
         ),
     ];
     for (what, there, here) in settings {
@@ -820,11 +850,18 @@ fn cmd_compare(a: CompareArgs) -> i32 {
         if a.resamples == 0 {
             bail!("--resamples: expected a positive integer");
         }
+        if !(a.max_interference >= 0.0 && a.max_interference.is_finite()) {
+            bail!(
+                "--max-interference: expected a percent >= 0, got {}",
+                a.max_interference
+            );
+        }
         let t = crate::compare::Thresholds {
             noise: a.noise_threshold,
             score_drop_points: a.score_drop,
             resamples: a.resamples,
             seed: a.seed,
+            max_interference_pct: a.max_interference,
             ..Default::default()
         };
         let base = resolve_run_dir(&a.results_dir, &a.base);
@@ -1628,7 +1665,6 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             (setup, dir, m, true)
         }
         None => {
-            let threads = env::set_threads(a.threads);
             let device = DeviceSpec::parse(&a.device)?;
             let defaults = a.methods.is_empty() && a.methods_file.is_none();
             // A zoo target runs with the zoo's drafter when a method needs
@@ -1774,35 +1810,68 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 None
             };
             let draft_spec = pick("--draft", &a.draft, zoo_draft, Need::DraftModel);
+            let head_spec = pick("--draft-head", &a.draft_head, zoo_head, Need::DraftHead);
+            let cllm_spec = pick("--cllm", &a.cllm, zoo_cllm, Need::ConsistencyModel);
+            let dllm_spec = pick("--dllm", &a.dllm, zoo_dllm, Need::DiffusionModel);
+            let filter_spec = pick("--filter", &a.filter, zoo_filter, Need::Filter);
+            let deer_spec = pick(
+                "--dllm-drafter",
+                &a.dllm_drafter,
+                zoo_deer,
+                Need::DiffusionDrafter,
+            );
+            let tidar_spec = pick("--tidar", &a.tidar, zoo_tidar, Need::TidarModel);
+            let dtype = a.dtype.as_deref().map(parse_dtype).transpose()?;
+            // The thread count is fixed before any model loads: candle
+            // sizes its pools once per process.
+            let threads_choice = match (a.threads, device) {
+                (Some(n), _) => ThreadsChoice::given(env::set_threads(Some(n))),
+                (None, DeviceSpec::Cuda(_)) => ThreadsChoice::default_for_gpu(env::set_threads(None)),
+                (None, DeviceSpec::Cpu) => {
+                    let specs: Vec<String> = std::iter::once(a.model.clone())
+                        .chain(draft_spec.clone())
+                        .chain(cllm_spec.clone())
+                        .chain(dllm_spec.clone())
+                        .chain(deer_spec.clone())
+                        .chain(tidar_spec.clone())
+                        .collect();
+                    let width = (runner::Ahead::of(&methods).positions + 1)
+                        .min(crate::measure::threads::MAX_PROBE_WIDTH);
+                    crate::measure::threads::choose_threads(
+                        &crate::measure::threads::ProbeModels {
+                            specs,
+                            device: &a.device,
+                            dtype: a.dtype.as_deref(),
+                            dequantize: a.dequantize,
+                            no_fetch: a.no_fetch,
+                            tokenizer: a.tokenizer.as_deref(),
+                        },
+                        width,
+                        &mut |s| log_line(s),
+                    )
+                }
+            };
+            let threads = threads_choice.threads;
             let opts = LoadOptions {
                 device: device.open()?,
-                dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
+                dtype,
                 tokenizer: a.tokenizer.clone(),
                 dequantize: a.dequantize,
             };
             let (target, draft) =
                 load_models(&store, &a.model, draft_spec.as_deref(), &opts, policy)?;
-            let head = pick("--draft-head", &a.draft_head, zoo_head, Need::DraftHead)
+            let head = head_spec
                 .map(|h| load_head(&h, &target, &opts))
                 .transpose()?;
-            let companion =
-                |flag: &str, given: &Option<String>, zoo: Option<String>, need: Need| {
-                    pick(flag, given, zoo, need)
-                        .map(|spec| load_companion(&store, flag, &spec, &target, &opts, policy))
-                        .transpose()
-                };
-            let cllm = companion("--cllm", &a.cllm, zoo_cllm, Need::ConsistencyModel)?;
-            let dllm = companion("--dllm", &a.dllm, zoo_dllm, Need::DiffusionModel)?;
-            let filter = pick("--filter", &a.filter, zoo_filter, Need::Filter)
-                .map(|f| load_filter(&f))
-                .transpose()?;
-            let dllm_drafter = companion(
-                "--dllm-drafter",
-                &a.dllm_drafter,
-                zoo_deer,
-                Need::DiffusionDrafter,
-            )?;
-            let tidar = companion("--tidar", &a.tidar, zoo_tidar, Need::TidarModel)?;
+            let companion = |flag: &str, spec: Option<String>| {
+                spec.map(|spec| load_companion(&store, flag, &spec, &target, &opts, policy))
+                    .transpose()
+            };
+            let cllm = companion("--cllm", cllm_spec)?;
+            let dllm = companion("--dllm", dllm_spec)?;
+            let filter = filter_spec.map(|f| load_filter(&f)).transpose()?;
+            let dllm_drafter = companion("--dllm-drafter", deer_spec)?;
+            let tidar = companion("--tidar", tidar_spec)?;
             check_needs(
                 &methods,
                 draft.as_ref(),
@@ -1928,7 +1997,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 )),
                 note: None,
                 shard: a.shard,
-                interleave: a.interleave,
+                order: a.order(),
+                legacy_interleave: false,
+                threads_choice: Some(threads_choice),
+                interference_meter: None,
                 energy: None,
             };
             (setup, dir, manifest, false)
@@ -2013,7 +2085,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         dllm_drafter: setup.dllm_drafter.as_ref(),
         tidar: setup.tidar.as_ref(),
         shard: manifest.shard,
-        interleave: manifest.interleave,
+        order: manifest.order,
+        threads: setup.threads,
         seed: setup.seed,
         warmup: setup.warmup,
         repeats: setup.repeats,
@@ -2031,6 +2104,10 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     if manifest.energy.is_none() {
         meters.idle_watts(&mut energy, std::time::Duration::from_secs(2));
         manifest.energy = Some(energy);
+        dir.write_manifest(&manifest)?;
+    }
+    if manifest.interference_meter.is_none() {
+        manifest.interference_meter = meters.host.as_ref().map(|h| h.describe());
         dir.write_manifest(&manifest)?;
     }
     let result = runner::execute(
@@ -2084,6 +2161,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
+    log_interference(&dir, &manifest);
     if outcome == Outcome::Interrupted {
         manifest.status = RunStatus::Interrupted;
         manifest.note = Some("interrupted; finished samples are saved".into());
@@ -2113,6 +2191,34 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         ));
     }
     Ok(0)
+}
+
+/// The run summary's interference line: each method's share of thread
+/// time the host took, and the methods over the threshold.
+fn log_interference(dir: &RunDir, m: &Manifest) {
+    use crate::measure::interference::DISTURBED_PCT;
+    let Ok((samples, _)) = dir.read_samples() else {
+        return;
+    };
+    let sums = results::interference_by_method(m, &samples);
+    if sums.is_empty() {
+        return;
+    }
+    let figures: Vec<String> = sums
+        .iter()
+        .map(|(l, x)| format!("{l} {:.2}%", x.interference_pct))
+        .collect();
+    log_line(&format!(
+        "host interference (thread time lost to the host, flagged above {DISTURBED_PCT}%): {}",
+        figures.join(", ")
+    ));
+    let hit = results::disturbed_methods(m, &samples, DISTURBED_PCT);
+    if !hit.is_empty() {
+        log_line(&format!(
+            "warning: disturbed by the host: {}; speedups of this run may be the host's, and `compare` will refuse it; re-run on a quiet machine or with fewer --threads",
+            hit.join(", ")
+        ));
+    }
 }
 
 fn cmd_report(a: ReportArgs) -> Result<i32> {

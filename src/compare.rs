@@ -23,6 +23,8 @@ pub enum CompareError {
         new: String,
         reasons: String,
     },
+    #[error("not comparable: host interference: {runs} (above --max-interference {threshold_pct}%; the host took run-queue or steal time while these samples were timed); re-run on a quiet machine, or with fewer --threads, or pass --force to compare them anyway")]
+    Interference { runs: String, threshold_pct: f64 },
     #[error("{base} holds no samples of the methods both runs name; there is nothing to compare against")]
     EmptyBase { base: String },
     #[error("{base} and {new} share no method label ({base_labels} vs {new_labels}); nothing to compare")]
@@ -50,6 +52,9 @@ pub struct Thresholds {
     /// Confidence level of the interval (0.95).
     pub level: f64,
     pub seed: u64,
+    /// Percent of a method's thread time the host may take before its run
+    /// is not comparable.
+    pub max_interference_pct: f64,
 }
 
 impl Default for Thresholds {
@@ -60,6 +65,7 @@ impl Default for Thresholds {
             resamples: 2000,
             level: 0.95,
             seed: 0,
+            max_interference_pct: crate::measure::interference::DISTURBED_PCT,
         }
     }
 }
@@ -202,9 +208,19 @@ pub fn comparability(base: &Manifest, new: &Manifest) -> Vec<String> {
         ));
     }
     if base.device.name != new.device.name || base.device.threads != new.device.threads {
+        // An automatic choice matches only the same choice.
+        let how = |m: &Manifest| match &m.threads_choice {
+            Some(c) if c.how == crate::measure::threads::ThreadsHow::Automatic => " (automatic)",
+            _ => "",
+        };
         why.push(format!(
-            "the devices differ ({} with {} threads vs {} with {} threads)",
-            base.device.name, base.device.threads, new.device.name, new.device.threads
+            "the devices differ ({} with {} threads{} vs {} with {} threads{})",
+            base.device.name,
+            base.device.threads,
+            how(base),
+            new.device.name,
+            new.device.threads,
+            how(new)
         ));
     }
     if base.max_new_tokens != new.max_new_tokens {
@@ -716,6 +732,19 @@ pub fn compare(
     }
     let (bs, _) = bd.read_samples()?;
     let (ns, _) = nd.read_samples()?;
+    let mut disturbed = Vec::new();
+    for (which, path, m, samples) in [("base", base, &bm, &bs), ("new", new, &nm, &ns)] {
+        let hit = crate::results::disturbed_methods(m, samples, t.max_interference_pct);
+        if !hit.is_empty() {
+            disturbed.push(format!("{which} {}: {}", path.display(), hit.join(", ")));
+        }
+    }
+    if !disturbed.is_empty() && !force {
+        return Err(CompareError::Interference {
+            runs: disturbed.join("; "),
+            threshold_pct: t.max_interference_pct,
+        });
+    }
     // A broken baseline (no samples of what both runs hold) must not pass.
     let shared = labels(&bm)
         .intersection(&labels(&nm))
@@ -727,7 +756,13 @@ pub fn compare(
         });
     }
     let changes = compare_runs(&bm, bs, &nm, ns, t);
-    let forced = if force { why } else { Vec::new() };
+    let forced = if force {
+        why.into_iter()
+            .chain(disturbed.iter().map(|d| format!("host interference in {d}")))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Outcome {
         markdown: markdown(&bm, &nm, &changes, t, &forced),
         changes,

@@ -63,7 +63,7 @@ fn identity(m: &Manifest) -> Vec<(&'static str, serde_json::Value)> {
         ("repeats", j(&m.repeats)),
         ("limit", j(&m.limit)),
         ("max_new_tokens", j(&m.max_new_tokens)),
-        ("interleave", j(&m.interleave)),
+        ("order", j(&m.order)),
     ]
 }
 

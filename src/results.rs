@@ -168,10 +168,45 @@ pub struct Manifest {
     /// The part of the work this run does, when sharded (`--shard K/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
-    /// Prompts outer, methods inner (`--interleave`); method by method
-    /// when false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub interleave: bool,
+    /// The order work items ran in. A manifest from before the field
+    /// ran method by method, unless its `interleave` said otherwise.
+    #[serde(default)]
+    pub order: RunOrder,
+    /// The boolean that recorded `--interleave` before `order` existed;
+    /// read into `order`, never written.
+    #[serde(default, rename = "interleave", skip_serializing)]
+    pub legacy_interleave: bool,
+    /// How the thread count was chosen, with the timings behind an
+    /// automatic choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads_choice: Option<crate::measure::threads::ThreadsChoice>,
+    /// What the interference meter reads on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interference_meter: Option<String>,
+}
+
+/// The order a run decodes its work items in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOrder {
+    /// Prompt by prompt, every method in turn, the order rotating each
+    /// prompt: a slow spell of the host falls on every method alike.
+    Interleaved,
+    /// Method by method, as Spec-Bench does (and every run recorded
+    /// before runs had an order).
+    #[default]
+    Method,
+}
+
+impl RunOrder {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunOrder::Interleaved => "interleaved",
+            RunOrder::Method => "method",
+        }
+    }
 }
 
 /// Shard `index` (0-based) of `count`: the work items (method × prompt ×
@@ -252,6 +287,40 @@ pub fn work_items_done(samples: &[SampleRecord]) -> usize {
         .count()
 }
 
+/// Each method's interference summary over its samples, in the manifest's
+/// method order; methods without readings are left out.
+pub fn interference_by_method(
+    m: &Manifest,
+    samples: &[SampleRecord],
+) -> Vec<(String, crate::measure::interference::InterferenceSummary)> {
+    m.methods
+        .iter()
+        .filter_map(|inst| {
+            let readings = samples
+                .iter()
+                .filter(|s| s.method == inst.label)
+                .filter_map(|s| s.interference.as_ref().map(|r| (r, s.wall_ns)));
+            crate::measure::interference::summarize(readings, m.device.threads)
+                .map(|sum| (inst.label.clone(), sum))
+        })
+        .collect()
+}
+
+/// The methods of a run that the host disturbed beyond `threshold_pct`,
+/// as one clause each (`ar lost 23.1% of its thread time to the host`).
+pub fn disturbed_methods(m: &Manifest, samples: &[SampleRecord], threshold_pct: f64) -> Vec<String> {
+    interference_by_method(m, samples)
+        .into_iter()
+        .filter(|(_, s)| s.over(threshold_pct))
+        .map(|(label, s)| {
+            format!(
+                "{label} lost {:.1}% of its thread time to the host",
+                s.interference_pct
+            )
+        })
+        .collect()
+}
+
 /// (method label, sample id, repeat, turn): what a record answers.
 pub type SampleKey = (String, String, usize, usize);
 
@@ -322,6 +391,13 @@ pub struct SampleRecord {
     /// Meters that failed on this sample.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub energy_errors: Vec<String>,
+    /// What the host did to the sample while it was timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interference: Option<crate::measure::interference::InterferenceReading>,
+    /// Of the sample's thread time (wall × the run's threads), the percent
+    /// the host took: run-queue delay and steal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interference_pct: Option<f64>,
     pub output_ids: Vec<u32>,
     pub output_text: String,
     /// The suite scorer's headline score in [0, 1]; `None` when unscored.
@@ -385,10 +461,15 @@ impl RunDir {
     pub fn read_manifest(&self) -> Result<Manifest, ResultsError> {
         let p = self.manifest_path();
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-        serde_json::from_str(&text).map_err(|e| ResultsError::Parse {
+        let mut m: Manifest = serde_json::from_str(&text).map_err(|e| ResultsError::Parse {
             path: p.clone(),
             detail: format!("not a pdbench manifest: {e}"),
-        })
+        })?;
+        if m.legacy_interleave {
+            m.order = RunOrder::Interleaved;
+            m.legacy_interleave = false;
+        }
+        Ok(m)
     }
 
     /// Appends one sample as a single line, durably.

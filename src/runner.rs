@@ -202,9 +202,10 @@ pub struct RunPlan<'a> {
     pub tidar: Option<&'a LoadedModel>,
     /// Only this shard's work items.
     pub shard: Option<crate::results::Shard>,
-    /// Prompts outer and methods inner (rotating), instead of method by
-    /// method.
-    pub interleave: bool,
+    /// Prompts outer and methods inner (rotating), or method by method.
+    pub order: crate::results::RunOrder,
+    /// CPU threads the run decodes with: the width of its thread time.
+    pub threads: usize,
     pub seed: u64,
     pub warmup: usize,
     pub repeats: usize,
@@ -347,7 +348,7 @@ pub fn execute(
             decoder: None,
         });
     }
-    if !plan.interleave {
+    if plan.order == crate::results::RunOrder::Method {
         for lane in &mut lanes {
             if start_lane(&ctx, lane, on_event)? {
                 return Ok(Outcome::Interrupted);
@@ -557,6 +558,7 @@ fn run_unit(
             &measured,
             &plan.rule,
             &plan.target.tokenizer,
+            plan.threads,
         )?;
         score_record(&mut record, &s.sample, plan)?;
         ctx.dir.append_sample(&record)?;
@@ -607,6 +609,7 @@ fn make_record(
     m: &Measured,
     rule: &StopRule,
     tok: &crate::model::TextTokenizer,
+    threads: usize,
 ) -> Result<SampleRecord, RunError> {
     let n = m.output.len();
     let secs = m.wall_ns as f64 / 1e9;
@@ -681,6 +684,10 @@ fn make_record(
         peak_gpu_mem_bytes: m.energy.peak_gpu_mem_bytes,
         peak_rss_bytes: m.energy.peak_rss_bytes,
         energy_errors: m.energy_errors.clone(),
+        interference_pct: m.energy.interference.as_ref().and_then(|r| {
+            crate::measure::interference::interference_pct(r, m.wall_ns, threads)
+        }),
+        interference: m.energy.interference.clone(),
         output_ids: m.output.clone(),
         output_text: text,
         score: None,

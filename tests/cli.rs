@@ -144,7 +144,9 @@ impl World {
     /// `pdbench compare BASE NEW` over this world's `results`.
     fn compare(&self, base: &str, new: &str) -> Command {
         let mut c = self.cmd();
-        c.args(["compare", base, new, "--results-dir"])
+        // These runs are made while other tests run beside them; the
+        // interference refusal has tests of its own.
+        c.args(["compare", base, new, "--max-interference", "100", "--results-dir"])
             .arg(self.path("results"));
         c
     }
@@ -1654,7 +1656,7 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
     let base = results.join("base");
     let compare = |new: &str, extra: &[&str]| {
         let mut c = w.cmd();
-        c.args(["compare", "base", new, "--results-dir"])
+        c.args(["compare", "base", new, "--max-interference", "100", "--results-dir"])
             .arg(&results)
             .args(extra);
         c
@@ -3144,10 +3146,11 @@ fn a_prompt_beyond_the_eagle_heads_context_is_refused_up_front() {
     );
 }
 
-/// `--interleave` decodes prompt by prompt, each method in turn with the
-/// order rotating: the same tokens as method by method (greedy), the
-/// records in the interleaved order, the choice recorded in the manifest,
-/// and a cut-short interleaved run resumes to the full set.
+/// The default order decodes prompt by prompt, each method in turn with
+/// the order rotating: the same tokens as `--order method` (greedy), the
+/// records in the interleaved order, the order recorded in the manifest,
+/// and a cut-short run resumes in its recorded order, also from a
+/// manifest written before the order field existed.
 #[test]
 fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
     let w = World::new();
@@ -3156,14 +3159,16 @@ fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
         w.cmd()
             .args(["run", "--suite", "toy", "--limit", "6", "--warmup", "1"])
             .args(["--method", "ar", "--method", "pld", "--method", "sps"])
-            .args(["--run-id", id, "--no-report", "--results-dir"])
+            .args(["--threads", "1", "--run-id", id, "--no-report", "--results-dir"])
             .arg(&results)
             .args(extra)
             .assert()
             .success();
     };
-    run("plain", &[]);
-    run("mixed", &["--interleave"]);
+    run("plain", &["--order", "method"]);
+    run("mixed", &[]);
+    // The old flag still runs, as the default.
+    run("old-flag", &["--interleave"]);
     let order = |id: &str| -> Vec<(String, String)> {
         read_lines(&results.join(id).join("samples.jsonl"))
             .iter()
@@ -3182,6 +3187,9 @@ fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
         ["ar", "pld", "sps", "pld", "sps", "ar", "sps", "ar", "pld"],
         "{mixed:?}"
     );
+    assert_eq!(order("old-flag"), mixed);
+    let plain = order("plain");
+    assert!(plain[..6].iter().all(|(m, _)| m == "ar"), "{plain:?}");
     let ids = |id: &str| -> BTreeMap<String, serde_json::Value> {
         read_lines(&results.join(id).join("samples.jsonl"))
             .into_iter()
@@ -3194,33 +3202,55 @@ fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
             .collect()
     };
     assert_eq!(ids("mixed"), ids("plain"));
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(results.join("mixed/manifest.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(m["interleave"], true);
-
-    // Cut after 5 records (mid-round), then resumed: every record once.
-    let samples = results.join("mixed/samples.jsonl");
-    let text = std::fs::read_to_string(&samples).unwrap();
-    let kept: Vec<&str> = text.lines().take(5).collect();
-    std::fs::write(&samples, format!("{}\n", kept.join("\n"))).unwrap();
-    let mpath = results.join("mixed/manifest.json");
-    let mtext = std::fs::read_to_string(&mpath)
+    let manifest = |id: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(results.join(id).join("manifest.json")).unwrap(),
+        )
         .unwrap()
-        .replace("\"complete\"", "\"interrupted\"");
-    std::fs::write(&mpath, mtext).unwrap();
-    w.cmd()
-        .args([
-            "run",
-            "--resume",
-            results.join("mixed").to_str().unwrap(),
-            "--no-report",
-        ])
-        .assert()
-        .success();
-    assert_eq!(read_lines(&samples).len(), 18);
+    };
+    assert_eq!(manifest("mixed")["order"], "interleaved");
+    assert_eq!(manifest("plain")["order"], "method");
+    assert!(manifest("mixed").get("interleave").is_none());
+
+    // Cut after 5 records (mid-round), the manifest rewritten as an older
+    // pdbench wrote it (`interleave: true`, no `order`), then resumed:
+    // every record once, in the interleaved order.
+    let cut = |id: &str, legacy: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let samples = results.join(id).join("samples.jsonl");
+        let text = std::fs::read_to_string(&samples).unwrap();
+        let kept: Vec<&str> = text.lines().take(5).collect();
+        std::fs::write(&samples, format!("{}\n", kept.join("\n"))).unwrap();
+        let mut m = manifest(id);
+        let o = m.as_object_mut().unwrap();
+        o.insert("status".into(), "interrupted".into());
+        o.remove("order");
+        legacy(o);
+        std::fs::write(
+            results.join(id).join("manifest.json"),
+            serde_json::to_string_pretty(&m).unwrap(),
+        )
+        .unwrap();
+        w.cmd()
+            .args([
+                "run",
+                "--resume",
+                results.join(id).to_str().unwrap(),
+                "--no-report",
+            ])
+            .assert()
+            .success();
+        assert_eq!(read_lines(&samples).len(), 18);
+    };
+    cut("mixed", &|o| {
+        o.insert("interleave".into(), true.into());
+    });
+    assert_eq!(order("mixed"), mixed);
     assert_eq!(ids("mixed"), ids("plain"));
+    assert_eq!(manifest("mixed")["order"], "interleaved");
+    // A manifest with neither field ran method by method, and resumes so.
+    cut("plain", &|_| {});
+    assert_eq!(order("plain"), plain);
+    assert_eq!(manifest("plain")["order"], "method");
 }
 
 /// Under `nohup` (SIGHUP ignored at start) a hangup does not stop a run.
@@ -3331,4 +3361,168 @@ fn empty_baselines_same_prompt_sets_sampled_baselines_and_set_errors() {
             .arg(&results),
         &["m.toml [pld] with --set pld.max_draft=0", "max_draft"],
     );
+}
+
+/// The interference meter: every sample carries its reading and figure,
+/// and the manifest says what the meter reads. A run one of whose methods
+/// the host disturbed (here ar's readings are set to 30% of its thread
+/// time lost, a busy neighbour's mark) is flagged in the report, with the
+/// figure and what to do, and refused by `compare` (exit 2, "not
+/// comparable: host interference", either side), unless `--force` or a
+/// looser `--max-interference`. Three copies of an undisturbed run are
+/// not flagged.
+#[test]
+fn host_interference_is_recorded_flagged_and_refused() {
+    let (w, base) = world_with_base();
+    let results = w.path("results");
+    let recs = read_lines(&base.join("samples.jsonl"));
+    assert!(!recs.is_empty());
+    for r in &recs {
+        let i = &r["interference"];
+        assert!(i["run_delay_ns"].is_u64() && i["cpu_ns"].is_u64(), "{r}");
+        assert!(r["interference_pct"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        m["interference_meter"]
+            .as_str()
+            .unwrap()
+            .contains("run-queue delay"),
+        "{}",
+        m["interference_meter"]
+    );
+    let threads = m["device"]["threads"].as_u64().unwrap();
+    // Undisturbed copies: the readings zeroed (the real ones came from a
+    // machine busy with other tests).
+    let quiet = |s: &mut serde_json::Value| {
+        s["interference"]["run_delay_ns"] = 0.into();
+        s["interference"]["steal_ns"] = 0.into();
+    };
+    // ar's threads waited 30% of their time while other processes ran,
+    // and ran 70% of it.
+    let hit = move |s: &mut serde_json::Value| {
+        quiet(s);
+        if s["method"] == "ar" {
+            let thread_ns = s["wall_ns"].as_u64().unwrap() * threads;
+            let i = &mut s["interference"];
+            i["run_delay_ns"] = (thread_ns * 3 / 10).into();
+            i["other_cpu_ns"] = thread_ns.into();
+            i["cpu_ns"] = (thread_ns * 7 / 10).into();
+        }
+    };
+    for id in ["quiet-1", "quiet-2", "quiet-3"] {
+        copy_run(&base, &results.join(id), quiet, |_| {});
+    }
+    copy_run(&base, &results.join("busy"), hit, |_| {});
+    let compare = |b: &str, n: &str, extra: &[&str]| {
+        let mut c = w.cmd();
+        c.args(["compare", b, n, "--results-dir"])
+            .arg(&results)
+            .args(extra);
+        c
+    };
+    compare("quiet-1", "quiet-2", &[]).assert().code(0);
+    compare("quiet-1", "quiet-3", &[]).assert().code(0);
+    for (b, n) in [("quiet-1", "busy"), ("busy", "quiet-1")] {
+        let out = compare(b, n, &[]).assert().code(2).get_output().clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not comparable: host interference")
+                && err.contains("ar lost 30.0% of its thread time")
+                && err.contains("--force"),
+            "{err}"
+        );
+        assert!(!err.contains("pld lost"), "{err}");
+    }
+    let out = compare("quiet-1", "busy", &["--force"])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("host interference in new"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    compare("quiet-1", "busy", &["--max-interference", "40"])
+        .assert()
+        .code(0);
+    compare("quiet-1", "busy", &["--max-interference=nan"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--max-interference"));
+
+    // The report flags the disturbed run and method; quiet ones are not.
+    for (id, flagged) in [("quiet-1", false), ("busy", true)] {
+        let out = w.path(&format!("report-{id}"));
+        w.cmd()
+            .args(["report", id, "--results-dir"])
+            .arg(&results)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("## Host interference"), "{md}");
+        assert_eq!(md.contains("was disturbed by the host"), flagged, "{md}");
+        let ar = table_row(&md, "| ar |");
+        let ar_row = md
+            .lines()
+            .filter(|l| l.starts_with("| ar |") && l.contains('%'))
+            .last()
+            .unwrap();
+        assert_eq!(ar_row.contains("**disturbed**"), flagged, "{ar} / {ar_row}");
+        let csv = report_csv_overall(&out);
+        let pct: f64 = csv["ar"]["interference_pct"].parse().unwrap();
+        if flagged {
+            assert!((pct - 30.0).abs() < 1e-3, "{pct}");
+        } else {
+            assert_eq!(pct, 0.0);
+        }
+    }
+}
+
+/// With no --threads a run times its models at 1 and all cores in child
+/// processes and records the choice with its timings; --threads N is
+/// recorded as given; a resume keeps the recorded count.
+#[test]
+fn threads_are_chosen_by_timing_and_recorded() {
+    let w = World::new();
+    let results = w.path("results");
+    w.toy_run("auto", &["--limit", "2", "--method", "ar", "--method", "sps"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("threads: "));
+    let manifest = |id: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(results.join(id).join("manifest.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let m = manifest("auto");
+    let c = &m["threads_choice"];
+    assert_eq!(c["how"], "automatic", "{c}");
+    assert_eq!(c["threads"], m["device"]["threads"]);
+    let timings = c["timings"].as_array().unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let counts: std::collections::BTreeSet<u64> =
+        timings.iter().map(|t| t["threads"].as_u64().unwrap()).collect();
+    assert!(counts.contains(&1) && counts.contains(&(cores as u64)), "{c}");
+    // The target and sps's drafter, each with a decode step and a
+    // verify-width forward.
+    let models: std::collections::BTreeSet<&str> =
+        timings.iter().map(|t| t["model"].as_str().unwrap()).collect();
+    assert_eq!(models.len(), 2, "{c}");
+    assert!(timings.iter().all(|t| t["decode_step_ns"].as_u64().unwrap() > 0
+        && t["verify_ns"].as_u64().unwrap() > 0));
+    assert!(c["verify_width"].as_u64().unwrap() > 1);
+
+    w.toy_run("given", &["--limit", "2", "--method", "ar", "--threads", "1"])
+        .assert()
+        .success();
+    let m = manifest("given");
+    assert_eq!(m["threads_choice"]["how"], "given");
+    assert_eq!(m["device"]["threads"], 1);
 }

@@ -74,6 +74,9 @@ pub struct EnergyReading {
     pub cpu_j: Option<f64>,
     pub peak_gpu_mem_bytes: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
+    /// What the host did to the sample (run-queue delay, steal, other
+    /// processes), where the run meters it.
+    pub interference: Option<super::interference::InterferenceReading>,
 }
 
 /// A cumulative energy counter read at the measurement core's timestamps.
@@ -384,11 +387,13 @@ impl PeakRss {
     }
 }
 
-/// The run's meters: GPU (NVML), CPU (RAPL) and peak RSS.
+/// The run's meters: GPU (NVML), CPU (RAPL), peak RSS and the host's
+/// interference.
 pub struct Meters {
     pub gpu: Option<Box<dyn EnergyMeter>>,
     pub cpu: Option<Box<dyn EnergyMeter>>,
     pub rss: PeakRss,
+    pub host: Option<super::interference::Meter>,
 }
 
 impl Meters {
@@ -429,7 +434,12 @@ impl Meters {
         };
         let (rss, rss_info) = PeakRss::open();
         (
-            Self { gpu, cpu, rss },
+            Self {
+                gpu,
+                cpu,
+                rss,
+                host: Some(super::interference::Meter::open()),
+            },
             EnergyInfo {
                 gpu: gpu_info,
                 cpu: cpu_info,
@@ -445,6 +455,7 @@ impl Meters {
             gpu: None,
             cpu: None,
             rss: PeakRss { available: false },
+            host: None,
         }
     }
 
@@ -456,6 +467,10 @@ impl Meters {
             }
         }
         self.rss.begin();
+        // Last, so that its interval hugs the timed one.
+        if let Some(h) = &mut self.host {
+            h.begin();
+        }
         errors
     }
 
@@ -463,7 +478,10 @@ impl Meters {
     /// error.
     pub fn end(&mut self) -> (EnergyReading, Vec<String>) {
         let mut errors = Vec::new();
-        let mut r = EnergyReading::default();
+        let mut r = EnergyReading {
+            interference: self.host.as_mut().and_then(|h| h.end()),
+            ..Default::default()
+        };
         if let Some(m) = &mut self.gpu {
             match m.end() {
                 Ok((j, mem)) => {

@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod energy;
+pub mod interference;
+pub mod threads;
 pub mod phase;
 
 use std::time::Instant;

@@ -87,7 +87,7 @@ pub(crate) fn attend(
     };
     let items = n * n_heads;
     if items >= 8 {
-        candle_core::utils::barrier_pool().execute_chunked(items, |range| range.for_each(work));
+        super::pool::execute_chunked(items, |range| range.for_each(work));
     } else {
         (0..items).for_each(work);
     }
@@ -213,7 +213,7 @@ pub(crate) fn rowwise_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize)
         )
     };
     if m > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(m, |range| range.for_each(work));
+        super::pool::execute_chunked(m, |range| range.for_each(work));
     } else {
         (0..m).for_each(work);
     }
@@ -314,7 +314,7 @@ pub(crate) fn attend_uniform(q: &[f32], k: &[f32], v: &[f32], dims: Dims, len: u
         }
     };
     if n_heads > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(n_heads, |range| range.for_each(work));
+        super::pool::execute_chunked(n_heads, |range| range.for_each(work));
     } else {
         work(0);
     }

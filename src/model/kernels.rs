@@ -479,7 +479,7 @@ impl FastQ {
         let dst_ptr = dst.as_mut_ptr() as usize;
         let isa = self.isa;
         let packed = &self.packed;
-        candle_core::utils::barrier_pool().execute_chunked(row_tiles * groups, |items| {
+        super::pool::execute_chunked(row_tiles * groups, |items| {
             for item in items {
                 let (rt, g) = (item / groups, item % groups);
                 let r0 = rt * ROWS;
@@ -538,7 +538,7 @@ fn for_rows<T: Send>(out: &mut [T], m: usize, per_row: usize, f: impl Fn(usize, 
         return;
     }
     let ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+    super::pool::execute_chunked(m, |rows| {
         for r in rows {
             // SAFETY: rows are disjoint slices of `out`, each given to one call.
             let o = unsafe {

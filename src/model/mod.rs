@@ -13,6 +13,7 @@ pub(crate) mod fused;
 pub(crate) mod kernels;
 pub mod kv;
 pub mod mask;
+pub mod pool;
 pub mod random;
 pub mod source;
 pub mod tokenizer;

@@ -354,6 +354,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         }
     }
     let mut manifests = Vec::new();
+    let mut interference = Vec::new();
     let mut coverage = Vec::new();
     let mut rows = Vec::new();
     let mut pb_points = Vec::new();
@@ -386,6 +387,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         }
         pb_points.extend(parallelbench_points(&m, &df).map_err(read_err)?);
         rows.extend(r);
+        interference.push(crate::results::interference_by_method(&m, &samples));
         manifests.push(m);
     }
     std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
@@ -401,7 +403,26 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     };
     let plot_err = |(path, detail): (PathBuf, String)| ReportError::Plot { path, detail };
     let multi = manifests.len() > 1;
-    let mut text = table::markdown(&manifests, &rows);
+    let alerts: Vec<String> = manifests
+        .iter()
+        .zip(&interference)
+        .filter_map(|(m, sums)| {
+            let hit: Vec<String> = sums
+                .iter()
+                .filter(|(_, x)| x.disturbed())
+                .map(|(l, x)| format!("{l} {:.1}%", x.interference_pct))
+                .collect();
+            (!hit.is_empty()).then(|| {
+                format!(
+                    "Run `{}` was disturbed by the host: {} of the thread time lost (threshold {}%). Its speedups may be the host's, not the methods'; re-run on a quiet machine or with fewer --threads (see Host interference).",
+                    m.run_id,
+                    hit.join(", "),
+                    crate::measure::interference::DISTURBED_PCT
+                )
+            })
+        })
+        .collect();
+    let mut text = table::markdown(&manifests, &rows, &alerts);
     for (run_id, t) in &by_category {
         // Several runs: each run's section names it in its own heading.
         let heading = "\n## By category (Spec-Bench's table)\n";
@@ -421,6 +442,12 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
         }
     }
     text.push_str(&table::energy_markdown(&manifests, &rows));
+    text.push_str(&table::interference_markdown(
+        &manifests
+            .iter()
+            .zip(interference)
+            .collect::<Vec<_>>(),
+    ));
     text.push_str(&honesty_notes(&manifests, &coverage));
     let md = out.join("report.md");
     let mut files = vec![md.clone()];

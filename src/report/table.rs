@@ -62,6 +62,9 @@ pub struct MethodRow {
     /// Largest peak resident memory and GPU memory of the samples, bytes.
     pub peak_rss_bytes: Option<f64>,
     pub peak_gpu_mem_bytes: Option<f64>,
+    /// Percent of the method's thread time the host took (run-queue delay
+    /// and steal), over its samples; absent without readings.
+    pub interference_pct: Option<f64>,
     /// What the decode steps add up to.
     pub steps: StepStats,
 }
@@ -283,6 +286,14 @@ pub fn summarize(
             row.method = name.to_string();
             row.category = group.map(str::to_string);
             row.lossless_pct = crate::compare::lossless_rate(m, &runs, name);
+            row.interference_pct = crate::measure::interference::summarize(
+                runs.get(name)
+                    .into_iter()
+                    .flat_map(|r| r.values())
+                    .filter_map(|s| s.interference.as_ref().map(|i| (i, s.wall_ns))),
+                m.device.threads,
+            )
+            .map(|sum| sum.interference_pct);
             out.push(row);
         }
     }
@@ -333,6 +344,7 @@ fn row_of(c: &Cols, ar: &BTreeMap<Key, f64>, rows: &[usize], steps: StepStats) -
         mean_watts: stats::mean(&c.of(rows, &c.watts)),
         peak_rss_bytes: c.of(rows, &c.rss).into_iter().reduce(f64::max),
         peak_gpu_mem_bytes: c.of(rows, &c.gpu_mem).into_iter().reduce(f64::max),
+        interference_pct: None,
         steps,
     }
 }
@@ -390,8 +402,9 @@ pub fn row_label(r: &MethodRow, multi: bool) -> String {
     }
 }
 
-/// The run lines and the main table of report.md.
-pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
+/// The run lines, the host-interference alerts and the main table of
+/// report.md.
+pub fn markdown(manifests: &[Manifest], rows: &[MethodRow], alerts: &[String]) -> String {
     let mut s = String::from("# pdbench report\n\n");
     for m in manifests {
         s.push_str(&format!(
@@ -432,6 +445,9 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow]) -> String {
             }
             s.push('\n');
         }
+    }
+    for a in alerts {
+        s.push_str(&format!("\n> **{a}**\n"));
     }
     let multi = manifests.len() > 1;
     let overall: Vec<&MethodRow> = rows.iter().filter(|r| r.category.is_none()).collect();
@@ -561,6 +577,67 @@ fn diffusion_markdown(rows: &[&MethodRow], multi: bool) -> String {
          included (τ above counts only the answer's tokens). Decoding order τ: Kendall's τ-b between the \
          step that committed a position and the position; 1 is left to right.\n",
         md_table(&header, &cells)
+    )
+}
+
+/// What the host took from each method while its samples were timed, per
+/// run, with the threshold and what to do when a method is over it.
+pub fn interference_markdown(
+    runs: &[(&Manifest, Vec<(String, crate::measure::interference::InterferenceSummary)>)],
+) -> String {
+    use crate::measure::interference::DISTURBED_PCT;
+    if runs.iter().all(|(_, r)| r.is_empty()) {
+        return String::new();
+    }
+    let multi = runs.len() > 1;
+    let mut header: Vec<String> = if multi { vec!["run".into()] } else { vec![] };
+    header.extend(
+        [
+            "method",
+            "samples",
+            "thread time lost to the host",
+            "worst sample",
+            "involuntary switches/s",
+            "other processes' CPU share",
+            "own CPU / (wall × threads)",
+            "flag",
+        ]
+        .map(String::from),
+    );
+    let pct = |x: Option<f64>| x.map_or("–".into(), |p| format!("{p:.1}%"));
+    let mut cells = Vec::new();
+    for (m, sums) in runs {
+        for (label, x) in sums {
+            let mut c: Vec<String> = if multi { vec![m.run_id.clone()] } else { vec![] };
+            c.extend([
+                label.clone(),
+                x.samples.to_string(),
+                format!("{:.2}%", x.interference_pct),
+                format!("{:.1}%", x.max_sample_pct),
+                x.involuntary_switches_per_s
+                    .map_or("–".into(), |v| format!("{v:.1}")),
+                pct(x.other_cpu_pct),
+                pct(x.cpu_pct),
+                if x.disturbed() { "**disturbed**".into() } else { "ok".into() },
+            ]);
+            cells.push(c);
+        }
+    }
+    let threads: Vec<String> = runs
+        .iter()
+        .map(|(m, _)| match &m.threads_choice {
+            Some(c) => format!("`{}`: {}", m.run_id, c.describe()),
+            None => format!("`{}`: {} threads", m.run_id, m.device.threads),
+        })
+        .collect();
+    format!(
+        "\n## Host interference\n\n{}\nThread time lost to the host: the time this process's threads sat runnable waiting for a CPU \
+         (per-thread run-queue delay) plus the steal time of its CPUs, over wall time × threads, summed over a method's timed samples. \
+         A method above {DISTURBED_PCT}% is flagged as disturbed, and `compare` refuses a run that holds one: its speedups may be the host's, not the method's. \
+         Re-run on a quiet machine (or with fewer `--threads`). Other processes' CPU share is their CPU time on this process's CPUs \
+         (/proc/stat, 10 ms ticks), shown for context: it need not slow a run that has a core to itself. Threads: {}.\n",
+        md_table(&header, &cells),
+        threads.join("; ")
     )
 }
 
@@ -799,6 +876,7 @@ pub fn rows_frame(rows: &[MethodRow]) -> Result<DataFrame, PolarsError> {
         Column::new("mean_watts".into(), opt(&|r| r.mean_watts)),
         Column::new("peak_rss_bytes".into(), opt(&|r| r.peak_rss_bytes)),
         Column::new("peak_gpu_mem_bytes".into(), opt(&|r| r.peak_gpu_mem_bytes)),
+        Column::new("interference_pct".into(), opt(&|r| r.interference_pct)),
     ];
     for k in 0..POSITIONS {
         cols.push(Column::new(
