@@ -92,11 +92,16 @@ def main():
                     worst = max(worst, abs(s / q - 1))
             meter = max((num(r.get("interference_pct")) or 0.0) for r in data[c].values())
             code, why = verdicts.get(c, (None, ""))
-            refused = code == 2 and "host interference" in why
+            refused = code == 2
+            reason = (
+                "host interference" if "host interference" in why
+                else "thread counts differ" if "threads" in why
+                else why[:80]
+            )
             ok = worst <= TOLERANCE or refused
             verdict = (
                 "within 15%" if worst <= TOLERANCE
-                else "refused by compare (host interference)" if refused
+                else f"refused by compare ({reason})" if refused
                 else "**confident wrong answer**"
             )
             print(f"| `{c}` | {100 * worst:.0f}% | {meter:.2f}% | {code} | {verdict} |")

@@ -518,7 +518,11 @@ fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         let existing = if dir.join(results::MANIFEST).is_file() {
             let rd = RunDir::open(&dir)?;
             let m = rd.read_manifest()?;
-            let why = sweep_mismatch(&m, &def, &expected, &run);
+            let order_given = f
+                .run_args
+                .iter()
+                .any(|x| x == "--interleave" || x == "--order" || x.starts_with("--order="));
+            let why = sweep_mismatch(&m, &def, &expected, &run, order_given);
             if !why.is_empty() {
                 bail!(
                     "sweep {}: {} holds a run of another sweep configuration ({}); remove it, or pass another --results-dir",
@@ -630,11 +634,15 @@ fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// Why a run folder a sweep would resume is not this sweep's run: another
 /// suite, other method configurations, or another of the settings the
 /// sweep and its run_args give the run.
+/// The order is compared only when `order_given` (run_args name one): a
+/// run folder from before the interleaved default resumes in the order it
+/// was recorded in.
 fn sweep_mismatch(
     m: &results::Manifest,
     suite: &suite::SuiteDef,
     expected: &[MethodInstance],
     run: &RunArgs,
+    order_given: bool,
 ) -> Vec<String> {
     let mut why = Vec::new();
     let labels = |ms: &[MethodInstance]| ms.iter().map(|i| i.label.clone()).collect::<Vec<_>>();
@@ -680,7 +688,9 @@ fn sweep_mismatch(
         (
             "--order",
             m.order.as_str().to_string(),
-            run.order().as_str().to_string(),
+            if order_given { run.order() } else { m.order }
+                .as_str()
+                .to_string(),
         ),
     ];
     for (what, there, here) in settings {
@@ -1826,6 +1836,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             // sizes its pools once per process.
             let threads_choice = match (a.threads, device) {
                 (Some(n), _) => ThreadsChoice::given(env::set_threads(Some(n))),
+                (None, _) if env::threads_already_set().is_some() => {
+                    ThreadsChoice::inherited(env::set_threads(None))
+                }
                 (None, DeviceSpec::Cuda(_)) => ThreadsChoice::default_for_gpu(env::set_threads(None)),
                 (None, DeviceSpec::Cpu) => {
                     let specs: Vec<String> = std::iter::once(a.model.clone())

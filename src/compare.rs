@@ -732,9 +732,17 @@ pub fn compare(
     }
     let (bs, _) = bd.read_samples()?;
     let (ns, _) = nd.read_samples()?;
+    // Only the methods compared: a disturbed method one run alone holds
+    // changes no verdict.
+    let shared_labels: BTreeSet<String> = labels(&bm).intersection(&labels(&nm)).cloned().collect();
     let mut disturbed = Vec::new();
     for (which, path, m, samples) in [("base", base, &bm, &bs), ("new", new, &nm, &ns)] {
-        let hit = crate::results::disturbed_methods(m, samples, t.max_interference_pct);
+        let compared: Vec<crate::results::SampleRecord> = samples
+            .iter()
+            .filter(|s| shared_labels.contains(&s.method))
+            .cloned()
+            .collect();
+        let hit = crate::results::disturbed_methods(m, &compared, t.max_interference_pct);
         if !hit.is_empty() {
             disturbed.push(format!("{which} {}: {}", path.display(), hit.join(", ")));
         }

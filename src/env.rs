@@ -62,9 +62,28 @@ impl DeviceSpec {
     }
 }
 
+/// The thread count this process's pools were given, once given.
+static THREADS_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The thread count set earlier in this process (a sweep's first run),
+/// which a later run in it cannot change.
+pub fn threads_already_set() -> Option<usize> {
+    THREADS_SET.get().copied()
+}
+
 /// Sets the CPU thread count for candle and rayon. Must run before any
-/// parallel work starts: candle sizes its pools once per process.
+/// parallel work starts: candle sizes its pools once per process, so a
+/// second call keeps the first count (and says so when asked for another).
 pub fn set_threads(n: Option<usize>) -> usize {
+    if let Some(&fixed) = THREADS_SET.get() {
+        if n.is_some_and(|n| n != fixed) {
+            eprintln!(
+                "warning: this process's thread pools have {fixed} threads already; {} threads cannot be set now",
+                n.unwrap_or(fixed)
+            );
+        }
+        return fixed;
+    }
     if let Some(n) = n {
         let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
         if cores > 0 && n > cores {
@@ -78,7 +97,9 @@ pub fn set_threads(n: Option<usize>) -> usize {
             .num_threads(n)
             .build_global();
     }
-    candle_core::utils::get_num_threads()
+    let t = candle_core::utils::get_num_threads();
+    let _ = THREADS_SET.set(t);
+    t
 }
 
 pub fn device_info(spec: &DeviceSpec, threads: usize) -> DeviceInfo {

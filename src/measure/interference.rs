@@ -51,6 +51,10 @@ pub struct InterferenceReading {
     /// use, ns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_cpu_ns: Option<u64>,
+    /// `other_cpu_ns` comes from 10 ms ticks: too coarse to bound one
+    /// short sample's delay, so it is shown, not used as a bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub other_cpu_from_ticks: bool,
     /// CPUs this process may use (its affinity mask).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<usize>,
@@ -65,7 +69,7 @@ pub struct InterferenceReading {
 /// when the run-queue delay could not be read.
 pub fn delay_ns(r: &InterferenceReading, wall_ns: u64, threads: usize) -> Option<f64> {
     let mut delay = r.run_delay_ns? as f64;
-    if let Some(o) = r.other_cpu_ns {
+    if let Some(o) = r.other_cpu_ns.filter(|_| !r.other_cpu_from_ticks) {
         delay = delay.min(o as f64);
     }
     if let Some(c) = r.cpu_ns {
@@ -213,8 +217,8 @@ pub fn difference(a: &Counters, b: &Counters, tick_ns: u64) -> InterferenceReadi
     let sub = |x: Option<u64>, y: Option<u64>| Some(y?.saturating_sub(x?));
     let cpu_ns = sub(a.cpu_ns, b.cpu_ns);
     // Nanoseconds where the cgroup gives them, else ticks.
-    let busy_ns = sub(a.host_cpu_ns, b.host_cpu_ns)
-        .or_else(|| sub(a.busy_ticks, b.busy_ticks).map(|t| t * tick_ns));
+    let exact_ns = sub(a.host_cpu_ns, b.host_cpu_ns);
+    let busy_ns = exact_ns.or_else(|| sub(a.busy_ticks, b.busy_ticks).map(|t| t * tick_ns));
     InterferenceReading {
         run_delay_ns,
         steal_ns: sub(a.steal_ticks, b.steal_ticks).map(|t| t * tick_ns),
@@ -225,6 +229,7 @@ pub fn difference(a: &Counters, b: &Counters, tick_ns: u64) -> InterferenceReadi
             (Some(busy), Some(own)) => Some(busy.saturating_sub(own)),
             _ => None,
         },
+        other_cpu_from_ticks: exact_ns.is_none() && busy_ns.is_some(),
         cpus: b.cpus,
     }
 }
@@ -274,10 +279,24 @@ pub fn parse_proc_stat(text: &str, cpus: &[usize]) -> Option<(u64, u64)> {
     (seen == cpus.len() && seen > 0).then_some((busy, steal))
 }
 
+/// Whether this process's cpuacct cgroup (v1) is the root, whose usage
+/// counts every task on the machine; a container's own cgroup would miss
+/// its neighbours.
+pub fn cpuacct_at_root(proc_self_cgroup: &str) -> bool {
+    proc_self_cgroup.lines().any(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        ctrls.split(',').any(|c| c == "cpuacct") && path.trim() == "/"
+    })
+}
+
 /// Reads the host's counters; sources that cannot be read stay `None`.
 pub struct Meter {
     cpus: Vec<usize>,
     tick_ns: u64,
+    /// Whether the root cpuacct cgroup is this process's (see
+    /// [`cpuacct_at_root`]).
+    cpuacct: bool,
     start: Option<Counters>,
 }
 
@@ -288,6 +307,8 @@ impl Meter {
         Self {
             cpus: affinity_cpus(),
             tick_ns: if hz > 0 { 1_000_000_000 / hz as u64 } else { 10_000_000 },
+            cpuacct: std::fs::read_to_string("/proc/self/cgroup")
+                .is_ok_and(|t| cpuacct_at_root(&t)),
             start: None,
         }
     }
@@ -307,7 +328,7 @@ impl Meter {
             ));
         } else if c.busy_ticks.is_some() {
             parts.push(format!(
-                "other processes' CPU time on {} CPU(s) (/proc/stat, 10 ms ticks)",
+                "other processes' CPU time on {} CPU(s) (/proc/stat, 10 ms ticks: shown, not a bound)",
                 self.cpus.len()
             ));
         }
@@ -336,8 +357,10 @@ impl Meter {
                 .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
             (sw, cpu)
         };
-        let host_cpu_ns = std::fs::read_to_string(CPUACCT_PERCPU)
-            .ok()
+        let host_cpu_ns = self
+            .cpuacct
+            .then(|| std::fs::read_to_string(CPUACCT_PERCPU).ok())
+            .flatten()
             .and_then(|t| parse_usage_percpu(&t, &self.cpus));
         Counters {
             run_delay_ns,
@@ -412,6 +435,10 @@ mod tests {
         assert_eq!(parse_usage_percpu("100 250 7 \n", &[0, 1]), Some(350));
         assert_eq!(parse_usage_percpu("100 250 7 \n", &[2]), Some(7));
         assert_eq!(parse_usage_percpu("100 250\n", &[3]), None);
+        assert!(cpuacct_at_root("3:cpuset:/\n2:cpuacct:/\n1:cpu:/\n"));
+        assert!(cpuacct_at_root("4:cpu,cpuacct:/\n"));
+        assert!(!cpuacct_at_root("4:cpu,cpuacct:/docker/abc\n0::/\n"));
+        assert!(!cpuacct_at_root("0::/\n"));
         assert_eq!(parse_schedstat("garbage"), None);
     }
 
@@ -437,6 +464,7 @@ mod tests {
             cpus: Some(2),
         };
         let r = difference(&a, &b, 10_000_000);
+        assert!(r.other_cpu_from_ticks);
         assert_eq!(r.run_delay_ns, Some(325));
         assert_eq!(r.involuntary_switches, Some(4));
         assert_eq!(r.cpu_ns, Some(200_000_000));
@@ -447,7 +475,9 @@ mod tests {
         let (mut a, mut b) = (a, b);
         a.host_cpu_ns = Some(5_000_000_000);
         b.host_cpu_ns = Some(5_250_000_001);
-        assert_eq!(difference(&a, &b, 10_000_000).other_cpu_ns, Some(50_000_001));
+        let r = difference(&a, &b, 10_000_000);
+        assert_eq!(r.other_cpu_ns, Some(50_000_001));
+        assert!(!r.other_cpu_from_ticks);
     }
 
     #[test]
@@ -486,6 +516,14 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(interference_pct(&beside, 100_000_000, 1), Some(0.0));
+        // Ticks are too coarse to bound a sample: 0 ticks of others do not
+        // erase a measured delay.
+        let ticks = InterferenceReading {
+            other_cpu_ns: Some(0),
+            other_cpu_from_ticks: true,
+            ..r.clone()
+        };
+        assert!((interference_pct(&ticks, 100_000_000, 1).unwrap() - 50.0).abs() < 1e-9);
         // A helper thread that waited while the one decoding thread ran on
         // (the process ran 99 of 100 ms): 1 ms lost at most.
         let helper = InterferenceReading {

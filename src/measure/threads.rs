@@ -24,6 +24,10 @@ pub const TIE_TOLERANCE: f64 = 0.05;
 /// the choice between counts is settled well before.
 pub const MAX_PROBE_WIDTH: usize = 16;
 
+/// How long one probe child may take (loading and, on first use,
+/// fetching the models included).
+const PROBE_TIMEOUT_S: u64 = 900;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThreadsHow {
@@ -34,6 +38,9 @@ pub enum ThreadsHow {
     /// candle's default (its count of physical cores): a GPU run, or a
     /// probe that failed (the run's log says why).
     Default,
+    /// Set by an earlier run in the same process (a sweep's first suite):
+    /// the pools are sized once per process.
+    Inherited,
 }
 
 /// One model's times at one thread count (medians).
@@ -70,6 +77,13 @@ impl ThreadsChoice {
         }
     }
 
+    pub fn inherited(threads: usize) -> Self {
+        Self {
+            how: ThreadsHow::Inherited,
+            ..Self::given(threads)
+        }
+    }
+
     pub fn default_for_gpu(threads: usize) -> Self {
         Self {
             how: ThreadsHow::Default,
@@ -82,6 +96,10 @@ impl ThreadsChoice {
         match self.how {
             ThreadsHow::Given => format!("{} threads (--threads)", self.threads),
             ThreadsHow::Default => format!("{} threads (candle's default)", self.threads),
+            ThreadsHow::Inherited => format!(
+                "{} threads (chosen by an earlier run in this process)",
+                self.threads
+            ),
             ThreadsHow::Automatic => {
                 let totals = totals(&self.timings);
                 let times = totals
@@ -298,8 +316,7 @@ fn probe_children(pm: &ProbeModels<'_>, width: usize) -> Result<Vec<ThreadsTimin
             .arg("--out")
             .arg(&out)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            .stdout(std::process::Stdio::null());
         for m in &pm.specs {
             cmd.arg("--model").arg(m);
         }
@@ -315,11 +332,24 @@ fn probe_children(pm: &ProbeModels<'_>, width: usize) -> Result<Vec<ThreadsTimin
         if let Some(t) = pm.tokenizer {
             cmd.arg("--tokenizer").arg(t);
         }
-        let child = cmd
-            .output()
-            .context("starting pdbench probe-threads")?;
-        if !child.status.success() {
-            let err = String::from_utf8_lossy(&child.stderr);
+        let err_path = dir.path().join(format!("t{t}.err"));
+        cmd.stderr(std::fs::File::create(&err_path).context("creating the probe's log")?);
+        let mut child = cmd.spawn().context("starting pdbench probe-threads")?;
+        // A probe that hangs (a stuck fetch, say) must not hold the run.
+        let clock = MonotonicClock::new();
+        let status = loop {
+            if let Some(st) = child.try_wait().context("waiting for the thread probe")? {
+                break st;
+            }
+            if clock.now_ns() > PROBE_TIMEOUT_S * 1_000_000_000 {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("at {t} threads: no answer after {PROBE_TIMEOUT_S} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if !status.success() {
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
             let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
             anyhow::bail!("at {t} threads: {}", last.trim());
         }

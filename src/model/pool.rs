@@ -162,10 +162,12 @@ impl Pool {
         while s.active.load(Ordering::SeqCst) != 0 {
             backoff(&mut spins);
         }
+        // Cleared before any unwinding, so no later call inherits it.
+        let worker_panicked = s.panicked.swap(false, Ordering::SeqCst);
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
-        if s.panicked.swap(false, Ordering::SeqCst) {
+        if worker_panicked {
             panic!("a pool worker panicked");
         }
     }
@@ -273,7 +275,13 @@ fn worker(s: &'static Shared) {
 /// `RAYON_NUM_THREADS`, else candle's default) on first use.
 pub fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool::new(candle_core::utils::get_num_threads()))
+    POOL.get_or_init(|| {
+        let candle = std::env::var("CANDLE_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        Pool::new(candle.unwrap_or_else(candle_core::utils::get_num_threads))
+    })
 }
 
 /// Runs `f` over `0..n_items` on this pool, or on candle's barrier pool

@@ -408,7 +408,7 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow], alerts: &[String]) -
     let mut s = String::from("# pdbench report\n\n");
     for m in manifests {
         s.push_str(&format!(
-            "- run `{}`: suite **{}** v{} ({} samples{}), model **{}** ({}, {}), device {} ({} threads), seed {}, max_new_tokens {}, warm-up {} prompt(s) not recorded, status {}\n",
+            "- run `{}`: suite **{}** v{} ({} samples{}), model **{}** ({}, {}), device {} ({} threads{}), {} order, seed {}, max_new_tokens {}, warm-up {} prompt(s) not recorded, status {}\n",
             m.run_id,
             m.suite.def.name,
             m.suite.def.version,
@@ -419,6 +419,11 @@ pub fn markdown(manifests: &[Manifest], rows: &[MethodRow], alerts: &[String]) -
             m.models.target.dtype,
             m.device.name,
             m.device.threads,
+            match m.threads_choice.as_ref().map(|c| c.how) {
+                Some(crate::measure::threads::ThreadsHow::Automatic) => ", chosen by timing",
+                _ => "",
+            },
+            m.order.as_str(),
             m.seed,
             m.max_new_tokens,
             m.warmup,
