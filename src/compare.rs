@@ -23,8 +23,12 @@ pub enum CompareError {
         new: String,
         reasons: String,
     },
-    #[error("not comparable: host interference: {runs} (above --max-interference {threshold_pct}%; the host took run-queue or steal time while these samples were timed); re-run on a quiet machine, or with fewer --threads, or pass --force to compare them anyway")]
-    Interference { runs: String, threshold_pct: f64 },
+    #[error("not comparable: host interference: {runs} (above --max-interference {threshold_pct}%; the host took run-queue or steal time while these samples were timed); re-run on a quiet machine, or with fewer --threads, or pass --force to compare them anyway{also}")]
+    Interference {
+        runs: String,
+        threshold_pct: f64,
+        also: String,
+    },
     #[error("{base} holds no samples of the methods both runs name; there is nothing to compare against")]
     EmptyBase { base: String },
     #[error("{base} and {new} share no method label ({base_labels} vs {new_labels}); nothing to compare")]
@@ -713,23 +717,8 @@ pub fn compare(
     let (bd, nd) = (RunDir::open(base)?, RunDir::open(new)?);
     let (bm, nm) = (bd.read_manifest()?, nd.read_manifest()?);
     let why = comparability(&bm, &nm);
-    if !why.is_empty() && !force {
-        return Err(CompareError::NotComparable {
-            base: base.display().to_string(),
-            new: new.display().to_string(),
-            reasons: why.join("; "),
-        });
-    }
     let labels =
         |m: &Manifest| -> BTreeSet<String> { m.methods.iter().map(|i| i.label.clone()).collect() };
-    if labels(&bm).is_disjoint(&labels(&nm)) {
-        return Err(CompareError::NothingShared {
-            base: base.display().to_string(),
-            new: new.display().to_string(),
-            base_labels: labels(&bm).into_iter().collect::<Vec<_>>().join(", "),
-            new_labels: labels(&nm).into_iter().collect::<Vec<_>>().join(", "),
-        });
-    }
     let (bs, _) = bd.read_samples()?;
     let (ns, _) = nd.read_samples()?;
     // Only the methods compared: a disturbed method one run alone holds
@@ -747,10 +736,32 @@ pub fn compare(
             disturbed.push(format!("{which} {}: {}", path.display(), hit.join(", ")));
         }
     }
+    // Host interference first: it says why a re-run, not a new baseline,
+    // is the cure; other reasons follow it.
     if !disturbed.is_empty() && !force {
         return Err(CompareError::Interference {
             runs: disturbed.join("; "),
             threshold_pct: t.max_interference_pct,
+            also: if why.is_empty() {
+                String::new()
+            } else {
+                format!("; the runs also differ: {}", why.join("; "))
+            },
+        });
+    }
+    if !why.is_empty() && !force {
+        return Err(CompareError::NotComparable {
+            base: base.display().to_string(),
+            new: new.display().to_string(),
+            reasons: why.join("; "),
+        });
+    }
+    if labels(&bm).is_disjoint(&labels(&nm)) {
+        return Err(CompareError::NothingShared {
+            base: base.display().to_string(),
+            new: new.display().to_string(),
+            base_labels: labels(&bm).into_iter().collect::<Vec<_>>().join(", "),
+            new_labels: labels(&nm).into_iter().collect::<Vec<_>>().join(", "),
         });
     }
     // A broken baseline (no samples of what both runs hold) must not pass.
