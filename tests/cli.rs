@@ -2152,7 +2152,7 @@ fn three_shards_merge_into_the_unsharded_run() {
         &mut merge(&["shard1", "shard3"], "m2"),
         &["shard(s) 2/3 missing"],
     );
-    run("other", &["--shard", "2/3", "--seed", "5"])
+    run("other", &["--shard", "2/3", "--seed", "5", "--threads", "1"])
         .assert()
         .success();
     fails_with(
