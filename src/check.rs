@@ -79,6 +79,12 @@ pub struct CheckArgs {
     /// Fail instead of fetching a registry model that is missing.
     #[arg(long)]
     pub no_fetch: bool,
+    /// Instead of a device check, compare --model's greedy choices with a
+    /// peer's greedy ids on the same GGUF (the JSON that
+    /// scripts/peer/llamacpp-fixtures.sh writes), naming each position
+    /// where they part and both margins (exit 1 unless all are near ties).
+    #[arg(long, value_name = "FILE")]
+    pub peer_tokens: Option<PathBuf>,
 }
 
 /// What a precision is held to.
@@ -721,6 +727,9 @@ pub fn run(a: CheckArgs) -> Result<i32> {
         tokenizer: None,
         dequantize: a.dequantize,
     };
+    if let Some(file) = &a.peer_tokens {
+        return peer_check(&a, file, &store, policy, &dev_opts);
+    }
     let reference = load(&a.model, &store, policy, &ref_opts, "--model")?;
     let target = load(&a.model, &store, policy, &dev_opts, "--model")?;
     let zoo = model::source::zoo_model(&a.model).is_some();
@@ -796,6 +805,41 @@ pub fn run(a: CheckArgs) -> Result<i32> {
             .with_context(|| format!("--out: writing {}", out.display()))?;
     }
     Ok(i32::from(!report.passed))
+}
+
+/// `check --peer-tokens`: `a.model` beside a peer's greedy ids.
+fn peer_check(
+    a: &CheckArgs,
+    file: &std::path::Path,
+    store: &Store,
+    policy: FetchPolicy,
+    opts: &LoadOptions,
+) -> Result<i32> {
+    let peer = crate::peer::PeerTokens::read(file).context("--peer-tokens")?;
+    let m = load(&a.model, store, policy, opts, "--model")?;
+    if !m.info.files.iter().any(|f| f.sha256 == peer.gguf_sha256) {
+        bail!(
+            "--peer-tokens {}: made on a file with sha256 {}, which is not --model {}'s",
+            file.display(),
+            peer.gguf_sha256,
+            a.model
+        );
+    }
+    let got = crate::peer::compare(&m, &peer)
+        .with_context(|| format!("--peer-tokens {}", file.display()))?;
+    println!(
+        "check: {} beside {} ({}), near tie = both margins <= {} logits\n{}",
+        a.model,
+        peer.peer,
+        peer.cpu_model,
+        crate::peer::NEAR_TIE_LOGITS,
+        got.describe()
+    );
+    if let Some(out) = &a.out {
+        crate::results::write_atomic(out, serde_json::to_string_pretty(&got)?.as_bytes())
+            .with_context(|| format!("--out: writing {}", out.display()))?;
+    }
+    Ok(i32::from(!got.agrees()))
 }
 
 /// The check as Markdown: the tolerance, parity figures and one row per

@@ -15,6 +15,7 @@ pub mod measure;
 pub mod merge;
 pub mod methods;
 pub mod model;
+pub mod peer;
 pub mod report;
 pub mod results;
 pub mod runner;
