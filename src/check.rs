@@ -699,6 +699,7 @@ fn device_name(d: &candle_core::Device) -> String {
 
 pub fn run(a: CheckArgs) -> Result<i32> {
     crate::env::set_threads(a.threads);
+    crate::measure::kernels::tune();
     let store = Store::from_env();
     let policy = if a.no_fetch {
         FetchPolicy::Never

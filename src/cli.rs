@@ -284,7 +284,12 @@ pub struct RunArgs {
     /// spell of the host falls on every method alike (every method's
     /// decoder is held at once). `method`: method by method, as Spec-Bench
     /// does.
-    #[arg(long, value_enum, default_value = "interleaved", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "interleaved",
+        conflicts_with = "resume"
+    )]
     pub order: results::RunOrder,
     /// The default order since it became the default; kept so that older
     /// command lines still run (same as `--order interleaved`).
@@ -1528,6 +1533,8 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
             let dir = RunDir::open(&path)?;
             let m = dir.read_manifest()?;
             let threads = env::set_threads(Some(m.device.threads));
+            // Same bits whichever kernels run; only their speed is re-measured.
+            crate::measure::kernels::tune();
             let device = DeviceSpec::parse(&m.device.name)?;
             // The very data file the run started with (its sha256 is checked).
             // (ParallelBench tasks and generated suites have no such file.)
@@ -1839,7 +1846,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 (None, _) if env::threads_already_set().is_some() => {
                     ThreadsChoice::inherited(env::set_threads(None))
                 }
-                (None, DeviceSpec::Cuda(_)) => ThreadsChoice::default_for_gpu(env::set_threads(None)),
+                (None, DeviceSpec::Cuda(_)) => {
+                    ThreadsChoice::default_for_gpu(env::set_threads(None))
+                }
                 (None, DeviceSpec::Cpu) => {
                     let specs: Vec<String> = std::iter::once(a.model.clone())
                         .chain(draft_spec.clone())
@@ -1865,6 +1874,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 }
             };
             let threads = threads_choice.threads;
+            let kernel_choice = (device == DeviceSpec::Cpu).then(crate::measure::kernels::tune);
             let opts = LoadOptions {
                 device: device.open()?,
                 dtype,
@@ -2014,6 +2024,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 legacy_interleave: false,
                 threads_choice: Some(threads_choice),
                 interference_meter: None,
+                kernel_choice,
                 energy: None,
             };
             (setup, dir, manifest, false)

@@ -777,7 +777,11 @@ pub fn compare(
     let changes = compare_runs(&bm, bs, &nm, ns, t);
     let forced = if force {
         why.into_iter()
-            .chain(disturbed.iter().map(|d| format!("host interference in {d}")))
+            .chain(
+                disturbed
+                    .iter()
+                    .map(|d| format!("host interference in {d}")),
+            )
             .collect()
     } else {
         Vec::new()

@@ -128,7 +128,50 @@ pub fn host_info() -> HostInfo {
         os: System::long_os_version().unwrap_or_else(|| std::env::consts::OS.into()),
         kernel: System::kernel_version().unwrap_or_default(),
         hostname: System::host_name().unwrap_or_default(),
+        cpu_flags: cpu_flags(),
     }
+}
+
+/// The SIMD features of this CPU that matter to the kernels.
+pub fn cpu_flags() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut flags: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! have {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    flags.push($f);
+                }
+            )*};
+        }
+        have!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avxvnni",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16",
+            "avx512vbmi"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! have {
+            ($($f:tt),*) => {$(
+                if std::arch::is_aarch64_feature_detected!($f) {
+                    flags.push($f);
+                }
+            )*};
+        }
+        have!("neon", "dotprod", "i8mm", "sve");
+    }
+    flags.into_iter().map(String::from).collect()
 }
 
 /// The commit this binary was built from, recorded by build.rs.

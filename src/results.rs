@@ -99,6 +99,10 @@ pub struct HostInfo {
     pub os: String,
     pub kernel: String,
     pub hostname: String,
+    /// The SIMD features the kernels can use, as the CPU reports them
+    /// (`avx2`, `avx512vnni`, ...): what makes speeds differ between hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,12 +187,14 @@ pub struct Manifest {
     /// What the interference meter reads on this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interference_meter: Option<String>,
+    /// The instruction set each GGUF format's kernels ran with, chosen by a
+    /// start-up measurement (the same bits either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_choice: Option<Vec<crate::measure::kernels::KernelChoice>>,
 }
 
 /// The order a run decodes its work items in.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOrder {
     /// Prompt by prompt, every method in turn, the order rotating each
@@ -308,7 +314,11 @@ pub fn interference_by_method(
 
 /// The methods of a run that the host disturbed beyond `threshold_pct`,
 /// as one clause each (`ar lost 23.1% of its thread time to the host`).
-pub fn disturbed_methods(m: &Manifest, samples: &[SampleRecord], threshold_pct: f64) -> Vec<String> {
+pub fn disturbed_methods(
+    m: &Manifest,
+    samples: &[SampleRecord],
+    threshold_pct: f64,
+) -> Vec<String> {
     interference_by_method(m, samples)
         .into_iter()
         .filter(|(_, s)| s.over(threshold_pct))

@@ -684,9 +684,11 @@ fn make_record(
         peak_gpu_mem_bytes: m.energy.peak_gpu_mem_bytes,
         peak_rss_bytes: m.energy.peak_rss_bytes,
         energy_errors: m.energy_errors.clone(),
-        interference_pct: m.energy.interference.as_ref().and_then(|r| {
-            crate::measure::interference::interference_pct(r, m.wall_ns, threads)
-        }),
+        interference_pct: m
+            .energy
+            .interference
+            .as_ref()
+            .and_then(|r| crate::measure::interference::interference_pct(r, m.wall_ns, threads)),
         interference: m.energy.interference.clone(),
         output_ids: m.output.clone(),
         output_text: text,

@@ -146,8 +146,15 @@ impl World {
         let mut c = self.cmd();
         // These runs are made while other tests run beside them; the
         // interference refusal has tests of its own.
-        c.args(["compare", base, new, "--max-interference", "100", "--results-dir"])
-            .arg(self.path("results"));
+        c.args([
+            "compare",
+            base,
+            new,
+            "--max-interference",
+            "100",
+            "--results-dir",
+        ])
+        .arg(self.path("results"));
         c
     }
     fn run(&self, extra: &[&str]) -> Command {
@@ -1656,9 +1663,16 @@ fn compare_gives_ci_verdicts_and_refuses_what_does_not_compare() {
     let base = results.join("base");
     let compare = |new: &str, extra: &[&str]| {
         let mut c = w.cmd();
-        c.args(["compare", "base", new, "--max-interference", "100", "--results-dir"])
-            .arg(&results)
-            .args(extra);
+        c.args([
+            "compare",
+            "base",
+            new,
+            "--max-interference",
+            "100",
+            "--results-dir",
+        ])
+        .arg(&results)
+        .args(extra);
         c
     };
     copy_run(&base, &results.join("same"), |_| {}, |_| {});
@@ -2074,7 +2088,14 @@ fn three_shards_merge_into_the_unsharded_run() {
                 .args(["--method", "ar", "--method", "pld", "--method", "sps"])
                 // Three at once on one machine: each run's own automatic
                 // thread choice could differ, and merge refuses that.
-                .args(["--set", "sps.draft_len=3", "--threads", "1", "--no-report", "--shard"])
+                .args([
+                    "--set",
+                    "sps.draft_len=3",
+                    "--threads",
+                    "1",
+                    "--no-report",
+                    "--shard",
+                ])
                 .arg(format!("{k}/3"))
                 .arg("--run-id")
                 .arg(format!("shard{k}"))
@@ -2152,9 +2173,12 @@ fn three_shards_merge_into_the_unsharded_run() {
         &mut merge(&["shard1", "shard3"], "m2"),
         &["shard(s) 2/3 missing"],
     );
-    run("other", &["--shard", "2/3", "--seed", "5", "--threads", "1"])
-        .assert()
-        .success();
+    run(
+        "other",
+        &["--shard", "2/3", "--seed", "5", "--threads", "1"],
+    )
+    .assert()
+    .success();
     fails_with(
         &mut merge(&["shard1", "other", "shard3"], "m3"),
         &["field `seed`", "other", "5 vs 0"],
@@ -3165,7 +3189,14 @@ fn interleaved_runs_rotate_methods_per_prompt_and_resume() {
         w.cmd()
             .args(["run", "--suite", "toy", "--limit", "6", "--warmup", "1"])
             .args(["--method", "ar", "--method", "pld", "--method", "sps"])
-            .args(["--threads", "1", "--run-id", id, "--no-report", "--results-dir"])
+            .args([
+                "--threads",
+                "1",
+                "--run-id",
+                id,
+                "--no-report",
+                "--results-dir",
+            ])
             .arg(&results)
             .args(extra)
             .assert()
@@ -3497,10 +3528,13 @@ fn host_interference_is_recorded_flagged_and_refused() {
 fn threads_are_chosen_by_timing_and_recorded() {
     let w = World::new();
     let results = w.path("results");
-    w.toy_run("auto", &["--limit", "2", "--method", "ar", "--method", "sps"])
-        .assert()
-        .success()
-        .stderr(predicates::str::contains("threads: "));
+    w.toy_run(
+        "auto",
+        &["--limit", "2", "--method", "ar", "--method", "sps"],
+    )
+    .assert()
+    .success()
+    .stderr(predicates::str::contains("threads: "));
     let manifest = |id: &str| -> serde_json::Value {
         serde_json::from_str(
             &std::fs::read_to_string(results.join(id).join("manifest.json")).unwrap(),
@@ -3513,21 +3547,35 @@ fn threads_are_chosen_by_timing_and_recorded() {
     assert_eq!(c["threads"], m["device"]["threads"]);
     let timings = c["timings"].as_array().unwrap();
     let cores = std::thread::available_parallelism().unwrap().get();
-    let counts: std::collections::BTreeSet<u64> =
-        timings.iter().map(|t| t["threads"].as_u64().unwrap()).collect();
-    assert!(counts.contains(&1) && counts.contains(&(cores as u64)), "{c}");
+    let counts: std::collections::BTreeSet<u64> = timings
+        .iter()
+        .map(|t| t["threads"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.contains(&1) && counts.contains(&(cores as u64)),
+        "{c}"
+    );
     // The target and sps's drafter, each with a decode step and a
     // verify-width forward.
-    let models: std::collections::BTreeSet<&str> =
-        timings.iter().map(|t| t["model"].as_str().unwrap()).collect();
+    let models: std::collections::BTreeSet<&str> = timings
+        .iter()
+        .map(|t| t["model"].as_str().unwrap())
+        .collect();
     assert_eq!(models.len(), 2, "{c}");
-    assert!(timings.iter().all(|t| t["decode_step_ns"].as_u64().unwrap() > 0
-        && t["verify_ns"].as_u64().unwrap() > 0));
+    assert!(
+        timings
+            .iter()
+            .all(|t| t["decode_step_ns"].as_u64().unwrap() > 0
+                && t["verify_ns"].as_u64().unwrap() > 0)
+    );
     assert!(c["verify_width"].as_u64().unwrap() > 1);
 
-    w.toy_run("given", &["--limit", "2", "--method", "ar", "--threads", "1"])
-        .assert()
-        .success();
+    w.toy_run(
+        "given",
+        &["--limit", "2", "--method", "ar", "--threads", "1"],
+    )
+    .assert()
+    .success();
     let m = manifest("given");
     assert_eq!(m["threads_choice"]["how"], "given");
     assert_eq!(m["device"]["threads"], 1);

@@ -12,16 +12,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-tests/fixtures/llamacpp}
 tokens=${TOKENS:-32}
 cache=${PDBENCH_CACHE:-$HOME/.cache/pdbench}
-llama=${LLAMA_CPP:-$cache/peer/llama.cpp}
-if [ ! -f "$llama/build/bin/libllama.so" ]; then
-  echo "building llama.cpp 0c1e570 (llama-cpp-python 0.3.36's vendored copy) in $llama, ~25 minutes on 2 cores"
-  mkdir -p "$cache/peer"
-  pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-python==0.3.36 -d "$cache/peer"
-  tar xzf "$cache/peer/llama_cpp_python-0.3.36.tar.gz" -C "$cache/peer"
-  rm -rf "$llama" && mv "$cache/peer/llama_cpp_python-0.3.36/vendor/llama.cpp" "$llama"
-  cmake -S "$llama" -B "$llama/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF
-  cmake --build "$llama/build" --target llama-bench llama-batched-bench llama-simple -j2
-fi
+llama=$(scripts/peer/build-llamacpp.sh)
 bin=$cache/peer/llama-greedy-ids
 g++ -O2 -std=c++17 -I"$llama/include" -I"$llama/ggml/include" scripts/peer/llama_greedy_ids.cpp \
   -L"$llama/build/bin" -lllama -lggml -lggml-base -Wl,-rpath,"$llama/build/bin" -o "$bin"

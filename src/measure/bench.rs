@@ -51,6 +51,17 @@ pub struct BenchArgs {
     /// `run` uses on the device), to match a peer's.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Also time each GGUF weight format's matvec kernel on the model's
+    /// tensors, beside a streaming read of the same thread count.
+    #[arg(long)]
+    pub kernels: bool,
+    /// Also time forwards of k new rows after a --prefill-token context,
+    /// for each k here (the cost of verifying k drafted tokens), e.g. 1,2,4,8,16.
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Vec<usize>,
+    /// Skip the pp and tg tests (with --kernels or --widths).
+    #[arg(long)]
+    pub no_speed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +94,39 @@ pub struct BenchReport {
     pub overhead: Vec<OverheadRow>,
     #[serde(default)]
     pub profile: Vec<ProfileRow>,
+    /// Per model, each weight format and the kernel its CPU forward uses.
+    #[serde(default)]
+    pub kernels_used: Vec<KernelsUsed>,
+    #[serde(default)]
+    pub kernels: Vec<super::kernels::KernelRow>,
+    #[serde(default)]
+    pub widths: Vec<WidthRow>,
+    /// The start-up measurement's instruction set per format (of the first
+    /// thread count's process).
+    #[serde(default)]
+    pub kernel_choice: Vec<super::kernels::KernelChoice>,
+}
+
+/// Which kernel each of a model's weight formats runs on (`bench` prints it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KernelsUsed {
+    pub model: String,
+    /// (format, kernel, tensors)
+    pub formats: Vec<(String, String, usize)>,
+}
+
+/// One forward of `width` new rows after `context` tokens (`--widths`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WidthRow {
+    pub model: String,
+    pub threads: usize,
+    pub context: usize,
+    pub width: usize,
+    pub forward_ns_median: f64,
+    pub forward_ns_all: Vec<f64>,
+    /// forward_ns_median ÷ that of width 1 (when measured): what verifying
+    /// `width` drafted tokens costs in decode steps.
+    pub cost_vs_width_1: Option<f64>,
 }
 
 /// Where a decode's time goes (`--profile`), per token.
@@ -394,20 +438,17 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if a.repeats == 0 {
         anyhow::bail!("--repeats 0: expected at least 1 measured repetition");
     }
-    let (rows, overhead, profile) = match a.threads.as_slice() {
+    let got = match a.threads.as_slice() {
         [] => anyhow::bail!("--threads: expected at least one thread count"),
         [t] => bench_in_process(&a, *t)?,
         many => {
             // candle sizes its thread pools once per process, so each thread
             // count gets a process of its own.
-            let (mut rows, mut overhead, mut profile) = (Vec::new(), Vec::new(), Vec::new());
+            let mut all = Measurements::default();
             for &t in many {
-                let (r, o, p) = bench_in_child(&a, t)?;
-                rows.extend(r);
-                overhead.extend(o);
-                profile.extend(p);
+                all.extend(bench_in_child(&a, t)?);
             }
-            (rows, overhead, profile)
+            all
         }
     };
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
@@ -417,9 +458,13 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         argv: std::env::args().collect(),
         host: crate::env::host_info(),
         device: spec.name(),
-        rows,
-        overhead,
-        profile,
+        rows: got.rows,
+        overhead: got.overhead,
+        profile: got.profile,
+        kernels_used: got.kernels_used,
+        kernels: got.kernels,
+        widths: got.widths,
+        kernel_choice: got.kernel_choice,
     };
     let md = markdown(&report);
     println!("{md}");
@@ -446,7 +491,34 @@ fn with_suffix(path: &std::path::Path, ext: &str) -> PathBuf {
 
 /// Runs `pdbench bench` for one thread count in a child process and returns
 /// its rows.
-type Measurements = (Vec<BenchRow>, Vec<OverheadRow>, Vec<ProfileRow>);
+#[derive(Default)]
+struct Measurements {
+    rows: Vec<BenchRow>,
+    overhead: Vec<OverheadRow>,
+    profile: Vec<ProfileRow>,
+    kernels_used: Vec<KernelsUsed>,
+    kernels: Vec<super::kernels::KernelRow>,
+    widths: Vec<WidthRow>,
+    kernel_choice: Vec<super::kernels::KernelChoice>,
+}
+
+impl Measurements {
+    fn extend(&mut self, o: Measurements) {
+        self.rows.extend(o.rows);
+        self.overhead.extend(o.overhead);
+        self.profile.extend(o.profile);
+        for k in o.kernels_used {
+            if !self.kernels_used.contains(&k) {
+                self.kernels_used.push(k);
+            }
+        }
+        self.kernels.extend(o.kernels);
+        self.widths.extend(o.widths);
+        if self.kernel_choice.is_empty() {
+            self.kernel_choice = o.kernel_choice;
+        }
+    }
+}
 
 fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     let tmp = std::env::temp_dir().join(format!("pdbench-bench-{}-t{threads}", std::process::id()));
@@ -474,6 +546,16 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     if a.profile {
         cmd.arg("--profile");
     }
+    if a.kernels {
+        cmd.arg("--kernels");
+    }
+    if a.no_speed {
+        cmd.arg("--no-speed");
+    }
+    if !a.widths.is_empty() {
+        let w: Vec<String> = a.widths.iter().map(|w| w.to_string()).collect();
+        cmd.arg("--widths").arg(w.join(","));
+    }
     cmd.arg("--out")
         .arg(&tmp)
         .stdout(std::process::Stdio::null());
@@ -488,15 +570,27 @@ fn bench_in_child(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     let _ = std::fs::remove_file(with_suffix(&tmp, "md"));
     let report: BenchReport =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-    Ok((report.rows, report.overhead, report.profile))
+    Ok(Measurements {
+        rows: report.rows,
+        overhead: report.overhead,
+        profile: report.profile,
+        kernels_used: report.kernels_used,
+        kernels: report.kernels,
+        widths: report.widths,
+        kernel_choice: report.kernel_choice,
+    })
 }
 
 fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Measurements> {
     let threads = crate::env::set_threads(Some(threads));
+    let choice = super::kernels::tune();
     let store = Store::from_env();
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
     let device = spec.open()?;
-    let (mut rows, mut overhead, mut profile) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = Measurements {
+        kernel_choice: choice,
+        ..Default::default()
+    };
     for spec_str in &a.models {
         let m = model::load(
             spec_str,
@@ -513,12 +607,50 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Measurements> {
             },
             &mut |s| eprintln!("{s}"),
         )?;
-        let (r, o) = bench_model(a, &m, threads)?;
-        overhead.extend(o);
+        let gguf = m
+            .info
+            .files
+            .iter()
+            .map(|f| PathBuf::from(&f.path))
+            .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+        if let Some(path) = &gguf {
+            let used = kernels_used(&m.info.label, path)?;
+            eprintln!(
+                "{}: {}",
+                used.model,
+                used.formats
+                    .iter()
+                    .map(|(f, k, n)| format!("{f} ×{n} → {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            out.kernels_used.push(used);
+        }
+        let r = if a.no_speed {
+            vec![]
+        } else {
+            let (r, o) = bench_model(a, &m, threads)?;
+            out.overhead.extend(o);
+            r
+        };
         if a.profile {
             let mut rng = ChaCha20Rng::seed_from_u64(1234);
             let prompt = random_tokens(a.prefill, m.model.config().vocab_size, &mut rng);
-            profile.push(profile_decode(a, &m, threads, &prompt)?);
+            out.profile.push(profile_decode(a, &m, threads, &prompt)?);
+        }
+        if !a.widths.is_empty() {
+            out.widths.extend(bench_widths(a, &m, threads)?);
+        }
+        if a.kernels {
+            match &gguf {
+                Some(path) => out.kernels.extend(super::kernels::bench_kernels(
+                    &m.info.label,
+                    path,
+                    threads,
+                    a.repeats,
+                )?),
+                None => eprintln!("{}: --kernels: not a GGUF model, skipped", m.info.label),
+            }
         }
         for x in &r {
             eprintln!(
@@ -531,20 +663,155 @@ fn bench_in_process(a: &BenchArgs, threads: usize) -> Result<Measurements> {
                     .map_or(" (one repetition)".into(), |sd| format!(" ± {sd:.1}"))
             );
         }
-        rows.extend(r);
+        out.rows.extend(r);
     }
-    Ok((rows, overhead, profile))
+    Ok(out)
+}
+
+/// Each weight format of the GGUF at `path` and the kernel it runs on.
+fn kernels_used(label: &str, path: &std::path::Path) -> Result<KernelsUsed> {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let ct =
+        gguf_file::Content::read(&mut f).with_context(|| format!("reading {}", path.display()))?;
+    let mut formats: Vec<(String, String, usize)> = Vec::new();
+    for info in ct.tensor_infos.values() {
+        let dims = info.shape.dims();
+        if dims.len() != 2 {
+            continue;
+        }
+        let format = format!("{:?}", info.ggml_dtype);
+        let kernel = crate::model::kernels::kernel_for(info.ggml_dtype, dims[0], dims[1]);
+        match formats
+            .iter_mut()
+            .find(|(f, k, _)| *f == format && *k == kernel)
+        {
+            Some(x) => x.2 += 1,
+            None => formats.push((format, kernel, 1)),
+        }
+    }
+    formats.sort();
+    Ok(KernelsUsed {
+        model: label.into(),
+        formats,
+    })
+}
+
+/// `--widths`: forwards of k new rows (logits at every row, as a verifier
+/// asks) after a context of `--prefill` tokens, the cache cut back after
+/// each; median of `--repeats` after one warm-up.
+fn bench_widths(a: &BenchArgs, m: &LoadedModel, threads: usize) -> Result<Vec<WidthRow>> {
+    let clock = MonotonicClock::new();
+    let dev = m.model.device().clone();
+    let mut rng = ChaCha20Rng::seed_from_u64(4321);
+    let vocab = m.model.config().vocab_size;
+    let max_w = a.widths.iter().copied().max().unwrap_or(1);
+    let context = random_tokens(a.prefill, vocab, &mut rng);
+    let rows_in = random_tokens(max_w, vocab, &mut rng);
+    let mut cache = m.model.new_cache(a.prefill + max_w + 1)?;
+    m.model.forward(&mut cache, &Forward::causal(&context, 0))?;
+    let mut out = Vec::new();
+    for &w in &a.widths {
+        if w == 0 {
+            anyhow::bail!("--widths: expected widths of at least 1, got 0");
+        }
+        let mut samples = Vec::new();
+        for i in 0..=a.repeats {
+            cache.truncate(a.prefill)?;
+            let ns = time_ns(&clock, &dev, &mut || {
+                let out = m.model.forward(
+                    &mut cache,
+                    &Forward::causal(&rows_in[..w], a.prefill).with_logits(model::LogitsAt::All),
+                )?;
+                argmax_rows(out.logits.as_ref().expect("logits"))?;
+                Ok(())
+            })?;
+            if i > 0 {
+                samples.push(ns as f64);
+            }
+        }
+        let median = stats::median(&samples).unwrap_or(f64::NAN);
+        eprintln!(
+            "{} t={threads} width {w} after {}: {:.2} ms per forward",
+            m.info.label,
+            a.prefill,
+            median / 1e6
+        );
+        out.push(WidthRow {
+            model: m.info.label.clone(),
+            threads,
+            context: a.prefill,
+            width: w,
+            forward_ns_median: median,
+            forward_ns_all: samples,
+            cost_vs_width_1: None,
+        });
+    }
+    if let Some(one) = out
+        .iter()
+        .find(|r| r.width == 1)
+        .map(|r| r.forward_ns_median)
+    {
+        for r in &mut out {
+            r.cost_vs_width_1 = Some(r.forward_ns_median / one);
+        }
+    }
+    Ok(out)
 }
 
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = format!(
-        "pdbench {} ({}), {} on {} ({} logical cores)\n\n| model | dtype | threads | test | tokens/s | ± sd |\n|---|---|---|---|---|---|\n",
+        "pdbench {} ({}), {} on {} ({} logical cores; {})\n",
         r.pdbench_version,
-        r.git.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("unknown commit"),
+        r.git
+            .commit
+            .as_deref()
+            .map(|c| &c[..c.len().min(10)])
+            .unwrap_or("unknown commit"),
         r.device,
         r.host.cpu_model,
-        r.host.logical_cores
+        r.host.logical_cores,
+        if r.host.cpu_flags.is_empty() {
+            "CPU flags not recorded".to_string()
+        } else {
+            r.host.cpu_flags.join(" ")
+        }
     );
+    if !r.kernel_choice.is_empty() {
+        s.push_str(&format!(
+            "\nKernel instruction sets, chosen by a start-up measurement (ns per block on an L2-resident weight): {}\n",
+            r.kernel_choice
+                .iter()
+                .map(|c| format!(
+                    "{} → {} ({})",
+                    c.format,
+                    c.isa,
+                    c.candidates
+                        .iter()
+                        .map(|(i, ns)| format!("{i} {ns:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    for k in &r.kernels_used {
+        s.push_str(&format!(
+            "\nKernels, {}: {}\n",
+            k.model,
+            k.formats
+                .iter()
+                .map(|(f, kernel, n)| format!("{f} ({n} tensors) → {kernel}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    if !r.rows.is_empty() {
+        s.push_str(
+            "\n| model | dtype | threads | test | tokens/s | ± sd |\n|---|---|---|---|---|---|\n",
+        );
+    }
     for x in &r.rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.1} | {} |\n",
@@ -570,6 +837,45 @@ pub fn markdown(r: &BenchReport) -> String {
                 o.decode_ns_per_token / 1e6,
                 o.harness_pct,
                 o.paired_pct_median
+            ));
+        }
+    }
+    if !r.kernels.is_empty() {
+        s.push_str(
+            "\nEach format's matvec on the model's tensors (one decode step's worth), beside a streaming read of the same thread count; hot = one L2-resident slice, compute alone:\n\n| model | threads | format | kernel | tensors | MB per pass | pass ms | GB/s | stream GB/s | % of stream | hot ns/block | hot cycles/block | stream ns/block |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for k in &r.kernels {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {:.1} |\n",
+                k.model,
+                k.threads,
+                k.format,
+                k.kernel,
+                k.tensors,
+                k.bytes as f64 / 1e6,
+                k.pass_ns / 1e6,
+                k.pass_gb_per_s,
+                k.stream_gb_per_s,
+                k.pct_of_stream,
+                k.hot_ns_per_block,
+                k.hot_cycles_per_block.map_or("–".into(), |c| format!("{c:.0}")),
+                k.stream_ns_per_block
+            ));
+        }
+    }
+    if !r.widths.is_empty() {
+        s.push_str(
+            "\nThe verification cost curve: one forward of k new rows (logits at each) after the context:\n\n| model | threads | context | k | ms per forward | cost(k) ÷ cost(1) |\n|---|---|---|---|---|---|\n",
+        );
+        for w in &r.widths {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.2} | {} |\n",
+                w.model,
+                w.threads,
+                w.context,
+                w.width,
+                w.forward_ns_median / 1e6,
+                w.cost_vs_width_1.map_or("–".into(), |c| format!("{c:.2}"))
             ));
         }
     }

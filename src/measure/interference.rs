@@ -307,7 +307,11 @@ impl Meter {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {
             cpus: affinity_cpus(),
-            tick_ns: if hz > 0 { 1_000_000_000 / hz as u64 } else { 10_000_000 },
+            tick_ns: if hz > 0 {
+                1_000_000_000 / hz as u64
+            } else {
+                10_000_000
+            },
             cpuacct: std::fs::read_to_string("/proc/self/cgroup")
                 .is_ok_and(|t| cpuacct_at_root(&t)),
             start: None,
@@ -352,7 +356,8 @@ impl Meter {
         // passed to them.
         let (involuntary_switches, cpu_ns) = unsafe {
             let mut ru: libc::rusage = std::mem::zeroed();
-            let sw = (libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0).then(|| ru.ru_nivcsw as u64);
+            let sw =
+                (libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0).then(|| ru.ru_nivcsw as u64);
             let mut ts: libc::timespec = std::mem::zeroed();
             let cpu = (libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) == 0)
                 .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
@@ -550,7 +555,10 @@ mod tests {
         assert!((steal_beyond_doubt_ns(9 * tick, tick) - 3.0 * tick as f64).abs() < 1.0);
         // A burst keeps nearly all of it: 10 s in 10 ms ticks loses 0.63 s.
         let burst = steal_beyond_doubt_ns(1000 * tick, tick);
-        assert!((burst - (1e10 - 2.0 * 1e5 * 10f64.sqrt() * 1e3)).abs() < 1e3, "{burst}");
+        assert!(
+            (burst - (1e10 - 2.0 * 1e5 * 10f64.sqrt() * 1e3)).abs() < 1e3,
+            "{burst}"
+        );
         // Over a method, the ticks of its samples add up before the bound:
         // 100 samples of 100 ms, each with 2 ticks (20%), flag it, though
         // one sample's 2 ticks alone would not.
@@ -563,7 +571,10 @@ mod tests {
         };
         assert_eq!(interference_pct(&r, 100_000_000, 1), Some(0.0));
         let s = summarize((0..100).map(|_| (&r, 100_000_000)), 1).unwrap();
-        assert!(s.interference_pct > 17.0 && s.interference_pct < 20.0, "{s:?}");
+        assert!(
+            s.interference_pct > 17.0 && s.interference_pct < 20.0,
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 pub mod bench;
 pub mod energy;
 pub mod interference;
-pub mod threads;
+pub mod kernels;
 pub mod phase;
+pub mod threads;
 
 use std::time::Instant;
 

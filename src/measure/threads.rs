@@ -185,7 +185,9 @@ pub fn time_model(m: &LoadedModel, width: usize, threads: usize) -> Result<Threa
     let dev = m.model.device().clone();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let vocab = m.model.config().vocab_size as u32;
-    let context: Vec<u32> = (0..32).map(|_| rng.random_range(vocab / 4..vocab / 2)).collect();
+    let context: Vec<u32> = (0..32)
+        .map(|_| rng.random_range(vocab / 4..vocab / 2))
+        .collect();
     let mut cache = m.model.new_cache(32 + width.max(1) + 8)?;
     m.model.forward(&mut cache, &Forward::causal(&context, 0))?;
     let mut time = |tokens: &[u32]| -> Result<u64> {
@@ -222,6 +224,7 @@ pub fn time_model(m: &LoadedModel, width: usize, threads: usize) -> Result<Threa
 /// The child's side: load the models at `--threads` and time them.
 pub fn probe(a: ProbeArgs) -> Result<i32> {
     let threads = crate::env::set_threads(Some(a.threads));
+    crate::measure::kernels::tune();
     let store = Store::from_env();
     let spec = crate::env::DeviceSpec::parse(&a.device)?;
     let opts = LoadOptions {
@@ -350,11 +353,15 @@ fn probe_children(pm: &ProbeModels<'_>, width: usize) -> Result<Vec<ThreadsTimin
         };
         if !status.success() {
             let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             anyhow::bail!("at {t} threads: {}", last.trim());
         }
-        let text = std::fs::read_to_string(&out)
-            .with_context(|| format!("reading {}", out.display()))?;
+        let text =
+            std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
         let rows: Vec<ThreadsTiming> =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", out.display()))?;
         timings.extend(rows);
@@ -399,7 +406,10 @@ mod tests {
         assert_eq!(choose(&ts, 0.05), Some(2));
         assert_eq!(choose(&ts, 0.0), Some(4));
         // A small model: one thread is fastest outright.
-        assert_eq!(choose(&[t(1, "a", 10, None), t(2, "a", 18, None)], 0.05), Some(1));
+        assert_eq!(
+            choose(&[t(1, "a", 10, None), t(2, "a", 18, None)], 0.05),
+            Some(1)
+        );
         assert_eq!(choose(&[], 0.05), None);
     }
 }

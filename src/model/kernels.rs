@@ -212,6 +212,67 @@ fn isa() -> Isa {
     *ISA.get_or_init(detect)
 }
 
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::None => "none",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+/// The formats these kernels cover.
+pub const FORMATS: [GgmlDType; 5] = [
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
+/// The instruction sets this machine can run the kernels with, best by
+/// feature flags first. Every one computes the same bits (the integer sums
+/// are exact and the float steps the same), so which runs is a matter of
+/// speed alone: one host's VNNI path may be slower than its AVX2 path.
+pub fn candidate_isas() -> Vec<Isa> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa() == Isa::Avx512Vnni {
+            v.push(Isa::Avx512Vnni);
+        }
+        if isa() != Isa::None {
+            v.push(Isa::Avx2);
+        }
+    }
+    v
+}
+
+/// Per format (in [`FORMATS`] order), the instruction set chosen for it,
+/// when a start-up measurement has chosen (`measure::kernels::tune`).
+static CHOSEN: std::sync::Mutex<[Option<Isa>; 5]> = std::sync::Mutex::new([None; 5]);
+
+/// Records the start-up measurement's choice for `format`; weights loaded
+/// afterwards use it. `isa` must be one of [`candidate_isas`].
+pub fn choose_isa(format: GgmlDType, isa: Isa) {
+    assert!(candidate_isas().contains(&isa), "{isa:?} runs here");
+    if let Some(i) = FORMATS.iter().position(|&f| f == format) {
+        CHOSEN.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(isa);
+    }
+}
+
+/// The instruction set a new weight of `format` uses.
+fn isa_for(format: GgmlDType) -> Isa {
+    let chosen = FORMATS
+        .iter()
+        .position(|&f| f == format)
+        .and_then(|i| CHOSEN.lock().unwrap_or_else(|e| e.into_inner())[i]);
+    chosen.unwrap_or_else(isa)
+}
+
 #[derive(Clone)]
 enum Packed {
     Q4_1(Arc<Vec<TileQ4_1>>),
@@ -244,6 +305,42 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
         )
     }
 }
+
+/// Whether these kernels take a `[n, k]` weight of `dtype`.
+fn covers(dtype: GgmlDType, n: usize, k: usize) -> bool {
+    let block = match dtype {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => 32,
+        GgmlDType::Q4K | GgmlDType::Q6K => 256,
+        _ => return false,
+    };
+    k % block == 0
+        && n % TILE == 0
+        // candle takes its packed Q4_K kernel (whose arithmetic ours
+        // reproduces) only for whole 16-column tiles.
+        && !(dtype == GgmlDType::Q4K && n % 16 != 0)
+        // Where k is a whole number of 256-blocks candle may take its own
+        // repacked Q8_0 kernel (AVX-VNNI hosts), whose sums are grouped
+        // otherwise; ours reproduces its per-column `vec_dot`, which it
+        // runs for the rest (the LM heads of SmolLM2 and Qwen2.5-0.5B).
+        && !(dtype == GgmlDType::Q8_0 && k % 256 == 0)
+}
+
+/// The kernel a CPU forward uses for a `[n, k]` weight of `dtype` on this
+/// machine: pdbench's (`q4k avx512vnni`, ...) or `candle`.
+pub fn kernel_for(dtype: GgmlDType, n: usize, k: usize) -> String {
+    let isa = match isa_for(dtype) {
+        Isa::None => return "candle".into(),
+        isa => isa.name(),
+    };
+    if covers(dtype, n, k) {
+        format!("{dtype:?} {isa}").to_lowercase()
+    } else {
+        "candle".into()
+    }
+}
+
+/// One row of activations prepared by [`FastQ::prepare`].
+pub struct PreparedRow(Acts);
 
 /// Activations in the format a weight type's kernel reads.
 enum Acts {
@@ -281,33 +378,18 @@ fn cast_blocks<T: Copy>(bytes: &[u8]) -> &[T] {
 impl FastQ {
     /// Repacks `weight` when these kernels cover it on this machine.
     pub fn new(weight: &Arc<QTensor>) -> Option<Self> {
-        Self::with_isa(weight, isa())
+        Self::with_isa(weight, isa_for(weight.dtype()))
     }
 
-    fn with_isa(weight: &Arc<QTensor>, isa: Isa) -> Option<Self> {
+    pub fn with_isa(weight: &Arc<QTensor>, isa: Isa) -> Option<Self> {
         if isa == Isa::None || !matches!(weight.device(), Device::Cpu) {
             return None;
         }
         let (n, k) = weight.shape().dims2().ok()?;
-        let block = match weight.dtype() {
-            GgmlDType::Q4K | GgmlDType::Q6K => 256,
-            _ => 32,
-        };
-        if k % block != 0 || n % TILE != 0 {
+        if !covers(weight.dtype(), n, k) {
             return None;
         }
-        // candle takes its packed Q4_K kernel (whose arithmetic ours
-        // reproduces) only for whole 16-column tiles.
-        if weight.dtype() == GgmlDType::Q4K && n % 16 != 0 {
-            return None;
-        }
-        // Where k is a whole number of 256-blocks candle may take its own
-        // repacked Q8_0 kernel (AVX-VNNI hosts), whose sums are grouped
-        // otherwise; ours reproduces its per-column `vec_dot`, which it
-        // runs for the rest (the LM heads of SmolLM2 and Qwen2.5-0.5B).
-        if weight.dtype() == GgmlDType::Q8_0 && k % 256 == 0 {
-            return None;
-        }
+        let block = weight.dtype().block_size();
         let nb = k / block;
         let data = weight.data().ok()?;
         let packed = match weight.dtype() {
@@ -441,6 +523,65 @@ impl FastQ {
         Some(Self { packed, isa, n, k })
     }
 
+    /// The format and instruction set, e.g. `q4k avx512vnni`.
+    pub fn kernel_name(&self) -> String {
+        let isa = self.isa.name();
+        let dtype = match self.packed {
+            Packed::Q4_1(_) => GgmlDType::Q4_1,
+            Packed::Q5_0(_) => GgmlDType::Q5_0,
+            Packed::Q8_0(_) => GgmlDType::Q8_0,
+            Packed::Q4K(_) => GgmlDType::Q4K,
+            Packed::Q6K(_) => GgmlDType::Q6K,
+        };
+        format!("{dtype:?} {isa}").to_lowercase()
+    }
+
+    /// `[n, k]`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes of repacked weights in the first `groups` tiles of 8 columns
+    /// (all when `None`): what one pass over them reads.
+    pub fn packed_bytes(&self, groups: Option<usize>) -> usize {
+        let (per_tile, block) = match &self.packed {
+            Packed::Q4_1(_) => (std::mem::size_of::<TileQ4_1>(), 32),
+            Packed::Q5_0(_) => (std::mem::size_of::<TileQ5_0>(), 32),
+            Packed::Q8_0(_) => (std::mem::size_of::<TileQ8_0>(), 32),
+            Packed::Q4K(_) => (std::mem::size_of::<TileQ4K>(), 256),
+            Packed::Q6K(_) => (std::mem::size_of::<TileQ6K>(), 256),
+        };
+        let groups = groups.unwrap_or(self.n / TILE).min(self.n / TILE);
+        groups * (self.k / block) * per_tile
+    }
+
+    /// One row `x` (`k` values) times the first `groups` column tiles (all
+    /// when `None`) into `dst`, activation quantization included: the unit
+    /// the kernel microbenchmark times.
+    pub fn matvec(&self, x: &[f32], groups: Option<usize>, dst: &mut [f32]) {
+        let acts = self.prepare(x);
+        self.matvec_prepared(&acts, groups, dst);
+    }
+
+    /// One row `x` quantized as this format's kernel reads it.
+    pub fn prepare(&self, x: &[f32]) -> PreparedRow {
+        assert_eq!(x.len(), self.k, "one row of k values");
+        PreparedRow(match &self.packed {
+            Packed::Q4_1(_) => Acts::Small(prepare_q8_1(x, 1, self.k)),
+            Packed::Q5_0(_) => Acts::Small(prepare_q8_0(x, 1, self.k)),
+            Packed::Q8_0(_) => Acts::Q8_0(quantize_q8_0(x, 1, self.k)),
+            Packed::Q4K(_) => Acts::K(prepare_q8k(x, 1, self.k)),
+            Packed::Q6K(_) => Acts::KBias(prepare_q8k_bias(x, 1, self.k)),
+        })
+    }
+
+    /// [`Self::matvec`] without the quantization: the kernel alone.
+    pub fn matvec_prepared(&self, acts: &PreparedRow, groups: Option<usize>, dst: &mut [f32]) {
+        let groups = groups.unwrap_or(self.n / TILE).min(self.n / TILE);
+        assert!(dst.len() >= groups * TILE, "room for the columns");
+        self.run_groups(&acts.0, 1, groups, self.n, dst);
+    }
+
     /// `x` `[.., k]` f32 on the CPU to `[.., n]`; `None` when the input is
     /// not one these kernels take (candle's path then runs).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -469,13 +610,16 @@ impl FastQ {
     }
 
     fn run(&self, acts: &Acts, m: usize, dst: &mut [f32]) {
+        self.run_groups(acts, m, self.n / TILE, self.n, dst)
+    }
+
+    /// `m` rows times the first `groups` column tiles, into rows of `n`.
+    fn run_groups(&self, acts: &Acts, m: usize, groups: usize, n: usize, dst: &mut [f32]) {
         let nb = match &self.packed {
             Packed::Q4K(_) | Packed::Q6K(_) => self.k / 256,
             _ => self.k / 32,
         };
-        let groups = self.n / TILE;
         let row_tiles = m.div_ceil(ROWS);
-        let n = self.n;
         let dst_ptr = dst.as_mut_ptr() as usize;
         let isa = self.isa;
         let packed = &self.packed;

@@ -258,10 +258,8 @@ fn worker(s: &'static Shared) {
             // so the job and its closure live until it leaves.
             let job = unsafe { &*s.job.get() };
             let (f, n, chunk) = (unsafe { &*job.f }, job.n_items, job.chunk);
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_chunks(s, f, n, chunk)
-            }))
-            .is_err()
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_chunks(s, f, n, chunk)))
+                .is_err()
             {
                 s.panicked.store(true, Ordering::SeqCst);
                 drain(s, n, chunk);
@@ -313,7 +311,10 @@ mod tests {
                         }
                     });
                 }
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 20), "{threads} {n}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 20),
+                    "{threads} {n}"
+                );
             }
         }
     }

@@ -443,10 +443,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Report
     }
     text.push_str(&table::energy_markdown(&manifests, &rows));
     text.push_str(&table::interference_markdown(
-        &manifests
-            .iter()
-            .zip(interference)
-            .collect::<Vec<_>>(),
+        &manifests.iter().zip(interference).collect::<Vec<_>>(),
     ));
     text.push_str(&honesty_notes(&manifests, &coverage));
     let md = out.join("report.md");

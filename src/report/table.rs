@@ -588,7 +588,10 @@ fn diffusion_markdown(rows: &[&MethodRow], multi: bool) -> String {
 /// What the host took from each method while its samples were timed, per
 /// run, with the threshold and what to do when a method is over it.
 pub fn interference_markdown(
-    runs: &[(&Manifest, Vec<(String, crate::measure::interference::InterferenceSummary)>)],
+    runs: &[(
+        &Manifest,
+        Vec<(String, crate::measure::interference::InterferenceSummary)>,
+    )],
 ) -> String {
     use crate::measure::interference::DISTURBED_PCT;
     if runs.iter().all(|(_, r)| r.is_empty()) {
@@ -613,7 +616,11 @@ pub fn interference_markdown(
     let mut cells = Vec::new();
     for (m, sums) in runs {
         for (label, x) in sums {
-            let mut c: Vec<String> = if multi { vec![m.run_id.clone()] } else { vec![] };
+            let mut c: Vec<String> = if multi {
+                vec![m.run_id.clone()]
+            } else {
+                vec![]
+            };
             c.extend([
                 label.clone(),
                 x.samples.to_string(),
@@ -623,7 +630,11 @@ pub fn interference_markdown(
                     .map_or("–".into(), |v| format!("{v:.1}")),
                 pct(x.other_cpu_pct),
                 pct(x.cpu_pct),
-                if x.disturbed() { "**disturbed**".into() } else { "ok".into() },
+                if x.disturbed() {
+                    "**disturbed**".into()
+                } else {
+                    "ok".into()
+                },
             ]);
             cells.push(c);
         }
