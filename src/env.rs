@@ -132,6 +132,50 @@ pub fn host_info() -> HostInfo {
     }
 }
 
+/// The instruction-set features this binary was compiled to assume
+/// (`.cargo/config.toml` builds with target-cpu=native) that this CPU
+/// lacks, as an error that says what to do.
+pub fn check_build_features() -> anyhow::Result<()> {
+    #[allow(unused_mut)]
+    let mut missing: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! need {
+            ($($f:tt),*) => {$(
+                if cfg!(target_feature = $f) && !std::arch::is_x86_feature_detected!($f) {
+                    missing.push($f);
+                }
+            )*};
+        }
+        need!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi2",
+            "avxvnni",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512dq",
+            "avx512vnni",
+            "avx512bf16",
+            "avx512vbmi"
+        );
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "this pdbench binary was built for CPU features this machine lacks ({}): \
+             .cargo/config.toml builds with target-cpu=native, so build pdbench on the host \
+             that runs it (or set RUSTFLAGS=\"-C target-cpu=x86-64-v3\" for a portable AVX2 build)",
+            missing.join(", ")
+        )
+    }
+}
+
 /// The SIMD features of this CPU that matter to the kernels.
 pub fn cpu_flags() -> Vec<String> {
     #[allow(unused_mut)]

@@ -2,6 +2,13 @@ use clap::Parser;
 use pdbench::cli::Command;
 
 fn main() {
+    // Before anything else: a binary built with target-cpu=native on one
+    // host would die with an illegal instruction on a host that lacks its
+    // features; say so instead.
+    if let Err(e) = pdbench::env::check_build_features() {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
     let cli = pdbench::cli::Cli::parse();
     // Commands that only print end quietly when the reader of stdout goes
     // away (`pdbench list | head`), like other Unix tools, instead of

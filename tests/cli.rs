@@ -3579,4 +3579,13 @@ fn threads_are_chosen_by_timing_and_recorded() {
     let m = manifest("given");
     assert_eq!(m["threads_choice"]["how"], "given");
     assert_eq!(m["device"]["threads"], 1);
+    // The kernels' instruction set per GGUF format, from the start-up
+    // measurement, on a CPU run (none where the machine has no kernels).
+    if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2") {
+        let k = m["kernel_choice"].as_array().expect("kernel_choice");
+        assert_eq!(k.len(), 5, "{k:?}");
+        assert!(k
+            .iter()
+            .all(|c| c["isa"] == "avx2" || c["isa"] == "avx512vnni"));
+    }
 }

@@ -438,6 +438,9 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if a.repeats == 0 {
         anyhow::bail!("--repeats 0: expected at least 1 measured repetition");
     }
+    if a.widths.contains(&0) {
+        anyhow::bail!("--widths: expected widths of at least 1, got 0");
+    }
     let got = match a.threads.as_slice() {
         [] => anyhow::bail!("--threads: expected at least one thread count"),
         [t] => bench_in_process(&a, *t)?,

@@ -409,3 +409,79 @@ fn tune_now() -> Result<Vec<KernelChoice>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{candidate_isas, kernel_for, FORMATS};
+
+    #[test]
+    fn the_clock_estimate_is_a_plausible_core_clock() {
+        if let Some(ghz) = cycles_per_ns(&MonotonicClock::new()) {
+            assert!((0.5..7.0).contains(&ghz), "{ghz} GHz");
+        }
+    }
+
+    #[test]
+    fn tuning_picks_a_candidate_per_format_and_the_kernels_use_it() {
+        let isas = candidate_isas();
+        let choices = tune();
+        if isas.is_empty() {
+            assert!(choices.is_empty());
+            return;
+        }
+        assert_eq!(choices.len(), FORMATS.len(), "{choices:?}");
+        for (c, f) in choices.iter().zip(FORMATS) {
+            assert_eq!(c.format, dtype_name(f));
+            assert!(isas.iter().any(|i| i.name() == c.isa), "{c:?}");
+            if isas.len() > 1 {
+                assert_eq!(c.candidates.len(), isas.len());
+                assert!(c
+                    .candidates
+                    .iter()
+                    .all(|(_, ns)| ns.is_finite() && *ns > 0.0));
+            }
+            // The weights loaded afterwards report the chosen set.
+            let (n, k) = if f.block_size() == 256 {
+                (16, 512)
+            } else {
+                (16, 96)
+            };
+            assert_eq!(
+                kernel_for(f, n, k),
+                format!("{} {}", dtype_name(f).to_lowercase(), c.isa)
+            );
+        }
+    }
+
+    #[test]
+    fn every_candidate_computes_the_same_bits() {
+        for format in FORMATS {
+            let (n, k) = if format.block_size() == 256 {
+                (32, 1024)
+            } else {
+                (32, 1056)
+            };
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
+                .collect();
+            let q = Arc::new(
+                QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), format)
+                    .unwrap(),
+            );
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let outs: Vec<Vec<u32>> = candidate_isas()
+                .into_iter()
+                .filter_map(|isa| FastQ::with_isa(&q, isa))
+                .map(|f| {
+                    let mut y = vec![0f32; n];
+                    f.matvec(&x, None, &mut y);
+                    y.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            assert!(outs.windows(2).all(|p| p[0] == p[1]), "{format:?}");
+        }
+    }
+}
