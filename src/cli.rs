@@ -1874,6 +1874,12 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
                 }
             };
             let threads = threads_choice.threads;
+            if a.shard.is_some() && a.threads.is_none() && device == DeviceSpec::Cpu {
+                log_line(
+                    "threads: each shard chooses its own count by timing, and shards run at \
+                     different counts will not merge; give every shard the same --threads N",
+                );
+            }
             let kernel_choice = (device == DeviceSpec::Cpu).then(crate::measure::kernels::tune);
             let opts = LoadOptions {
                 device: device.open()?,

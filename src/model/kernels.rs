@@ -624,8 +624,32 @@ impl FastQ {
         let isa = self.isa;
         let packed = &self.packed;
         super::pool::execute_chunked(row_tiles * groups, |items| {
-            for item in items {
+            let mut items = items.peekable();
+            while let Some(item) = items.next() {
                 let (rt, g) = (item / groups, item % groups);
+                // One row and the next item the next group: two groups'
+                // accumulation chains side by side (Q4_K; the same bits).
+                if let (Packed::Q4K(t), Acts::K(a), 1) = (packed, acts, m) {
+                    if items.peek() == Some(&(item + 1)) && g + 1 < groups {
+                        items.next();
+                        let mut out = [[[0f32; TILE]; ROWS]; 2];
+                        tile_q4k_groups::<2>(
+                            isa,
+                            [&t[g * nb..(g + 1) * nb], &t[(g + 1) * nb..(g + 2) * nb]],
+                            &a[..nb],
+                            nb,
+                            1,
+                            &mut out,
+                        );
+                        // SAFETY: columns g*TILE..(g+2)*TILE of row 0 belong to these items.
+                        unsafe {
+                            let p = (dst_ptr as *mut f32).add(g * TILE);
+                            std::ptr::copy_nonoverlapping(out[0][0].as_ptr(), p, TILE);
+                            std::ptr::copy_nonoverlapping(out[1][0].as_ptr(), p.add(TILE), TILE);
+                        }
+                        continue;
+                    }
+                }
                 let r0 = rt * ROWS;
                 let rows = ROWS.min(m - r0);
                 let mut out = [[0f32; TILE]; ROWS];
@@ -865,7 +889,62 @@ macro_rules! tile_entry {
 tile_entry!(tile_q4_1, q4_1, TileQ4_1, Act);
 tile_entry!(tile_q5_0, q5_0, TileQ5_0, Act);
 tile_entry!(tile_q8_0, q8_0, TileQ8_0, Q8_0);
-tile_entry!(tile_q4k, q4k, TileQ4K, Q8K);
+/// The Q4_K kernel for one column group (any row count) or, with two
+/// groups' tiles, for a pair of groups at one row (decoding).
+fn tile_q4k_groups<const G: usize>(
+    isa: Isa,
+    t: [&[TileQ4K]; G],
+    acts: &[Q8K],
+    nb: usize,
+    rows: usize,
+    out: &mut [[[f32; TILE]; ROWS]; G],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! build {
+            ($fn:ident, $features:literal, $vnni:literal) => {
+                #[target_feature(enable = $features)]
+                unsafe fn $fn<const G: usize>(
+                    t: [&[TileQ4K]; G],
+                    a: &[Q8K],
+                    nb: usize,
+                    rows: usize,
+                    out: &mut [[[f32; TILE]; ROWS]; G],
+                ) {
+                    match rows {
+                        1 => x86::q4k::<$vnni, 1, G>(t, a, nb, out),
+                        2 => x86::q4k::<$vnni, 2, G>(t, a, nb, out),
+                        3 => x86::q4k::<$vnni, 3, G>(t, a, nb, out),
+                        _ => x86::q4k::<$vnni, 4, G>(t, a, nb, out),
+                    }
+                }
+            };
+        }
+        build!(avx2, "avx2,f16c,fma", false);
+        build!(vnni, "avx2,f16c,fma,avx512vnni,avx512vl", true);
+        // SAFETY: `isa` was detected on this machine.
+        match isa {
+            Isa::Avx512Vnni => return unsafe { vnni(t, acts, nb, rows, out) },
+            Isa::Avx2 => return unsafe { avx2(t, acts, nb, rows, out) },
+            Isa::None => {}
+        }
+    }
+    let _ = (isa, t, acts, nb, rows, out);
+    unreachable!("FastQ is not built without a kernel ISA")
+}
+
+fn tile_q4k(
+    isa: Isa,
+    t: &[TileQ4K],
+    acts: &[Q8K],
+    nb: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    let mut o = [*out];
+    tile_q4k_groups::<1>(isa, [t], acts, nb, rows, &mut o);
+    *out = o[0];
+}
 tile_entry!(tile_q6k, q6k, TileQ6K, Q8KBias);
 
 #[cfg(target_arch = "x86_64")]
@@ -1036,77 +1115,94 @@ mod x86 {
 
     /// candle's packed Q4_K kernel, per column lane: for each 32-element
     /// sub-block, `acc = fma(isum, (d * sc) * dall, acc)` then
-    /// `acc = fnmadd(dmin * mn, dall * bsum, acc)`.
+    /// `acc = fnmadd(dmin * mn, dall * bsum, acc)`. `G` column groups at
+    /// once: each lane's accumulation is one serial chain of FMAs, so a
+    /// second group's chain keeps the core busy while the first waits.
     #[inline(always)]
-    pub(super) unsafe fn q4k<const VNNI: bool, const R: usize>(
-        t: &[TileQ4K],
+    pub(super) unsafe fn q4k<const VNNI: bool, const R: usize, const G: usize>(
+        t: [&[TileQ4K]; G],
         acts: &[Q8K],
         nb: usize,
-        out: &mut [[f32; TILE]; ROWS],
+        out: &mut [[[f32; TILE]; ROWS]; G],
     ) {
         let rows = R;
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (b, tile) in t.iter().enumerate() {
-            prefetch_ahead(tile);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(tile.dmin.as_ptr() as *const __m128i));
+        let mut acc = [[_mm256_setzero_ps(); R]; G];
+        for b in 0..nb {
+            let mut d = [_mm256_setzero_ps(); G];
+            let mut dmin = [_mm256_setzero_ps(); G];
+            for g in 0..G {
+                let tile = &t[g][b];
+                prefetch_ahead(tile);
+                d[g] = _mm256_cvtph_ps(_mm_loadu_si128(tile.d.as_ptr() as *const __m128i));
+                dmin[g] = _mm256_cvtph_ps(_mm_loadu_si128(tile.dmin.as_ptr() as *const __m128i));
+            }
             for sub in 0..8 {
-                let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    tile.sc[sub].as_ptr() as *const __m128i,
-                )));
-                let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    tile.mn[sub].as_ptr() as *const __m128i,
-                )));
-                let scale = _mm256_mul_ps(d, sc);
-                let min = _mm256_mul_ps(dmin, mn);
-                let mut lo = [_mm256_setzero_si256(); 4];
-                let mut hi = [_mm256_setzero_si256(); 4];
-                for g4 in 0..4 {
-                    let w = _mm256_loadu_si256(tile.qs[sub * 4 + g4].as_ptr() as *const __m256i);
-                    lo[g4] = _mm256_and_si256(w, m4);
-                    hi[g4] = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-                }
-                for r in 0..rows {
-                    let a = &acts[r * nb + b];
-                    let isum = if VNNI {
-                        // Two chains of four: one chain of eight dependent
-                        // dot products would wait on their latency.
-                        let mut even = _mm256_setzero_si256();
-                        let mut odd = _mm256_setzero_si256();
-                        for g4 in 0..4 {
-                            let off = sub * 32 + g4 * 8;
-                            even = dot::<VNNI>(even, lo[g4], bcast4(&a.qs, off));
-                            odd = dot::<VNNI>(odd, hi[g4], bcast4(&a.qs, off + 4));
-                        }
-                        _mm256_add_epi32(even, odd)
-                    } else {
-                        // Eight u4 x i8 pair sums stay within i16 (8 * 3840 < 32767),
-                        // so they add exactly before one widening madd.
-                        let mut s16 = _mm256_setzero_si256();
-                        for g4 in 0..4 {
-                            let off = sub * 32 + g4 * 8;
-                            s16 = _mm256_add_epi16(
-                                s16,
-                                _mm256_maddubs_epi16(lo[g4], bcast4(&a.qs, off)),
-                            );
-                            s16 = _mm256_add_epi16(
-                                s16,
-                                _mm256_maddubs_epi16(hi[g4], bcast4(&a.qs, off + 4)),
-                            );
-                        }
-                        _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
-                    };
-                    let dall = a.d;
-                    let f = _mm256_cvtepi32_ps(isum);
-                    acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, _mm256_set1_ps(dall)), acc[r]);
-                    let bsum = (a.bsums[sub * 2] as i32 + a.bsums[sub * 2 + 1] as i32) as f32;
-                    acc[r] = _mm256_fnmadd_ps(min, _mm256_set1_ps(dall * bsum), acc[r]);
+                for g in 0..G {
+                    let tile = &t[g][b];
+                    let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        tile.sc[sub].as_ptr() as *const __m128i,
+                    )));
+                    let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        tile.mn[sub].as_ptr() as *const __m128i,
+                    )));
+                    let scale = _mm256_mul_ps(d[g], sc);
+                    let min = _mm256_mul_ps(dmin[g], mn);
+                    let mut lo = [_mm256_setzero_si256(); 4];
+                    let mut hi = [_mm256_setzero_si256(); 4];
+                    for g4 in 0..4 {
+                        let w =
+                            _mm256_loadu_si256(tile.qs[sub * 4 + g4].as_ptr() as *const __m256i);
+                        lo[g4] = _mm256_and_si256(w, m4);
+                        hi[g4] = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+                    }
+                    for r in 0..rows {
+                        let a = &acts[r * nb + b];
+                        let isum = if VNNI {
+                            // Two chains of four: one chain of eight dependent
+                            // dot products would wait on their latency.
+                            let mut even = _mm256_setzero_si256();
+                            let mut odd = _mm256_setzero_si256();
+                            for g4 in 0..4 {
+                                let off = sub * 32 + g4 * 8;
+                                even = dot::<VNNI>(even, lo[g4], bcast4(&a.qs, off));
+                                odd = dot::<VNNI>(odd, hi[g4], bcast4(&a.qs, off + 4));
+                            }
+                            _mm256_add_epi32(even, odd)
+                        } else {
+                            // Eight u4 x i8 pair sums stay within i16 (8 * 3840 < 32767),
+                            // so they add exactly before one widening madd.
+                            let mut s16 = _mm256_setzero_si256();
+                            for g4 in 0..4 {
+                                let off = sub * 32 + g4 * 8;
+                                s16 = _mm256_add_epi16(
+                                    s16,
+                                    _mm256_maddubs_epi16(lo[g4], bcast4(&a.qs, off)),
+                                );
+                                s16 = _mm256_add_epi16(
+                                    s16,
+                                    _mm256_maddubs_epi16(hi[g4], bcast4(&a.qs, off + 4)),
+                                );
+                            }
+                            _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+                        };
+                        let dall = a.d;
+                        let f = _mm256_cvtepi32_ps(isum);
+                        acc[g][r] = _mm256_fmadd_ps(
+                            f,
+                            _mm256_mul_ps(scale, _mm256_set1_ps(dall)),
+                            acc[g][r],
+                        );
+                        let bsum = (a.bsums[sub * 2] as i32 + a.bsums[sub * 2 + 1] as i32) as f32;
+                        acc[g][r] = _mm256_fnmadd_ps(min, _mm256_set1_ps(dall * bsum), acc[g][r]);
+                    }
                 }
             }
         }
-        for r in 0..rows {
-            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        for g in 0..G {
+            for r in 0..rows {
+                _mm256_storeu_ps(out[g][r].as_mut_ptr(), acc[g][r]);
+            }
         }
     }
 
@@ -1302,6 +1398,8 @@ mod tests {
                 (17, 512, 64),
                 (4, 1024, 128),
                 (3, 256, 24),
+                // An odd number of column groups at one row: pairs, then one.
+                (1, 512, 48),
             ] {
                 let w =
                     Tensor::from_vec(random(n * k, 1 + m as u64), (n, k), &Device::Cpu).unwrap();
