@@ -850,6 +850,20 @@ macro_rules! tile_build {
     };
 }
 
+/// Returns the VNNI or the AVX2 build's call, as `isa` says (nothing for
+/// `Isa::None`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_isa {
+    ($isa:expr, $vnni:expr, $avx2:expr) => {
+        // SAFETY: `isa` was detected on this machine.
+        match $isa {
+            Isa::Avx512Vnni => return unsafe { $vnni },
+            Isa::Avx2 => return unsafe { $avx2 },
+            Isa::None => {}
+        }
+    };
+}
+
 /// The entry point of a tile kernel `x86::$kernel::<VNNI, R>`: its AVX2 or
 /// AVX512-VNNI build, as the machine has.
 macro_rules! tile_entry {
@@ -873,12 +887,7 @@ macro_rules! tile_entry {
                     $tile,
                     $act
                 );
-                // SAFETY: `isa` was detected on this machine.
-                match isa {
-                    Isa::Avx512Vnni => return unsafe { vnni(t, acts, nb, rows, out) },
-                    Isa::Avx2 => return unsafe { avx2(t, acts, nb, rows, out) },
-                    Isa::None => {}
-                }
+                by_isa!(isa, vnni(t, acts, nb, rows, out), avx2(t, acts, nb, rows, out));
             }
             let _ = (isa, t, acts, nb, rows, out);
             unreachable!("FastQ is not built without a kernel ISA")
@@ -922,12 +931,7 @@ fn tile_q4k_groups<const G: usize>(
         }
         build!(avx2, "avx2,f16c,fma", false);
         build!(vnni, "avx2,f16c,fma,avx512vnni,avx512vl", true);
-        // SAFETY: `isa` was detected on this machine.
-        match isa {
-            Isa::Avx512Vnni => return unsafe { vnni(t, acts, nb, rows, out) },
-            Isa::Avx2 => return unsafe { avx2(t, acts, nb, rows, out) },
-            Isa::None => {}
-        }
+        by_isa!(isa, vnni(t, acts, nb, rows, out), avx2(t, acts, nb, rows, out));
     }
     let _ = (isa, t, acts, nb, rows, out);
     unreachable!("FastQ is not built without a kernel ISA")
