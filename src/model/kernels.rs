@@ -887,7 +887,11 @@ macro_rules! tile_entry {
                     $tile,
                     $act
                 );
-                by_isa!(isa, vnni(t, acts, nb, rows, out), avx2(t, acts, nb, rows, out));
+                by_isa!(
+                    isa,
+                    vnni(t, acts, nb, rows, out),
+                    avx2(t, acts, nb, rows, out)
+                );
             }
             let _ = (isa, t, acts, nb, rows, out);
             unreachable!("FastQ is not built without a kernel ISA")
@@ -931,7 +935,11 @@ fn tile_q4k_groups<const G: usize>(
         }
         build!(avx2, "avx2,f16c,fma", false);
         build!(vnni, "avx2,f16c,fma,avx512vnni,avx512vl", true);
-        by_isa!(isa, vnni(t, acts, nb, rows, out), avx2(t, acts, nb, rows, out));
+        by_isa!(
+            isa,
+            vnni(t, acts, nb, rows, out),
+            avx2(t, acts, nb, rows, out)
+        );
     }
     let _ = (isa, t, acts, nb, rows, out);
     unreachable!("FastQ is not built without a kernel ISA")
