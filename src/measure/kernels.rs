@@ -223,15 +223,10 @@ pub fn bench_kernels(
             .map(|w| w.q.shape().dims()[0])
             .max()
             .unwrap_or(0);
-        let xs: Vec<Vec<f32>> = [max_k]
-            .iter()
-            .map(|&k| {
-                (0..k)
-                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                    .collect()
-            })
+        let x: Vec<f32> = (0..max_k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
-        let x_for = |k: usize| &xs[0][..k];
+        let x_for = |k: usize| &x[..k];
         let tensors: Vec<Tensor> = weights
             .iter()
             .map(|w| Tensor::from_slice(x_for(w.k), (1, w.k), &Device::Cpu))

@@ -633,12 +633,11 @@ impl FastQ {
                     if items.peek() == Some(&(item + 1)) && g + 1 < groups {
                         items.next();
                         let mut out = [[[0f32; TILE]; ROWS]; 2];
-                        tile_q4k_groups::<2>(
+                        tile_q4k_pair(
                             isa,
                             [&t[g * nb..(g + 1) * nb], &t[(g + 1) * nb..(g + 2) * nb]],
                             &a[..nb],
                             nb,
-                            1,
                             &mut out,
                         );
                         // SAFETY: columns g*TILE..(g+2)*TILE of row 0 belong to these items.
@@ -902,60 +901,40 @@ macro_rules! tile_entry {
 tile_entry!(tile_q4_1, q4_1, TileQ4_1, Act);
 tile_entry!(tile_q5_0, q5_0, TileQ5_0, Act);
 tile_entry!(tile_q8_0, q8_0, TileQ8_0, Q8_0);
-/// The Q4_K kernel for one column group (any row count) or, with two
-/// groups' tiles, for a pair of groups at one row (decoding).
-fn tile_q4k_groups<const G: usize>(
+tile_entry!(tile_q4k, q4k_one, TileQ4K, Q8K);
+
+/// The Q4_K kernel on two column groups at one row (decoding).
+fn tile_q4k_pair(
     isa: Isa,
-    t: [&[TileQ4K]; G],
+    t: [&[TileQ4K]; 2],
     acts: &[Q8K],
     nb: usize,
-    rows: usize,
-    out: &mut [[[f32; TILE]; ROWS]; G],
+    out: &mut [[[f32; TILE]; ROWS]; 2],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        macro_rules! build {
-            ($fn:ident, $features:literal, $vnni:literal) => {
-                #[target_feature(enable = $features)]
-                unsafe fn $fn<const G: usize>(
-                    t: [&[TileQ4K]; G],
-                    a: &[Q8K],
-                    nb: usize,
-                    rows: usize,
-                    out: &mut [[[f32; TILE]; ROWS]; G],
-                ) {
-                    match rows {
-                        1 => x86::q4k::<$vnni, 1, G>(t, a, nb, out),
-                        2 => x86::q4k::<$vnni, 2, G>(t, a, nb, out),
-                        3 => x86::q4k::<$vnni, 3, G>(t, a, nb, out),
-                        _ => x86::q4k::<$vnni, 4, G>(t, a, nb, out),
-                    }
-                }
-            };
+        #[target_feature(enable = "avx2,f16c,fma")]
+        unsafe fn avx2(
+            t: [&[TileQ4K]; 2],
+            a: &[Q8K],
+            nb: usize,
+            out: &mut [[[f32; TILE]; ROWS]; 2],
+        ) {
+            x86::q4k::<false, 1, 2>(t, a, nb, out)
         }
-        build!(avx2, "avx2,f16c,fma", false);
-        build!(vnni, "avx2,f16c,fma,avx512vnni,avx512vl", true);
-        by_isa!(
-            isa,
-            vnni(t, acts, nb, rows, out),
-            avx2(t, acts, nb, rows, out)
-        );
+        #[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
+        unsafe fn vnni(
+            t: [&[TileQ4K]; 2],
+            a: &[Q8K],
+            nb: usize,
+            out: &mut [[[f32; TILE]; ROWS]; 2],
+        ) {
+            x86::q4k::<true, 1, 2>(t, a, nb, out)
+        }
+        by_isa!(isa, vnni(t, acts, nb, out), avx2(t, acts, nb, out));
     }
-    let _ = (isa, t, acts, nb, rows, out);
+    let _ = (isa, t, acts, nb, out);
     unreachable!("FastQ is not built without a kernel ISA")
-}
-
-fn tile_q4k(
-    isa: Isa,
-    t: &[TileQ4K],
-    acts: &[Q8K],
-    nb: usize,
-    rows: usize,
-    out: &mut [[f32; TILE]; ROWS],
-) {
-    let mut o = [*out];
-    tile_q4k_groups::<1>(isa, [t], acts, nb, rows, &mut o);
-    *out = o[0];
 }
 tile_entry!(tile_q6k, q6k, TileQ6K, Q8KBias);
 
@@ -1216,6 +1195,19 @@ mod x86 {
                 _mm256_storeu_ps(out[g][r].as_mut_ptr(), acc[g][r]);
             }
         }
+    }
+
+    /// [`q4k`] on one column group.
+    #[inline(always)]
+    pub(super) unsafe fn q4k_one<const VNNI: bool, const R: usize>(
+        t: &[TileQ4K],
+        acts: &[Q8K],
+        nb: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let mut o = [*out];
+        q4k::<VNNI, R, 1>([t], acts, nb, &mut o);
+        *out = o[0];
     }
 
     /// candle's single-row Q6_K kernel (`vec_dot_q6k_q8k`), per column: eight
