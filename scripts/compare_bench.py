@@ -9,6 +9,11 @@ out_dir, rounds, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 raw = f"{out_dir}/rounds"
 
 
+# Per-round ratios spread wider than this (max − min over the median) are
+# flagged: on a quiet host rounds agree within a few percent.
+UNSTABLE = 0.10
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -47,9 +52,12 @@ for m in models:
                 tests[(row["n_threads"], test)][1].append(row["avg_ts"])
     for (t, test), (a, b) in sorted(tests.items()):
         ratios = [x / y for x, y in zip(a, b)]
+        spread = (max(ratios) - min(ratios)) / med(ratios) if ratios else 0.0
+        # Rounds that disagree this much saw the host change under them.
+        flag = f" ⚠ rounds differ by {100 * spread:.0f}%" if spread > UNSTABLE else ""
         speed.append(f"| {m} | {t} | {test} | {med(a):.1f} ({', '.join(f'{x:.1f}' for x in a)}) | "
                      f"{med(b):.1f} ({', '.join(f'{x:.1f}' for x in b)}) | **{med(ratios):.2f}×** "
-                     f"({', '.join(f'{x:.2f}' for x in ratios)}) |")
+                     f"({', '.join(f'{x:.2f}' for x in ratios)}){flag} |")
     # Kernels and the bandwidth limit.
     per_t = {}
     for k in first.get("kernels", []):
@@ -89,7 +97,9 @@ print(head)
 print(f"Reproduce with `scripts/bench-cpu.sh` ({rounds} rounds; in each, `pdbench bench` then `llama-bench` on the "
       "same file and thread counts; the raw JSON is in rounds/). pp = one forward over N random prompt tokens from an "
       "empty cache; tg = N single-token greedy forwards (llama-bench's tests). Each cell: the median of the rounds' "
-      "means, then each round's; the ratio is taken per round, then the median.\n")
+      "means, then each round's; the ratio is taken per round, then the median. ⚠ marks a ratio whose "
+      f"rounds differ by more than {100 * UNSTABLE:.0f}% of it: the host changed during the run, so read it "
+      "as a range, not a figure.\n")
 print("| model | threads | test | pdbench tokens/s | llama.cpp tokens/s | pdbench ÷ llama.cpp |")
 print("|---|---|---|---|---|---|")
 print("\n".join(speed))
@@ -98,7 +108,9 @@ print("`pdbench bench --kernels`: each format's matvec over all of the model's t
       "decode step's worth, streamed from memory) beside a streaming read of the same thread count measured in "
       "the same process; *hot* times one L2-resident slice with the activations quantized beforehand (compute "
       "alone), in ns and core cycles per weight block (32 or 256 values of one column); *stream ns/block* is "
-      "what the streaming read allows. Hot below stream: the kernel can keep up with memory on this host.\n")
+      "what the streaming read allows. Hot below stream: the kernel can keep up with memory on this host. "
+      "Above 100% of stream means part of the weights stayed in the last-level cache (small models) or the "
+      "kernel's prefetching outran the plain streaming read.\n")
 print("| model | threads | format | kernel | tensors | MB per pass | pass GB/s | stream GB/s | % of stream | hot ns/block | hot cycles/block | stream ns/block |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(kern))

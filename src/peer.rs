@@ -213,3 +213,40 @@ pub fn compare(m: &LoadedModel, peer: &PeerTokens) -> Result<PeerComparison> {
     out.mean_logit_diff = diff_sum / diff_n.max(1) as f64;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_fixtures_name_the_file_and_what_was_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{\"model\": 3}").unwrap();
+        let e = format!("{:#}", PeerTokens::read(&bad).unwrap_err());
+        assert!(
+            e.contains("bad.json") && e.contains("llamacpp-fixtures.sh"),
+            "{e}"
+        );
+
+        let short = dir.path().join("short.json");
+        let case = serde_json::json!({
+            "prompt": "p", "prompt_ids": [1], "prompt_eval": "batch",
+            "ids": [2, 3], "margins": [0.5], "top": [[[2, 1.0]], [[3, 1.0]]],
+        });
+        let file = serde_json::json!({
+            "model": "m", "gguf_sha256": "x", "peer": "p", "command": "c", "cpu_model": "cpu",
+            "cpu_simd_flags": [], "machine": "x86_64", "cases": [case],
+        });
+        std::fs::write(&short, file.to_string()).unwrap();
+        let e = format!("{:#}", PeerTokens::read(&short).unwrap_err());
+        assert!(
+            e.contains("short.json") && e.contains("case 0") && e.contains("one margin"),
+            "{e}"
+        );
+
+        let missing = dir.path().join("missing.json");
+        let e = format!("{:#}", PeerTokens::read(&missing).unwrap_err());
+        assert!(e.contains("missing.json"), "{e}");
+    }
+}
